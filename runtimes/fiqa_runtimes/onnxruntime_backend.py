@@ -1,0 +1,37 @@
+"""ONNX Runtime on the CPU: the reference backend for fp32 and Q/DQ INT8 ONNX models."""
+from __future__ import annotations
+
+import numpy as np
+
+from fiqa_runtimes.base import Backend, ModelFormat, read_model
+
+
+class OnnxRuntimeBackend(Backend):
+    name = "onnxruntime"
+    formats = (ModelFormat.ONNX,)
+
+    def __init__(self, model: bytes | str, threads: int | None = None, providers: list[str] | None = None):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = int(threads)
+            opts.inter_op_num_threads = 1
+        opts.log_severity_level = 3
+        self._session = ort.InferenceSession(read_model(model), opts,
+                                             providers=providers or ["CPUExecutionProvider"])
+        self._inputs = [i.name for i in self._session.get_inputs()]
+        self._outputs = [o.name for o in self._session.get_outputs()]
+
+    @property
+    def input_names(self) -> list[str]:
+        return list(self._inputs)
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(self._outputs)
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feeds = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in inputs.items()}
+        outs = self._session.run(self._outputs, feeds)
+        return {n: np.asarray(o, dtype=np.float32) for n, o in zip(self._outputs, outs)}

