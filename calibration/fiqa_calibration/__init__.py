@@ -1,0 +1,13 @@
+"""fiqa-calibration: face datasets, degradations and calibration-set selection for the compile side.
+
+Imports fiqa_sdk (detection, alignment, the preprocessing spec) and never torch.
+"""
+from fiqa_calibration.datasets import (
+    IMAGE_EXTENSIONS,
+    FaceDataset,
+    FaceFolder,
+    SampleFaces,
+    find_lfw_dev,
+)
+
+__all__ = ["IMAGE_EXTENSIONS", "FaceDataset", "FaceFolder", "SampleFaces", "find_lfw_dev"]

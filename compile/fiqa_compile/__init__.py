@@ -1,0 +1,1 @@
+"""fiqa-sdk, host side: teachers, labels, training, students, distillation, quantisation, export, CLIs."""

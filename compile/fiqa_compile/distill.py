@@ -1,0 +1,286 @@
+"""Label-free distillation of both teachers into one compact two-output student (``fiqa-distill``).
+
+The student sees only aligned faces: clean and seeded degraded versions of a user's own unlabelled
+photos (``--faces DIR``) or the crops of an existing label set (``--crops DIR``). The teachers score every
+crop; the student learns both scores at once. Its loss is MSE on z-scored teacher scores *plus* a pairwise
+logistic ranking term, because the scores exist to rank faces and to gate captures: getting the order right
+matters more than matching every value. Checkpoints every N steps; re-running the same command resumes.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fiqa_compile.train.data import to_tensor
+from fiqa_compile.train.tasks import pairwise_rank_loss
+
+SCORE_NAMES = ("utility", "perceptual")
+
+
+@dataclass
+class FaceCrops:
+    """Aligned crops to distil on; ``group`` keeps one person's (or photo's) crops on one side of a split."""
+
+    crop: np.ndarray        # [N,112,112,3] uint8 BGR
+    lm68: np.ndarray        # [N,68,2] crop pixels
+    group: np.ndarray       # [N] str
+    version: np.ndarray     # [N] int, 0 = clean
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.crop)
+
+    def split(self, held_out: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        groups = np.unique(self.group)
+        held = set(np.random.default_rng(seed).choice(groups, size=max(1, round(held_out * len(groups))),
+                                                      replace=False).tolist())
+        mask = np.array([g in held for g in self.group])
+        return np.where(~mask)[0], np.where(mask)[0]
+
+
+def crops_from_labels(directory: Path) -> FaceCrops:
+    """Reuse the crops of a label set (their labels are ignored: distillation is label-free)."""
+    from fiqa_compile.train.data import LabelSet
+
+    ls = LabelSet.load(directory)
+    return FaceCrops(ls.crop, ls.lm68, ls.identity, ls.version, source=f"crops of {directory}")
+
+
+def crops_from_folder(folder: Path, versions: int, seed: int, max_steps: int = 2) -> FaceCrops:
+    """Detect, align and degrade the central face of every photo in ``folder`` (identity sub-folders optional)."""
+    import cv2
+    from tqdm import tqdm
+
+    from fiqa_calibration.crops import face_versions
+    from fiqa_compile.fr.dlib_fr import DlibFaceRecognizer
+    from fiqa_sdk.detection import RetinaFaceDetector
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"--faces {folder} is not a directory")
+    exts = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in exts and p.is_file())
+    if not paths:
+        raise ValueError(f"--faces {folder} holds no images ({sorted(exts)})")
+    det = RetinaFaceDetector(score_threshold=0.6, max_side=640)
+    lmk = DlibFaceRecognizer().landmarks68
+    crops, lms, groups, vers, failures = [], [], [], [], 0
+    for photo, p in enumerate(tqdm(paths, desc="aligning faces", file=sys.stdout, mininterval=5)):
+        frame = cv2.imread(str(p), cv2.IMREAD_COLOR)
+        if frame is None:
+            failures += 1
+            continue
+        out, _, failure = face_versions(frame, det, photo, versions, seed, max_steps, landmarks68=lmk)
+        if failure:
+            failures += 1
+            continue
+        group = p.parent.name if p.parent != folder else p.stem
+        for fv in out:
+            crops.append(fv.crop)
+            lms.append(fv.lm68)
+            groups.append(group)
+            vers.append(fv.version)
+    if len(set(groups)) < 2:
+        raise ValueError(f"--faces {folder}: faces found in {len(set(groups))} photo(s) of {len(paths)}; distillation "
+                         "needs at least 2 (ideally hundreds) of face photos")
+    print(f"{len(paths) - failures} of {len(paths)} photos gave a face ({failures} skipped)", flush=True)
+    return FaceCrops(np.stack(crops), np.stack(lms), np.array(groups), np.array(vers),
+                     source=f"{len(paths)} photos in {folder}, {versions} degraded versions each, seed {seed}")
+
+
+def teacher_targets(teachers: dict, data: FaceCrops) -> np.ndarray:
+    """[N, 2] teacher scores (utility, perceptual) on their label scales."""
+    from tqdm import tqdm
+
+    out = np.zeros((len(data), 2), np.float32)
+    chunk = 1024
+    for k in tqdm(range(0, len(data), chunk), desc="teacher scores", file=sys.stdout, mininterval=5):
+        sl = slice(k, k + chunk)
+        out[sl, 0] = teachers["utility"].score(data.crop[sl])
+        out[sl, 1] = teachers["perceptual"].score(data.crop[sl], data.lm68[sl])
+    return out
+
+
+@dataclass
+class DistillConfig:
+    student: str = "student_mfn"
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    rank_weight: float = 1.0
+    held_out: float = 0.15
+    seed: int = 0
+    checkpoint_every: int = 100
+    max_minutes: float | None = None
+
+
+def _save(obj, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _predict(model, crops: np.ndarray, batch: int = 512) -> np.ndarray:
+    model.eval()
+    with torch.no_grad():
+        out = [model(to_tensor(crops[k:k + batch])).numpy() for k in range(0, len(crops), batch)]
+    model.train()
+    return np.concatenate(out) if out else np.zeros((0, 2), np.float32)
+
+
+def distill(data: FaceCrops, targets: np.ndarray, out: Path, cfg: DistillConfig, provenance: dict) -> dict:
+    """Train ``cfg.student`` on teacher ``targets``; write student.pt + student.json into ``out``."""
+    from scipy.stats import spearmanr
+    from tqdm import tqdm
+
+    from fiqa_compile.models.registry import create_model
+
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    train, held = data.split(cfg.held_out, cfg.seed)
+    mean = targets[train].mean(0)
+    std = targets[train].std(0) + 1e-8
+    z = ((targets - mean) / std).astype(np.float32)
+    model = create_model(cfg.student)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = max(1, len(train) // cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    warmup = min(200, total // 10)
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return cfg.lr * (step + 1) / warmup
+        return cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+    last = out / "last.pt"
+    step, history = 0, []
+    if last.exists():
+        ck = torch.load(last, map_location="cpu", weights_only=True)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        step, history = int(ck["step"]), json.loads(ck["history"])
+        print(f"resumed distillation at step {step}/{total}", flush=True)
+
+    def save_last() -> None:
+        _save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "history": json.dumps(history)}, last)
+
+    t0, stopped = time.time(), False
+    model.train()
+    pbar = tqdm(total=total, initial=step, desc=f"distil {cfg.student}", file=sys.stdout, mininterval=15)
+    while step < total and not stopped:
+        epoch, offset = divmod(step, steps_per_epoch)
+        rng = np.random.default_rng([cfg.seed, epoch])
+        perm = train[rng.permutation(len(train))]
+        flips = rng.random(len(perm)) < 0.5
+        for b in range(offset, steps_per_epoch):
+            rows = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            crops = data.crop[rows].copy()
+            f = flips[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            crops[f] = crops[f][:, :, ::-1]
+            for g in opt.param_groups:
+                g["lr"] = lr_at(step)
+            pred = model(to_tensor(crops))
+            t = torch.from_numpy(z[rows])
+            loss = F.mse_loss(pred, t) + cfg.rank_weight * sum(pairwise_rank_loss(pred[:, i], t[:, i]) for i in range(2))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            pbar.update(1)
+            pbar.set_postfix(loss=f"{float(loss):.3f}")
+            if step % cfg.checkpoint_every == 0:
+                save_last()
+            if cfg.max_minutes and time.time() - t0 > cfg.max_minutes * 60:
+                stopped = True
+                break
+        if not stopped:
+            p = _predict(model, data.crop[held])
+            srcc = {n: float(spearmanr(p[:, i], z[held, i]).statistic) for i, n in enumerate(SCORE_NAMES)}
+            history.append({"epoch": epoch + 1, "step": step, **{f"srcc_{k}": v for k, v in srcc.items()}})
+            print(f"epoch {epoch + 1}/{cfg.epochs}: held-out SRCC vs teachers "
+                  + "  ".join(f"{k} {v:.4f}" for k, v in srcc.items()), flush=True)
+            save_last()
+    pbar.close()
+    save_last()
+    weights = out / "student.pt"
+    _save(model.state_dict(), weights)
+    p = _predict(model, data.crop[held]) * std + mean
+    lo = np.percentile(targets[train], 1, axis=0)
+    hi = np.percentile(targets[train], 99, axis=0)
+    info = {
+        "student": cfg.student, "config": dataclasses.asdict(cfg), "data": data.source,
+        "samples": {"train": int(len(train)), "held_out": int(len(held))},
+        "scores": [{"name": n, "index": i, "mean": float(mean[i]), "std": float(std[i]),
+                    "teacher_p01": float(lo[i]), "teacher_p99": float(hi[i])} for i, n in enumerate(SCORE_NAMES)],
+        "held_out_srcc": {n: float(spearmanr(p[:, i], targets[held, i]).statistic) for i, n in enumerate(SCORE_NAMES)},
+        "trained_steps": step, "planned_steps": total, "complete": step >= total and not stopped,
+        "history": history, "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(), **provenance,
+    }
+    (out / "student.json").write_text(json.dumps(info, indent=2))
+    np.save(out / "held_out_rows.npy", held)
+    return info
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="fiqa-distill", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--faces", type=Path, help="folder of the user's own unlabelled face photos")
+    src.add_argument("--crops", type=Path, help="a fiqa-labels directory whose aligned crops to reuse")
+    ap.add_argument("--out", type=Path, required=True, help="run directory (student.pt, student.json, checkpoints)")
+    ap.add_argument("--utility-teacher", type=Path, default=None, help="teacher dir (default: embedded ViT-FIQA tiny)")
+    ap.add_argument("--perceptual-teacher", type=Path, default=None, help="teacher dir (default: embedded DSL-FIQA tiny)")
+    ap.add_argument("--versions", type=int, default=4, help="--faces: degraded versions per photo (default 4)")
+    for f in dataclasses.fields(DistillConfig):
+        if f.name in ("seed",):
+            continue
+        ap.add_argument("--" + f.name.replace("_", "-"), type=type(f.default) if f.default is not None else float,
+                        default=f.default)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from fiqa_compile.teachers import embedded_teacher_dirs, load_teacher
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    defaults = embedded_teacher_dirs()
+    teachers = {"utility": load_teacher(args.utility_teacher or defaults["utility"]),
+                "perceptual": load_teacher(args.perceptual_teacher or defaults["perceptual"])}
+    args.out.mkdir(parents=True, exist_ok=True)
+    cache = args.out / "targets.npz"
+    data = crops_from_labels(args.crops) if args.crops else crops_from_folder(args.faces, args.versions, args.seed)
+    if cache.exists():
+        targets = np.load(cache)["targets"]
+        if len(targets) != len(data):
+            raise SystemExit(f"fiqa-distill: {cache} belongs to another data set; use another --out")
+    else:
+        targets = teacher_targets(teachers, data)
+        np.savez(cache, targets=targets)
+    cfg = DistillConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DistillConfig)})
+    provenance = {"command": "fiqa-distill " + " ".join(sys.argv[1:] if argv is None else argv),
+                  "teachers": {k: {"model": t.info["model"], "sha256": t.info["sha256"], "path": str(t.path)}
+                               for k, t in teachers.items()}, "torch": torch.__version__}
+    info = distill(data, targets, args.out, cfg, provenance)
+    print(json.dumps({k: info[k] for k in ("student", "samples", "held_out_srcc", "complete", "sha256")}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,82 @@
+"""Trained teachers as a scoring panel: utility (ViT-FIQA) and perceptual (DSL-FIQA), on their label scales.
+
+A teacher is a directory (or the embedded default) holding ``teacher.pt`` (weights only) and
+``teacher.json`` (model name, config, score normalisation, sha256). The sha256 is checked before
+the weights are read, and the weights are read with ``weights_only=True``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fiqa_compile.train.data import to_tensor
+
+EMBEDDED_TEACHERS = Path(__file__).resolve().parent / "weights"
+
+
+class TeacherError(ValueError):
+    pass
+
+
+@dataclass
+class Teacher:
+    task: str            # "utility" | "perceptual"
+    model: torch.nn.Module
+    info: dict
+    path: Path
+
+    @property
+    def mean(self) -> float:
+        return float(self.info["score"]["mean"])
+
+    @property
+    def std(self) -> float:
+        return float(self.info["score"]["std"])
+
+    @torch.no_grad()
+    def score(self, crops: np.ndarray, lm68: np.ndarray | None = None, batch_size: int = 128) -> np.ndarray:
+        """Scores of aligned BGR uint8 crops on the label scale (CR for utility, pseudo-MOS for perceptual)."""
+        self.model.eval()
+        out = []
+        for k in range(0, len(crops), batch_size):
+            x = to_tensor(crops[k:k + batch_size])
+            if self.task == "utility":
+                raw = self.model(x).quality
+            else:
+                lm = None if lm68 is None else torch.from_numpy(np.ascontiguousarray(lm68[k:k + batch_size]))
+                raw = self.model(x, landmarks=lm)
+            out.append(raw.float().numpy() * self.std + self.mean)
+        return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def load_teacher(path: str | Path) -> Teacher:
+    """Load a teacher from its run directory (teacher.json + teacher.pt), verifying the weights' sha256."""
+    from fiqa_compile.models.registry import create_model
+
+    path = Path(path)
+    meta_path = path / "teacher.json" if path.is_dir() else path.with_suffix(".json")
+    weights = meta_path.with_name("teacher.pt") if path.is_dir() else path
+    if not meta_path.is_file() or not weights.is_file():
+        raise TeacherError(f"teacher at {path} needs teacher.json and teacher.pt (made by fiqa-train)")
+    info = json.loads(meta_path.read_text())
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    if digest != info.get("sha256"):
+        raise TeacherError(f"{weights} has sha256 {digest[:12]}..., but {meta_path.name} records "
+                           f"{str(info.get('sha256'))[:12]}...: the file is corrupt or was replaced; retrain or restore it")
+    model = create_model(info["model"])
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        model.load_state_dict(state, strict=True)
+    except Exception as e:  # noqa: BLE001
+        raise TeacherError(f"cannot load {weights} into {info['model']}: {e}") from e
+    model.eval()
+    return Teacher(task=info["task"], model=model, info=info, path=path)
+
+
+def embedded_teacher_dirs() -> dict[str, Path]:
+    return {"utility": EMBEDDED_TEACHERS / "vit_fiqa_tiny", "perceptual": EMBEDDED_TEACHERS / "dsl_fiqa_tiny"}

@@ -1,0 +1,1 @@
+"""Training of the small teachers on measured labels (``fiqa-train``)."""
