@@ -60,6 +60,7 @@ register_backend("opencv", "cv2", "fiqa_runtimes.opencv_backend:OpenCVDnnBackend
 register_backend("litert", "ai_edge_litert", "fiqa_runtimes.litert_backend:LiteRTBackend", (ModelFormat.TFLITE,))
 register_backend("tflite-runtime", "tflite_runtime", "fiqa_runtimes.litert_backend:TfliteRuntimeBackend",
                  (ModelFormat.TFLITE,))
+register_backend("tensorrt", "tensorrt", "fiqa_runtimes.tensorrt_backend:TensorRTBackend", (ModelFormat.ONNX,))
 
 
 def _installed(module: str) -> bool:

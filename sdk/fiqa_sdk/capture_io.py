@@ -1,0 +1,228 @@
+"""Persist the gate's output: capture files written atomically, and a JSON-lines log of every decision.
+
+A capture is an image plus a JSON sidecar. Each file is written to a hidden temp file in the target folder,
+flushed (and fsynced), then published under its final name in one atomic step that never replaces an existing
+file: ``os.link`` (fails if the name exists), or, on filesystems without hard links (FAT/exFAT SD cards),
+an ``O_EXCL`` reservation of the name followed by ``os.replace`` over that reservation. The sidecar is published
+last, so a consumer that reacts to ``*.json`` never sees a capture whose image is missing or partial. A write
+that fails midway removes its temp file and any part of the capture already published.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import tempfile
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Mapping
+
+import cv2
+import numpy as np
+
+from fiqa_sdk.gate import Capture, GateDecision, GateStep
+
+SIDECAR_SCHEMA = 1
+_TMP_PREFIX = ".tmp-"
+_NO_HARDLINK = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EMLINK, errno.ENOSYS}
+
+
+class CaptureWriteError(OSError):
+    """A capture could not be written; nothing of it was left behind."""
+
+
+@dataclass(frozen=True)
+class CaptureFiles:
+    """Where one capture went. ``stem`` is the shared, unique base name."""
+
+    stem: str
+    image: Path
+    sidecar: Path
+    aligned: Path | None = None
+
+
+def _write_fd(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view[:1 << 20])
+        view = view[n:]
+
+
+def _publish(data: bytes, final: Path, fsync: bool) -> None:
+    """Write ``data`` to ``final`` atomically; raise FileExistsError rather than replace an existing file."""
+    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=_TMP_PREFIX, suffix=final.suffix)
+    try:
+        try:
+            _write_fd(fd, data)
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(tmp, final)
+        except FileExistsError:
+            raise
+        except OSError as e:
+            if e.errno not in _NO_HARDLINK:
+                raise
+            # No hard links here: reserve the name exclusively, then move the finished file over the reservation.
+            os.close(os.open(final, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+            try:
+                os.replace(tmp, final)
+            except BaseException:
+                os.unlink(final)
+                raise
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _encode(image: np.ndarray, ext: str, jpeg_quality: int) -> bytes:
+    params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)] if ext in (".jpg", ".jpeg") else []
+    ok, buf = cv2.imencode(ext, image, params)
+    if not ok:
+        raise CaptureWriteError(f"OpenCV could not encode a {image.shape} {image.dtype} image as {ext}")
+    return buf.tobytes()
+
+
+class CaptureWriter:
+    """Write :class:`~fiqa_sdk.gate.Capture` objects into ``directory`` as ``<stem>.<jpg|png>`` + ``<stem>.json``.
+
+    Stems are ``<UTC time>_t<track>_f<frame>`` with a ``-N`` suffix when that name is already taken, so files sort
+    by time and are never overwritten, even by several writers sharing a folder. ``save_aligned`` also stores the
+    112x112 aligned face (lossless PNG) next to the frame crop.
+    """
+
+    def __init__(self, directory: str | os.PathLike, image_format: str = "jpg", jpeg_quality: int = 95,
+                 bundle_id: str | None = None, save_aligned: bool = False, fsync: bool = True):
+        fmt = image_format.lower().lstrip(".")
+        if fmt not in ("jpg", "jpeg", "png"):
+            raise ValueError(f"image_format must be 'jpg' or 'png', got {image_format!r}")
+        if not 1 <= int(jpeg_quality) <= 100:
+            raise ValueError(f"jpeg_quality must be in 1..100, got {jpeg_quality}")
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.ext = "." + ("jpg" if fmt == "jpeg" else fmt)
+        self.jpeg_quality = int(jpeg_quality)
+        self.bundle_id = bundle_id
+        self.save_aligned = bool(save_aligned)
+        self.fsync = bool(fsync)
+
+    def _stem(self, capture: Capture, now: datetime, attempt: int) -> str:
+        base = (f"{now:%Y%m%dT%H%M%S}{now.microsecond // 1000:03d}Z"
+                f"_t{capture.decision.track_id}_f{capture.decision.frame_index}")
+        return base if attempt == 0 else f"{base}-{attempt}"
+
+    def sidecar(self, capture: Capture, files: CaptureFiles, written_at: datetime,
+                extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The JSON document stored next to the image (schema :data:`SIDECAR_SCHEMA`)."""
+        img = capture.image
+        doc: dict[str, Any] = {
+            "schema": SIDECAR_SCHEMA, "id": files.stem, "image": files.image.name,
+            "aligned_image": files.aligned.name if files.aligned else None,
+            "image_size": [int(img.shape[1]), int(img.shape[0])],
+            "bundle_id": self.bundle_id, "written_at": written_at.isoformat(timespec="milliseconds"),
+            **capture.decision.to_dict(),
+            "window": {"start": round(float(capture.window_start), 6), "candidates": int(capture.candidates)},
+        }
+        if extra:
+            clash = sorted(set(extra) & set(doc))
+            if clash:
+                raise ValueError(f"extra sidecar keys {clash} would overwrite built-in fields")
+            doc.update(extra)
+        return doc
+
+    def write(self, capture: Capture, extra: Mapping[str, Any] | None = None) -> CaptureFiles:
+        """Write one capture; returns its paths. On any failure nothing of this capture remains on disk."""
+        image = _encode(capture.image, self.ext, self.jpeg_quality)
+        aligned = None
+        if self.save_aligned:
+            if capture.observation.aligned_face is None:
+                raise ValueError("save_aligned=True but the capture has no aligned_face")
+            aligned = _encode(capture.observation.aligned_face, ".png", self.jpeg_quality)
+        now = datetime.now(timezone.utc)
+        # Validate the sidecar before touching the disk: bad metadata is a caller bug, not an I/O failure.
+        probe = CaptureFiles("probe", Path("probe" + self.ext), Path("probe.json"))
+        doc = self.sidecar(capture, probe, now, extra)
+        try:
+            json.dumps(doc, allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"capture metadata cannot be stored as JSON: {e}") from e
+        for attempt in range(10_000):
+            stem = self._stem(capture, now, attempt)
+            files = CaptureFiles(stem, self.directory / f"{stem}{self.ext}", self.directory / f"{stem}.json",
+                                 self.directory / f"{stem}_aligned.png" if aligned is not None else None)
+            try:
+                _publish(image, files.image, self.fsync)
+            except FileExistsError:
+                continue
+            except OSError as e:
+                raise CaptureWriteError(f"writing {files.image} failed ({e}); nothing was kept") from e
+            break
+        else:
+            raise CaptureWriteError(f"no free file name for {stem} in {self.directory}")
+        published = [files.image]
+        try:
+            if aligned is not None:
+                _publish(aligned, files.aligned, self.fsync)
+                published.append(files.aligned)
+            doc = self.sidecar(capture, files, now, extra)
+            _publish(json.dumps(doc, indent=1, allow_nan=False).encode(), files.sidecar, self.fsync)
+        except BaseException as e:
+            for path in published:
+                path.unlink(missing_ok=True)
+            if isinstance(e, OSError):
+                raise CaptureWriteError(f"writing capture {stem} failed ({e}); nothing was kept") from e
+            raise
+        return files
+
+
+class DecisionLog:
+    """Append one JSON object per gate decision to a ``.jsonl`` file, flushed after every line.
+
+    Flushing per line means a crash loses at most the line being written, and ``tail -f`` shows decisions live.
+    Safe to share between threads.
+    """
+
+    def __init__(self, path: str | os.PathLike, bundle_id: str | None = None):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.bundle_id = bundle_id
+        self._file = open(self.path, "a", encoding="utf-8", newline="\n")
+        self._lock = threading.Lock()
+
+    def write(self, decision: GateDecision, **extra: Any) -> None:
+        record = decision.to_dict()
+        if self.bundle_id is not None:
+            record["bundle_id"] = self.bundle_id
+        clash = sorted(set(extra) & set(record))
+        if clash:
+            raise ValueError(f"extra log keys {clash} would overwrite decision fields")
+        record.update(extra)
+        try:
+            line = json.dumps(record, separators=(",", ":"), allow_nan=False)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"decision of track {decision.track_id} frame {decision.frame_index} cannot be logged "
+                             f"as JSON ({e}); scores, measures and extras must be finite numbers/strings") from e
+        with self._lock:
+            if self._file.closed:
+                raise ValueError(f"decision log {self.path} is closed")
+            self._file.write(line + "\n")
+            self._file.flush()
+
+    def write_step(self, step: GateStep, **extra: Any) -> None:
+        """Log every decision one gate update settled."""
+        for decision in step.decisions:
+            self.write(decision, **extra)
+
+    def close(self) -> None:
+        with self._lock:
+            self._file.close()
+
+    def __enter__(self) -> DecisionLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,205 @@
+"""Capture files are atomic and never overwritten; the decision log is one flushed JSON line per decision."""
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import threading
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from fiqa_sdk import capture_io, create_detector, load_sample
+from fiqa_sdk.align import align_face
+from fiqa_sdk.capture_io import CaptureWriteError, CaptureWriter, DecisionLog
+from fiqa_sdk.gate import Capture, CaptureGate, FaceObservation, GateConfig
+from fiqa_sdk.measures import image_measures, landmark_measures
+
+
+@pytest.fixture(scope="module")
+def capture() -> Capture:
+    """A real face (Grace Hopper, shipped with matplotlib): detected, aligned, cropped and accepted by the gate."""
+    frame = load_sample("grace_hopper")
+    det = create_detector(max_side=320)(frame)[0]
+    x1, y1, x2, y2 = det.box.round().astype(int)
+    obs = FaceObservation(track_id=4, frame_index=17, timestamp=0.567, detection=det,
+                          aligned_face=align_face(frame, det.landmarks),
+                          crop=frame[max(y1, 0):y2, max(x1, 0):x2].copy(),
+                          scores={"utility": 81.5, "perceptual": 74.25},
+                          measures={})
+    obs.measures = {**image_measures(obs.aligned_face), **landmark_measures(det.landmarks)}
+    step = CaptureGate(GateConfig(window_frames=1)).update([obs], obs.timestamp)
+    assert len(step.captures) == 1
+    return step.captures[0]
+
+
+def listing(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+def test_writes_image_and_sidecar(tmp_path, capture):
+    writer = CaptureWriter(tmp_path, bundle_id="fiqa-int8-test", save_aligned=True)
+    files = writer.write(capture)
+    assert listing(tmp_path) == sorted([files.image.name, files.sidecar.name, files.aligned.name])
+    assert files.image.name.endswith("_t4_f17.jpg")
+    img = cv2.imread(str(files.image))
+    assert img.shape == capture.observation.crop.shape
+    assert np.abs(img.astype(int) - capture.observation.crop).mean() < 3  # JPEG q95 of the same pixels
+    aligned = cv2.imread(str(files.aligned))
+    np.testing.assert_array_equal(aligned, capture.observation.aligned_face)  # PNG: lossless
+    doc = json.loads(files.sidecar.read_text())
+    assert doc["schema"] == capture_io.SIDECAR_SCHEMA and doc["id"] == files.stem
+    assert doc["image"] == files.image.name and doc["aligned_image"] == files.aligned.name
+    assert doc["bundle_id"] == "fiqa-int8-test"
+    assert doc["accepted"] is True and doc["reasons"] == []
+    assert doc["scores"] == {"utility": 81.5, "perceptual": 74.25}
+    assert doc["track_id"] == 4 and doc["frame_index"] == 17 and doc["timestamp"] == 0.567
+    det = capture.observation.detection
+    np.testing.assert_allclose(doc["detection"]["box"], det.box, atol=0.01)
+    np.testing.assert_allclose(doc["detection"]["landmarks"], det.landmarks, atol=0.01)
+    assert doc["image_size"] == [img.shape[1], img.shape[0]]
+    assert doc["window"] == {"start": 0.567, "candidates": 1}
+    assert doc["written_at"].endswith("+00:00")
+
+
+def test_png_format_and_aligned_only_capture(tmp_path, capture):
+    obs = capture.observation
+    aligned_only = Capture(FaceObservation(obs.track_id, obs.frame_index, obs.timestamp, obs.detection,
+                                           obs.aligned_face, obs.scores, obs.measures),
+                           capture.decision, capture.window_start, capture.candidates)
+    files = CaptureWriter(tmp_path, image_format="png").write(aligned_only)
+    np.testing.assert_array_equal(cv2.imread(str(files.image)), obs.aligned_face)
+
+
+def test_names_never_collide(tmp_path, capture):
+    writer = CaptureWriter(tmp_path, fsync=False)
+    first = writer.write(capture)
+    digest = hashlib.sha256(first.image.read_bytes()).hexdigest()
+    results = [writer.write(capture) for _ in range(5)]
+
+    def worker():
+        other = CaptureWriter(tmp_path, fsync=False)
+        for _ in range(10):
+            results.append(other.write(capture))
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stems = [first.stem] + [r.stem for r in results]
+    assert len(stems) == 36 and len(set(stems)) == 36
+    assert len(listing(tmp_path)) == 72  # an image and a sidecar each, no temp files
+    assert hashlib.sha256(first.image.read_bytes()).hexdigest() == digest
+    for r in results:
+        assert json.loads(r.sidecar.read_text())["id"] == r.stem
+
+
+def test_existing_file_is_never_overwritten(tmp_path, capture, monkeypatch):
+    monkeypatch.setattr(CaptureWriter, "_stem", lambda self, c, now, n: "fixed" if n == 0 else f"fixed-{n}")
+    (tmp_path / "fixed.jpg").write_bytes(b"someone else's file")
+    files = CaptureWriter(tmp_path).write(capture)
+    assert files.stem == "fixed-1"
+    assert (tmp_path / "fixed.jpg").read_bytes() == b"someone else's file"
+    assert listing(tmp_path) == ["fixed-1.jpg", "fixed-1.json", "fixed.jpg"]
+
+
+def test_filesystem_without_hard_links(tmp_path, capture, monkeypatch):
+    """FAT/exFAT SD cards: the reserve-then-replace path must keep both promises too."""
+    def no_link(src, dst):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(capture_io.os, "link", no_link)
+    monkeypatch.setattr(CaptureWriter, "_stem", lambda self, c, now, n: "x" if n == 0 else f"x-{n}")
+    (tmp_path / "x.jpg").write_bytes(b"keep me")
+    files = CaptureWriter(tmp_path).write(capture)
+    assert files.stem == "x-1"
+    assert (tmp_path / "x.jpg").read_bytes() == b"keep me"
+    assert cv2.imread(str(files.image)).shape == capture.image.shape
+    assert listing(tmp_path) == ["x-1.jpg", "x-1.json", "x.jpg"]
+
+
+def test_interrupted_write_leaves_nothing(tmp_path, capture, monkeypatch):
+    real_write = os.write
+
+    def disk_full_halfway(fd, data):
+        real_write(fd, bytes(data[: len(data) // 2]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(capture_io.os, "write", disk_full_halfway)
+    with pytest.raises(CaptureWriteError, match="No space left"):
+        CaptureWriter(tmp_path).write(capture)
+    assert listing(tmp_path) == []
+
+
+def test_failed_sidecar_rolls_back_the_published_images(tmp_path, capture, monkeypatch):
+    real_write, calls = os.write, []
+
+    def fail_third_file(fd, data):  # crop, aligned face, then the sidecar
+        calls.append(fd)
+        if len(calls) == 3:
+            raise OSError(errno.EIO, "Input/output error")
+        return real_write(fd, data)
+
+    monkeypatch.setattr(capture_io.os, "write", fail_third_file)
+    with pytest.raises(CaptureWriteError, match="Input/output error.*nothing was kept"):
+        CaptureWriter(tmp_path, save_aligned=True).write(capture)
+    assert len(calls) == 3
+    assert listing(tmp_path) == []
+
+
+def test_bad_metadata_is_refused_before_writing(tmp_path, capture):
+    writer = CaptureWriter(tmp_path)
+    with pytest.raises(ValueError, match="cannot be stored as JSON"):
+        writer.write(capture, extra={"camera": object()})
+    with pytest.raises(ValueError, match="cannot be stored as JSON"):
+        writer.write(capture, extra={"exposure": float("nan")})
+    with pytest.raises(ValueError, match="overwrite built-in"):
+        writer.write(capture, extra={"scores": {}})
+    assert listing(tmp_path) == []
+    files = writer.write(capture, extra={"camera": "gate-2"})
+    assert json.loads(files.sidecar.read_text())["camera"] == "gate-2"
+
+
+def test_writer_validates_options(tmp_path):
+    with pytest.raises(ValueError, match="image_format"):
+        CaptureWriter(tmp_path, image_format="gif")
+    with pytest.raises(ValueError, match="jpeg_quality"):
+        CaptureWriter(tmp_path, jpeg_quality=0)
+
+
+def test_decision_log_one_flushed_line_per_decision(tmp_path, capture):
+    obs = capture.observation
+    gate = CaptureGate(GateConfig(window_frames=3))
+    path = tmp_path / "logs" / "decisions.jsonl"
+    log = DecisionLog(path, bundle_id="b1")
+    written = 0
+    for i, utility in enumerate([70, 20, 90, 85, 60]):
+        o = FaceObservation(obs.track_id, i, i * 0.1, obs.detection, obs.aligned_face,
+                            {"utility": utility, "perceptual": 70}, obs.measures)
+        step = gate.update([o], o.timestamp)
+        log.write_step(step, camera="cam0")
+        written += len(step.decisions)
+        # Flushed: another reader sees every line before the log is closed.
+        assert len(path.read_text().splitlines()) == written
+    log.close()
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [(d["frame_index"], d["accepted"], d["reasons"]) for d in lines] == [
+        (1, False, ["low_utility"]), (0, False, ["not_best_in_window"]), (2, True, []),
+        (3, False, ["cooldown"]), (4, False, ["cooldown"])]
+    assert all(d["bundle_id"] == "b1" and d["camera"] == "cam0" for d in lines)
+    assert lines[2]["detection"]["box"] == [round(float(v), 2) for v in obs.detection.box]
+    with DecisionLog(path) as again:  # appends, never truncates
+        again.write(step.decisions[0])
+    assert len(path.read_text().splitlines()) == written + 1
+    with pytest.raises(ValueError, match="closed"):
+        log.write(step.decisions[0])
+    with DecisionLog(tmp_path / "x.jsonl") as other:
+        with pytest.raises(ValueError, match="overwrite decision fields"):
+            other.write(step.decisions[0], accepted=True)
+        with pytest.raises(ValueError, match="cannot be logged as JSON"):
+            other.write(step.decisions[0], exposure=float("inf"))
+    assert (tmp_path / "x.jsonl").read_text() == ""

@@ -1,0 +1,261 @@
+"""Frame sources: a real video written and read back, reconnection with back-off, CSI pipeline, spec parsing."""
+from __future__ import annotations
+
+import os
+
+import cv2
+import numpy as np
+import pytest
+
+from fiqa_sdk import load_sample, sources
+from fiqa_sdk.sources import (Backoff, Frame, ListSource, LiveSource, SourceError, SourceSpecError, VideoFileSource,
+                              csi_pipeline, open_source)
+
+
+def face_photos() -> list[np.ndarray]:
+    """Real photos that pip packages ship, resized to one 320x240 frame size."""
+    return [cv2.resize(load_sample(name), (320, 240), interpolation=cv2.INTER_AREA)
+            for name in ("grace_hopper", "t1", "tom_hanks", "astronaut")]
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory) -> tuple[str, list[np.ndarray]]:
+    photos = face_photos()
+    frames = [photos[i % len(photos)] for i in range(12)]
+    path = str(tmp_path_factory.mktemp("video") / "faces.avi")
+    writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (320, 240))
+    assert writer.isOpened(), "this OpenCV cannot write MJPG/AVI"
+    for f in frames:
+        writer.write(f)
+    writer.release()
+    return path, frames
+
+
+def test_video_file_round_trip(video):
+    path, written = video
+    frames = list(open_source(path))
+    assert [f.index for f in frames] == list(range(12))
+    np.testing.assert_allclose([f.timestamp for f in frames], np.arange(12) / 10.0, atol=1e-6)
+    for f, original in zip(frames, written):
+        assert f.image.shape == (240, 320, 3) and f.image.dtype == np.uint8
+        assert np.abs(f.image.astype(int) - original).mean() < 6  # MJPG is lossy, but it is the same picture
+    # The frames are distinct photos, so a reader that repeated or shuffled frames would fail the check above.
+    assert np.abs(frames[0].image.astype(int) - frames[1].image).mean() > 20
+
+
+def test_video_frames_unpack_as_tuples(video):
+    path, _ = video
+    with VideoFileSource(path) as src:
+        index, timestamp, image = next(iter(src))
+    assert (index, timestamp, image.shape) == (0, 0.0, (240, 320, 3))
+
+
+def test_unreadable_and_missing_video(tmp_path):
+    junk = tmp_path / "junk.avi"
+    junk.write_bytes(os.urandom(2048))
+    with pytest.raises(SourceError, match="cannot open video"):
+        list(open_source(str(junk)))
+    with pytest.raises(SourceError, match="does not exist"):
+        VideoFileSource(tmp_path / "nope.avi")
+
+
+def test_list_source_validates_and_times_frames():
+    photo = face_photos()[0]
+    frames = list(ListSource([photo, cv2.cvtColor(photo, cv2.COLOR_BGR2GRAY)], fps=25))
+    assert [(f.index, f.timestamp) for f in frames] == [(0, 0.0), (1, 0.04)]
+    assert frames[1].image.shape == (240, 320, 3)
+    with pytest.raises(ValueError, match="not an image"):
+        ListSource([np.zeros(5, np.uint8)])
+
+
+# -- live sources: reconnection ----------------------------------------------------------------------------------------
+
+class FakeCapture:
+    """A cv2.VideoCapture stand-in following a script: an image, None (bad frame) or False (failed read)."""
+
+    def __init__(self, script, opened=True):
+        self.script = list(script)
+        self.opened = opened
+        self.released = False
+
+    def isOpened(self):
+        return self.opened
+
+    def read(self):
+        item = self.script.pop(0) if self.script else False
+        if item is False:
+            return False, None
+        return True, item
+
+    def release(self):
+        self.released = True
+
+
+class FakeClock:
+    def __init__(self):
+        self.t = 100.0
+        self.sleeps = []
+
+    def __call__(self):
+        self.t += 0.033
+        return self.t
+
+    def sleep(self, s):
+        self.sleeps.append(s)
+        self.t += s
+
+
+def live(caps, clock, **kw) -> LiveSource:
+    pending = list(caps)
+    opened = []
+
+    def opener():
+        cap = pending.pop(0)
+        opened.append(cap)
+        return cap
+
+    src = LiveSource(opener, "fake camera", clock=clock, sleep=clock.sleep, **kw)
+    src.opened = opened
+    return src
+
+
+def test_camera_that_disconnects_is_reopened_with_backoff():
+    photo = face_photos()[0]
+    clock = FakeClock()
+    first = FakeCapture([photo] * 3)  # then read() fails forever: unplugged
+    down1, down2 = FakeCapture([], opened=False), FakeCapture([], opened=False)
+    back = FakeCapture([photo] * 4)
+    src = live([first, down1, down2, back], clock, max_bad_reads=3, backoff=Backoff(0.5, 2.0, 10.0, 5))
+    frames = []
+    for f in src:
+        frames.append(f)
+        if len(frames) == 7:
+            break
+    assert [f.index for f in frames] == list(range(7))
+    assert all(b > a for a, b in zip([f.timestamp for f in frames], [f.timestamp for f in frames][1:]))
+    assert clock.sleeps == [0.5, 1.0, 2.0]  # exponential: two failed reopen attempts, the third one works
+    assert src.reconnects == 1 and src.bad_reads == 3
+    assert first.released and down1.released and down2.released
+    assert back.released  # leaving the loop releases the device
+
+
+def test_single_bad_frames_are_skipped_without_reconnecting():
+    photo = face_photos()[0]
+    clock = FakeClock()
+    cap = FakeCapture([photo, None, np.zeros((4,), np.uint8), photo, False, photo])
+    src = live([cap], clock, max_bad_reads=3)
+    frames = list(zip(range(3), src))
+    assert len(frames) == 3 and src.reconnects == 0 and clock.sleeps == [] and src.bad_reads == 3
+
+
+def test_gives_up_after_bounded_attempts_with_a_clear_error():
+    photo = face_photos()[0]
+    clock = FakeClock()
+    caps = [FakeCapture([photo])] + [FakeCapture([], opened=False) for _ in range(3)]
+    src = live(caps, clock, max_bad_reads=1, backoff=Backoff(1.0, 3.0, 5.0, 3))
+    got = []
+    with pytest.raises(SourceError, match="did not come back after 3 reconnect attempt"):
+        for f in src:
+            got.append(f)
+    assert len(got) == 1 and clock.sleeps == [1.0, 3.0, 5.0]
+
+
+def test_initial_open_fails_fast_unless_asked_to_wait():
+    photo = face_photos()[0]
+    clock = FakeClock()
+    with pytest.raises(SourceError, match="cannot open fake camera"):
+        next(iter(live([FakeCapture([], opened=False)], clock)))
+    assert clock.sleeps == []
+    src = live([FakeCapture([], opened=False), FakeCapture([photo])], clock, retry_initial_open=True)
+    assert next(iter(src)).index == 0 and clock.sleeps == [0.5]
+
+
+def test_backoff_schedule_is_capped_and_bounded():
+    assert list(Backoff(0.5, 2.0, 3.0, 6).delays()) == [0.5, 1.0, 2.0, 3.0, 3.0, 3.0]
+    forever = Backoff(max_attempts=None).delays()
+    assert [next(forever) for _ in range(8)][-1] == 10.0
+    with pytest.raises(ValueError):
+        Backoff(initial_s=5, max_delay_s=1)
+    with pytest.raises(ValueError):
+        Backoff(max_attempts=0)
+
+
+# -- CSI ---------------------------------------------------------------------------------------------------------------
+
+def test_csi_pipeline_string():
+    assert csi_pipeline() == (
+        "nvarguscamerasrc sensor-id=0 ! video/x-raw(memory:NVMM), width=(int)1280, height=(int)720, "
+        "format=(string)NV12, framerate=(fraction)30/1 ! nvvidconv flip-method=0 ! "
+        "video/x-raw, width=(int)1280, height=(int)720, format=(string)BGRx ! videoconvert ! "
+        "video/x-raw, format=(string)BGR ! appsink drop=1 max-buffers=1")
+    p = csi_pipeline(sensor_id=1, width=1920, height=1080, framerate=60, flip_method=2, output_width=960,
+                     output_height=540)
+    assert p.startswith("nvarguscamerasrc sensor-id=1 ! ")
+    assert "width=(int)1920, height=(int)1080" in p and "framerate=(fraction)60/1" in p
+    assert "nvvidconv flip-method=2 ! video/x-raw, width=(int)960, height=(int)540, format=(string)BGRx" in p
+    with pytest.raises(ValueError, match="flip_method"):
+        csi_pipeline(flip_method=8)
+    with pytest.raises(ValueError, match="width"):
+        csi_pipeline(width=0)
+
+
+def test_csi_spec_builds_the_pipeline(monkeypatch):
+    monkeypatch.setattr(sources, "opencv_has_gstreamer", lambda: True)
+    src = open_source("csi://1?width=1920&height=1080&fps=60&flip=2")
+    assert isinstance(src, LiveSource) and src.description == "CSI camera 1"
+    assert src.target == csi_pipeline(1, 1920, 1080, 60, 2)
+
+
+def test_csi_without_gstreamer_says_what_to_install(monkeypatch):
+    monkeypatch.setattr(sources, "opencv_has_gstreamer", lambda: False)
+    with pytest.raises(SourceError, match="without GStreamer.*python3-opencv"):
+        open_source("csi://0")
+
+
+def test_pip_opencv_without_gstreamer_refuses_csi_for_real():
+    """No monkeypatching: the pip wheels are built without GStreamer, so CSI must fail with the fix named."""
+    if sources.opencv_has_gstreamer():
+        pytest.skip("this OpenCV has GStreamer (JetPack build); the refusal path does not apply")
+    assert "GStreamer" in cv2.getBuildInformation()
+    with pytest.raises(SourceError, match="without GStreamer"):
+        open_source("csi://0")
+
+
+# -- spec parsing ------------------------------------------------------------------------------------------------------
+
+def test_spec_parsing_picks_the_source():
+    cam = open_source("0")
+    assert isinstance(cam, LiveSource) and cam.description == "camera 0" and cam.target == "0"
+    assert open_source(2).description == "camera 2"
+    stream = open_source("rtsp://admin:secret@10.0.0.5:554/stream1")
+    assert stream.description == "stream rtsp://admin:***@10.0.0.5:554/stream1"
+    assert "secret" not in repr(stream) and "secret" not in stream.target
+
+
+@pytest.mark.parametrize("spec, error, match", [
+    ("", SourceSpecError, "empty source spec"),
+    ("-1", SourceSpecError, "must be >= 0"),
+    (-3, SourceSpecError, "must be >= 0"),
+    ("ftp://host/x", SourceSpecError, "unsupported source scheme 'ftp'"),
+    ("rtsp://", SourceSpecError, "has no host"),
+    ("csi://left", SourceSpecError, "sensor id must be a non-negative integer"),
+    ("csi://0?zoom=2", SourceSpecError, "unknown CSI option 'zoom'"),
+    ("csi://0?width=wide", SourceSpecError, "must be a non-negative integer"),
+    ("no_such_clip.mp4", SourceSpecError, "not an existing file.*camera index"),
+    ("/dev/video97", SourceError, "does not exist"),
+    (3.5, SourceSpecError, "must be a string or camera index"),
+])
+def test_spec_errors_are_clear(spec, error, match):
+    with pytest.raises(error, match=match):
+        open_source(spec)
+
+
+def test_folder_is_not_a_video(tmp_path):
+    with pytest.raises(SourceSpecError, match="is a folder"):
+        open_source(str(tmp_path))
+
+
+def test_frame_is_a_named_tuple():
+    f = Frame(3, 0.1, np.zeros((2, 2, 3), np.uint8))
+    i, t, img = f
+    assert (i, t, img.shape) == (3, 0.1, (2, 2, 3)) and f.index == 3

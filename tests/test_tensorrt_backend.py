@@ -1,0 +1,447 @@
+"""TensorRT backend without a GPU: version branching, cache keys and layout, error messages, and the build/cache
+control flow against fake ``tensorrt`` / ``pycuda`` / ``cuda-python`` modules whose "device memory" is real host
+memory, so data really flows through the copies and the fake engine's arithmetic."""
+from __future__ import annotations
+
+import ctypes
+import enum
+import importlib.machinery
+import json
+import logging
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fiqa_runtimes import BackendUnavailable, available_backends, load_backend
+from fiqa_runtimes.tensorrt_backend import BuildPlan, EngineKey, TensorRTBackend, build_plan, parse_version
+
+MAGIC = b"FAKE-TRT-ENGINE\n"
+
+
+def onnx_model(inputs=None, qdq=True) -> bytes:
+    """The fake parser reads this JSON instead of protobuf: input shapes and whether Q/DQ nodes exist."""
+    return json.dumps({"inputs": inputs or {"x": [-1, 4]}, "qdq": qdq}).encode()
+
+
+def fake_tensorrt(version: str) -> types.ModuleType:
+    trt = types.ModuleType("tensorrt")
+    trt.__spec__ = importlib.machinery.ModuleSpec("tensorrt", None)
+    trt.__version__ = version
+    major = int(version.split(".")[0])
+    stats = trt.stats = {"builds": 0, "deserialized": 0, "network_flags": [], "builder_flags": [], "profiles": []}
+
+    class Logger:
+        WARNING = 2
+
+        def __init__(self, severity=None):
+            self.severity = severity
+
+    trt.Logger = Logger
+    trt.NetworkDefinitionCreationFlag = enum.IntEnum(
+        "NetworkDefinitionCreationFlag", {"STRONGLY_TYPED": 1} if major >= 11 else {"EXPLICIT_BATCH": 0,
+                                                                                     "STRONGLY_TYPED": 1})
+    # TensorRT 11 has no precision flags: code that still sets them fails here like it would on the real thing.
+    trt.BuilderFlag = enum.IntEnum("BuilderFlag", {"REFIT": 3} if major >= 11 else {"FP16": 0, "INT8": 1, "REFIT": 3})
+    trt.MemoryPoolType = enum.IntEnum("MemoryPoolType", {"WORKSPACE": 0})
+    trt.TensorIOMode = enum.Enum("TensorIOMode", "INPUT OUTPUT")
+    trt.LayerType = enum.Enum("LayerType", "QUANTIZE CONVOLUTION")
+    trt.DataType = enum.Enum("DataType", "FLOAT")
+    trt.nptype = lambda dt: {trt.DataType.FLOAT: np.float32}[dt]
+
+    class Network:
+        def __init__(self):
+            self.inputs, self.layers = [], []
+
+        num_inputs = property(lambda self: len(self.inputs))
+        num_layers = property(lambda self: len(self.layers))
+        get_input = lambda self, i: self.inputs[i]
+        get_layer = lambda self, i: self.layers[i]
+
+    class OnnxParser:
+        def __init__(self, network, logger):
+            self.network, self.errors = network, []
+
+        def parse(self, data):
+            try:
+                spec = json.loads(data)
+            except ValueError:
+                self.errors = ["ModelImporter: failed to parse ONNX model from file"]
+                return False
+            self.network.inputs = [types.SimpleNamespace(name=n, shape=tuple(s)) for n, s in spec["inputs"].items()]
+            kind = trt.LayerType.QUANTIZE if spec["qdq"] else trt.LayerType.CONVOLUTION
+            self.network.layers = [types.SimpleNamespace(type=t) for t in (trt.LayerType.CONVOLUTION, kind)]
+            return True
+
+        num_errors = property(lambda self: len(self.errors))
+        get_error = lambda self, i: self.errors[i]
+
+    class Config:
+        def __init__(self):
+            self.flags, self.profiles, self.pools = set(), [], {}
+
+        def set_memory_pool_limit(self, pool, size):
+            self.pools[pool] = size
+
+        def set_flag(self, flag):
+            self.flags.add(flag.name)
+
+        def add_optimization_profile(self, profile):
+            self.profiles.append(profile)
+
+    class Profile:
+        def __init__(self):
+            self.shapes = {}
+
+        def set_shape(self, name, lo, opt, hi):
+            self.shapes[name] = [list(lo), list(opt), list(hi)]
+
+    class Builder:
+        def __init__(self, logger):
+            pass
+
+        def create_network(self, flags=0):
+            stats["network_flags"].append(flags)
+            return Network()
+
+        create_builder_config = lambda self: Config()
+        create_optimization_profile = lambda self: Profile()
+
+        def build_serialized_network(self, network, config):
+            stats["builds"] += 1
+            stats["builder_flags"].append(sorted(config.flags))
+            profile = config.profiles[0].shapes if config.profiles else {}
+            stats["profiles"].append(profile)
+            desc = {"inputs": {t.name: list(t.shape) for t in network.inputs}, "profile": profile}
+            return MAGIC + json.dumps(desc).encode()
+
+    class Engine:
+        def __init__(self, desc):
+            self.desc = desc
+            self.names = list(desc["inputs"]) + ["y"]
+
+        num_io_tensors = property(lambda self: len(self.names))
+        get_tensor_name = lambda self, i: self.names[i]
+        get_tensor_mode = lambda self, n: trt.TensorIOMode.OUTPUT if n == "y" else trt.TensorIOMode.INPUT
+        get_tensor_dtype = lambda self, n: trt.DataType.FLOAT
+        create_execution_context = lambda self: Context(self.desc)
+
+    class Context:
+        """Computes y = 2 * x + 1 from and into "device" pointers."""
+
+        def __init__(self, desc):
+            self.desc, self.shapes, self.addresses = desc, {}, {}
+
+        def set_input_shape(self, name, shape):
+            if name in self.desc["profile"]:
+                lo, _, hi = self.desc["profile"][name]
+                ok = len(shape) == len(lo) and all(a <= s <= b for a, s, b in zip(lo, shape, hi))
+            else:
+                ok = list(shape) == self.desc["inputs"][name]
+            if ok:
+                self.shapes[name] = tuple(shape)
+            return ok
+
+        def get_tensor_shape(self, name):
+            return self.shapes["x"] if name == "y" else self.shapes[name]
+
+        def set_tensor_address(self, name, ptr):
+            self.addresses[name] = int(ptr)
+
+        def execute_async_v3(self, stream_handle):
+            assert isinstance(stream_handle, int)
+            n = int(np.prod(self.shapes["x"]))
+            x = np.frombuffer((ctypes.c_float * n).from_address(self.addresses["x"]), np.float32)
+            y = (2 * x + 1).astype(np.float32)
+            ctypes.memmove(self.addresses["y"], y.ctypes.data, y.nbytes)
+            return True
+
+    class Runtime:
+        def __init__(self, logger):
+            pass
+
+        def deserialize_cuda_engine(self, blob):
+            stats["deserialized"] += 1
+            blob = bytes(blob)
+            return Engine(json.loads(blob[len(MAGIC):])) if blob.startswith(MAGIC) else None
+
+    trt.Builder, trt.OnnxParser, trt.Runtime = Builder, OnnxParser, Runtime
+    return trt
+
+
+def fake_pycuda(name="Orin", cc=(8, 7)):
+    pkg, drv = types.ModuleType("pycuda"), types.ModuleType("pycuda.driver")
+    pkg.driver = drv
+    state = drv.state = {"stack": [], "live": {}, "freed": 0}
+    drv.init = lambda: None
+
+    class Ctx:
+        def push(self):
+            state["stack"].append(self)
+
+    class Context:
+        @staticmethod
+        def pop():
+            state["stack"].pop()
+
+    class Device:
+        def __init__(self, i):
+            self.i = i
+
+        name = lambda self: name
+        compute_capability = lambda self: cc
+        retain_primary_context = lambda self: Ctx()
+
+    class Allocation:
+        def __init__(self, nbytes):
+            assert state["stack"], "pycuda call outside a pushed context"
+            self.buf = ctypes.create_string_buffer(nbytes)
+            state["live"][int(self)] = self
+
+        def __int__(self):
+            return ctypes.addressof(self.buf)
+
+        def free(self):
+            state["live"].pop(int(self))
+            state["freed"] += 1
+
+    class Stream:
+        handle = 4242
+
+        def synchronize(self):
+            assert state["stack"]
+
+    drv.Context, drv.Device, drv.Stream, drv.mem_alloc = Context, Device, Stream, Allocation
+    drv.memcpy_htod_async = lambda dst, src, stream: ctypes.memmove(int(dst), src.ctypes.data, src.nbytes)
+    drv.memcpy_dtoh_async = lambda dst, src, stream: ctypes.memmove(dst.ctypes.data, int(src), dst.nbytes)
+    return pkg, drv
+
+
+def fake_cuda_python(fail_malloc=False):
+    cuda, bindings, rt = (types.ModuleType(n) for n in ("cuda", "cuda.bindings", "cuda.bindings.runtime"))
+    cuda.bindings, bindings.runtime = bindings, rt
+    err = enum.IntEnum("cudaError_t", {"cudaSuccess": 0, "cudaErrorMemoryAllocation": 2})
+    rt.cudaError_t = err
+    rt.cudaMemcpyKind = enum.IntEnum("cudaMemcpyKind", {"cudaMemcpyHostToDevice": 1, "cudaMemcpyDeviceToHost": 2})
+    buffers = {}
+    ok = err.cudaSuccess
+    rt.cudaSetDevice = lambda d: (ok,)
+    rt.cudaGetDeviceProperties = lambda d: (ok, types.SimpleNamespace(name=b"NVIDIA Jetson AGX Orin\0\0", major=8,
+                                                                      minor=7))
+    rt.cudaStreamCreate = lambda: (ok, 99)
+    rt.cudaStreamSynchronize = lambda s: (ok,)
+    rt.cudaGetErrorName = lambda e: (ok, b"cudaErrorMemoryAllocation")
+
+    def malloc(n):
+        if fail_malloc:
+            return (err.cudaErrorMemoryAllocation, 0)
+        buf = ctypes.create_string_buffer(n)
+        buffers[ctypes.addressof(buf)] = buf
+        return (ok, ctypes.addressof(buf))
+
+    def memcpy(dst, src, count, kind, stream):
+        ctypes.memmove(dst, src, count)
+        return (ok,)
+
+    rt.cudaMalloc, rt.cudaMemcpyAsync = malloc, memcpy
+    rt.cudaFree = lambda p: (buffers.pop(p) and ok,)
+    return {"cuda": cuda, "cuda.bindings": bindings, "cuda.bindings.runtime": rt}
+
+
+@pytest.fixture
+def trt10(monkeypatch):
+    trt = fake_tensorrt("10.3.0.30")
+    pkg, drv = fake_pycuda()
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setitem(sys.modules, "pycuda", pkg)
+    monkeypatch.setitem(sys.modules, "pycuda.driver", drv)
+    return trt
+
+
+# -- pure functions --------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("version, precision, plan", [
+    ("8.5.2.2", "int8", BuildPlan(("EXPLICIT_BATCH",), ("INT8",))),
+    ("8.6.2", "fp16", BuildPlan(("EXPLICIT_BATCH",), ("FP16",))),
+    ("10.3.0.30", "int8", BuildPlan((), ("INT8",))),
+    ("10.3.0", "fp16", BuildPlan((), ("FP16",))),
+    ("10.13.0", "fp32", BuildPlan((), ())),
+    ("11.0.0", "int8", BuildPlan((), (), strongly_typed=True)),
+    ("11.4.1.2", "fp32", BuildPlan((), (), strongly_typed=True)),
+    ("12.0", "int8", BuildPlan((), (), strongly_typed=True)),
+])
+def test_build_plan_by_version(version, precision, plan):
+    assert build_plan(version, precision) == plan
+
+
+def test_build_plan_refusals():
+    with pytest.raises(ValueError, match="removed BuilderFlag.FP16.*AutoCast"):
+        build_plan("11.1.0", "fp16")
+    with pytest.raises(BackendUnavailable, match="too old.*8.5"):
+        build_plan("8.4.3", "int8")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        build_plan("10.3.0", "int4")
+    with pytest.raises(ValueError, match="cannot parse a TensorRT version"):
+        parse_version("ten")
+    assert parse_version("10.3.0.30") == (10, 3)
+
+
+def test_engine_key_changes_with_every_component():
+    base = dict(gpu_name="Orin", compute_capability=(8, 7), trt_version="10.3.0", model=b"model",
+                settings={"precision": "int8", "max_batch": 32})
+    key = EngineKey.create(**base)
+    assert EngineKey.create(**base) == key and EngineKey.create(**base).digest() == key.digest()
+    variants = [dict(gpu_name="Xavier"), dict(compute_capability=(7, 2)), dict(trt_version="10.3.1"),
+                dict(model=b"model2"), dict(settings={"precision": "fp16", "max_batch": 32}),
+                dict(settings={"precision": "int8", "max_batch": 16})]
+    digests = {key.digest()} | {EngineKey.create(**{**base, **v}).digest() for v in variants}
+    paths = {key.relative_path()} | {EngineKey.create(**{**base, **v}).relative_path() for v in variants}
+    assert len(digests) == len(paths) == 1 + len(variants)
+    # Settings are canonical: key order does not matter.
+    assert EngineKey.create(**{**base, "settings": {"max_batch": 32, "precision": "int8"}}) == key
+
+
+def test_cache_path_layout():
+    key = EngineKey.create("NVIDIA Jetson AGX Orin", (8, 7), "10.3.0.30", b"onnx", {"precision": "int8"})
+    path = key.relative_path()
+    sha = key.model_sha256
+    assert path == Path("nvidia-jetson-agx-orin-sm87") / "trt-10-3-0-30" / f"{sha[:16]}-{key.digest()[:16]}.engine"
+    assert key.to_dict()["settings"]["precision"] == "int8" and key.to_dict()["compute_capability"] == [8, 7]
+
+
+# -- missing dependencies --------------------------------------------------------------------------------------------
+
+def test_missing_tensorrt_says_it_comes_from_jetpack(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)
+    with pytest.raises(BackendUnavailable, match="JetPack.*python3-libnvinfer.*--system-site-packages"):
+        TensorRTBackend(onnx_model())
+    with pytest.raises(BackendUnavailable, match="tensorrt"):
+        load_backend(onnx_model(), "onnx", backend="tensorrt")
+    assert "tensorrt" not in available_backends("onnx")
+
+
+def test_missing_cuda_bindings_name_both_options(monkeypatch, trt10):
+    for name in ("pycuda", "pycuda.driver", "cuda", "cuda.bindings", "cuda.bindings.runtime"):
+        monkeypatch.setitem(sys.modules, name, None)
+    with pytest.raises(BackendUnavailable, match="pycuda.*cuda-python"):
+        TensorRTBackend(onnx_model())
+
+
+# -- build and cache control flow ------------------------------------------------------------------------------------
+
+def test_builds_once_then_loads_from_cache(tmp_path, trt10):
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    first = TensorRTBackend(onnx_model(), cache_dir=tmp_path, max_batch=8, opt_batch=4)
+    assert first.built and trt10.stats["builds"] == 1
+    assert trt10.stats["builder_flags"] == [["INT8"]] and trt10.stats["network_flags"] == [0]
+    assert trt10.stats["profiles"] == [{"x": [[1, 4], [4, 4], [8, 4]]}]
+    assert first.engine_path == tmp_path / first.key.relative_path() and first.engine_path.is_file()
+    meta = json.loads(first.engine_path.with_suffix(".json").read_text())
+    assert meta["gpu_name"] == "Orin" and meta["trt_version"] == "10.3.0.30" and meta["digest"] == first.key.digest()
+    assert first.input_names == ["x"] and first.output_names == ["y"]
+    np.testing.assert_array_equal(first.run1(x)["y"], 2 * x + 1)
+    big = np.ones((8, 4), np.float32)
+    np.testing.assert_array_equal(first.run({"x": big})["y"], 3 * big)
+    with pytest.raises(ValueError, match="outside the engine's optimisation profile"):
+        first.run({"x": np.ones((9, 4), np.float32)})
+
+    second = TensorRTBackend(onnx_model(), cache_dir=tmp_path, max_batch=8, opt_batch=4)
+    assert not second.built and trt10.stats["builds"] == 1 and trt10.stats["deserialized"] == 2
+    np.testing.assert_array_equal(second.run1(x)["y"], 2 * x + 1)
+
+    other = TensorRTBackend(onnx_model(), cache_dir=tmp_path, max_batch=8, opt_batch=4, precision="fp16")
+    assert other.built and trt10.stats["builds"] == 2 and trt10.stats["builder_flags"][-1] == ["FP16"]
+    assert other.engine_path != first.engine_path
+    assert len(list(tmp_path.rglob("*.engine"))) == 2
+
+
+def test_registry_prefers_tensorrt_for_onnx_when_installed(tmp_path, trt10):
+    assert available_backends("onnx")[0] == "tensorrt"
+    backend = load_backend(onnx_model(), "onnx", cache_dir=tmp_path)
+    assert isinstance(backend, TensorRTBackend) and backend.name == "tensorrt"
+
+
+def test_corrupt_cache_is_rebuilt_with_a_warning(tmp_path, trt10, caplog):
+    first = TensorRTBackend(onnx_model(), cache_dir=tmp_path)
+    first.engine_path.write_bytes(b"truncated")
+    with caplog.at_level(logging.WARNING, logger="fiqa_runtimes.tensorrt_backend"):
+        again = TensorRTBackend(onnx_model(), cache_dir=tmp_path)
+    assert again.built and trt10.stats["builds"] == 2
+    assert "could not be deserialized; rebuilding" in caplog.text
+    assert again.engine_path.read_bytes().startswith(MAGIC)
+
+
+def test_tensorrt11_builds_without_precision_flags(tmp_path, monkeypatch):
+    trt = fake_tensorrt("11.4.0.7")
+    pkg, drv = fake_pycuda()
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setitem(sys.modules, "pycuda", pkg)
+    monkeypatch.setitem(sys.modules, "pycuda.driver", drv)
+    backend = TensorRTBackend(onnx_model(), cache_dir=tmp_path)
+    assert trt.stats["network_flags"] == [0]  # strong typing is always on; its flag is deprecated and ignored
+    assert trt.stats["builder_flags"] == [[]]  # the fake 11.x has no INT8/FP16 flags: setting one would fail
+    assert "trt-11-4-0-7" in str(backend.engine_path)
+    with pytest.raises(ValueError, match="AutoCast"):
+        TensorRTBackend(onnx_model(), cache_dir=tmp_path, precision="fp16")
+
+
+def test_tensorrt8_requests_explicit_batch(tmp_path, monkeypatch):
+    trt = fake_tensorrt("8.6.2.3")
+    pkg, drv = fake_pycuda()
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setitem(sys.modules, "pycuda", pkg)
+    monkeypatch.setitem(sys.modules, "pycuda.driver", drv)
+    TensorRTBackend(onnx_model(), cache_dir=tmp_path)
+    assert trt.stats["network_flags"] == [1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)]
+
+
+def test_model_problems_are_reported(tmp_path, trt10):
+    with pytest.raises(ValueError, match="no QuantizeLinear"):
+        TensorRTBackend(onnx_model(qdq=False), cache_dir=tmp_path)
+    TensorRTBackend(onnx_model(qdq=False), cache_dir=tmp_path, precision="fp32")  # fine without Q/DQ
+    with pytest.raises(ValueError, match="could not parse the ONNX model: ModelImporter"):
+        TensorRTBackend(b"\x08\x07garbage", cache_dir=tmp_path)
+    detector_like = onnx_model({"x": [1, 3, -1, -1]})
+    with pytest.raises(ValueError, match=r"dynamic dims besides the batch.*profile_shapes"):
+        TensorRTBackend(detector_like, cache_dir=tmp_path)
+    shapes = {"x": ((1, 3, 32, 32), (1, 3, 480, 640), (1, 3, 736, 1280))}
+    ok = TensorRTBackend(detector_like, cache_dir=tmp_path, profile_shapes=shapes)
+    assert trt10.stats["profiles"][-1] == {"x": [[1, 3, 32, 32], [1, 3, 480, 640], [1, 3, 736, 1280]]}
+    x = np.zeros((1, 3, 64, 96), np.float32)
+    assert ok.run1(x)["y"].shape == (1, 3, 64, 96)
+    with pytest.raises(ValueError, match="optimisation profile"):
+        ok.run1(np.zeros((1, 3, 16, 16), np.float32))
+    with pytest.raises(ValueError, match="opt_batch <= max_batch"):
+        TensorRTBackend(onnx_model(), cache_dir=tmp_path, max_batch=4, opt_batch=8)
+
+
+def test_run_checks_names_and_frees_buffers(tmp_path, trt10):
+    backend = TensorRTBackend(onnx_model(), cache_dir=tmp_path)
+    with pytest.raises(KeyError, match=r"missing \['x'\], unexpected \['z'\]"):
+        backend.run({"z": np.zeros((1, 4), np.float32)})
+    backend.run1(np.zeros((2, 4), np.float32))
+    backend.run1(np.zeros((5, 4), np.float32))  # grows the buffers
+    state = sys.modules["pycuda.driver"].state
+    assert len(state["live"]) == 2 and state["freed"] == 2 and state["stack"] == []
+    backend.close()
+    assert state["live"] == {}
+
+
+def test_cuda_python_when_pycuda_is_absent(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt("10.3.0"))
+    monkeypatch.setitem(sys.modules, "pycuda", None)
+    monkeypatch.setitem(sys.modules, "pycuda.driver", None)
+    for name, module in fake_cuda_python().items():
+        monkeypatch.setitem(sys.modules, name, module)
+    backend = TensorRTBackend(onnx_model(), cache_dir=tmp_path)
+    assert backend.key.gpu_name == "NVIDIA Jetson AGX Orin" and backend.key.compute_capability == (8, 7)
+    assert backend.engine_path.parent.parent.name == "nvidia-jetson-agx-orin-sm87"
+    x = np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4)
+    np.testing.assert_allclose(backend.run1(x)["y"], 2 * x + 1)
+    for name, module in fake_cuda_python(fail_malloc=True).items():
+        monkeypatch.setitem(sys.modules, name, module)
+    failing = TensorRTBackend(onnx_model(), cache_dir=tmp_path)
+    with pytest.raises(RuntimeError, match="cudaErrorMemoryAllocation"):
+        failing.run1(x)

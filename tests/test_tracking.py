@@ -1,0 +1,129 @@
+"""IouTracker: stable ids on synthetic box sequences, and on real detections in a panning group photo."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fiqa_sdk import create_detector, load_sample
+from fiqa_sdk.detection import Detection
+from fiqa_sdk.tracking import IouTracker, iou_matrix
+
+
+def box(cx: float, cy: float, size: float) -> np.ndarray:
+    return np.array([cx - size / 2, cy - size / 2, cx + size / 2, cy + size / 2])
+
+
+def crossing(n: int = 30):
+    """Face A walks right, face B walks left, passing in front of each other around frame n/2."""
+    for k in range(n):
+        yield box(60 + 14 * k, 130, 80), box(470 - 14 * k, 140, 84)
+
+
+def test_iou_matrix_known_values():
+    a = np.array([[0, 0, 10, 10]], float)
+    b = np.array([[0, 0, 10, 10], [5, 0, 15, 10], [20, 20, 30, 30]], float)
+    np.testing.assert_allclose(iou_matrix(a, b), [[1.0, 50 / 150, 0.0]])
+
+
+@pytest.mark.parametrize("order", ["ab", "ba", "shuffled"])
+def test_two_faces_crossing_keep_their_ids(order):
+    rng = np.random.default_rng(0)
+    tracker = IouTracker()
+    seen_a, seen_b = set(), set()
+    for a, b in crossing():
+        dets = [("a", a), ("b", b)]
+        if order == "ba" or (order == "shuffled" and rng.random() < 0.5):
+            dets.reverse()
+        step = tracker.update(np.array([d[1] for d in dets]))
+        assert step.ended == []
+        for (who, _), tid in zip(dets, step.ids):
+            (seen_a if who == "a" else seen_b).add(tid)
+    assert len(seen_a) == 1 and len(seen_b) == 1 and seen_a != seen_b
+
+
+def test_crossing_boxes_really_overlap():
+    """The scenario is only a test of the motion model if the faces overlap strongly mid-way."""
+    best = max(iou_matrix(a[None], b[None])[0, 0] for a, b in crossing())
+    assert best > 0.5
+
+
+def test_without_prediction_crossing_faces_swap():
+    """Shows the velocity prediction is what keeps ids through the crossing."""
+    tracker = IouTracker(velocity_smoothing=0.0)
+    ids_a = set()
+    for a, b in crossing():
+        ids_a.add(tracker.update(np.array([a, b])).ids[0])
+    assert len(ids_a) > 1
+
+
+def test_leave_and_reenter_gets_new_id_and_end_is_reported_once():
+    tracker = IouTracker(max_missed=5)
+    ids, ended_at = [], {}
+    for frame in range(40):
+        present = frame < 10 or frame >= 26
+        step = tracker.update(np.array([box(200, 200, 100)]) if present else np.zeros((0, 4)))
+        ids.extend(step.ids)
+        for tid in step.ended:
+            assert tid not in ended_at
+            ended_at[tid] = frame
+    assert set(ids[:10]) == {1}
+    assert set(ids[10:]) == {2}
+    assert ended_at == {1: 15}  # missing on frames 10..15: the 6th miss exceeds max_missed=5
+    assert tracker.flush() == [2]
+    assert tracker.tracks == []
+
+
+def test_short_occlusion_of_moving_face_keeps_id():
+    tracker = IouTracker(max_missed=5)
+    ids = []
+    for frame in range(20):
+        visible = not 8 <= frame < 12  # hidden for 4 frames while still walking 20 px/frame
+        step = tracker.update(np.array([box(100 + 20 * frame, 200, 60)]) if visible else np.zeros((0, 4)))
+        ids.extend(step.ids)
+    assert set(ids) == {1}
+
+
+def test_fast_motion_without_overlap_matches_by_centre_distance():
+    tracker = IouTracker(iou_threshold=0.3, max_centre_distance=0.5)
+    first = tracker.update(np.array([box(100, 100, 80)])).ids
+    # Jumped 40 px (IoU ~0.33 -> still overlap) then a 50 px jump at a new speed: IoU < 0.3, distance < 0.5 diag.
+    second = tracker.update(np.array([box(140, 100, 80)])).ids
+    third = tracker.update(np.array([box(230, 100, 80)])).ids
+    assert first == second == third == [1]
+    far = tracker.update(np.array([box(600, 100, 80)])).ids
+    assert far == [2]
+
+
+def test_accepts_detections_and_validates_boxes():
+    tracker = IouTracker()
+    det = Detection(box=np.array([10, 10, 50, 60], np.float32), landmarks=np.zeros((5, 2), np.float32), score=0.9)
+    assert tracker.update([det]).ids == [1]
+    with pytest.raises(ValueError, match="x2 > x1"):
+        tracker.update(np.array([[50, 10, 10, 60]]))
+    with pytest.raises(ValueError, match="NaN"):
+        tracker.update(np.array([[np.nan, 10, 10, 60]]))
+    with pytest.raises(ValueError, match="max_missed"):
+        IouTracker(max_missed=-1)
+
+
+def test_real_detections_in_panning_group_photo():
+    """RetinaFace on a camera panning across insightface's group photo: every face keeps one id until it leaves."""
+    img = load_sample("t1")
+    detector = create_detector(max_side=640)
+    tracker = IouTracker(max_missed=2)
+    centres: dict[int, list[float]] = {}
+    ended = []
+    for k in range(8):
+        frame = img[100:580, 20 * k:20 * k + 640]
+        dets = detector(frame)
+        step = tracker.update(dets)
+        ended += step.ended
+        for det, tid in zip(dets, step.ids):
+            centres.setdefault(tid, []).append(float(det.box[0] + det.box[2]) / 2)
+    assert len(centres) == 3, centres  # three faces in view, no id churn
+    for xs in centres.values():
+        assert len(xs) >= 6
+        assert np.all(np.diff(xs) < 0)  # the camera pans right, so every face drifts left
+    # The leftmost face leaves the view at frame 6: its track is missing 2 frames, not yet past max_missed=2.
+    assert ended == []
+    assert sorted(t.missed for t in tracker.tracks) == [0, 0, 2]
