@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from fiqa_calibration.degradations import Chain, sample_chain
-from fiqa_sdk.align import estimate_similarity
+from fiqa_sdk.align import estimate_similarity, warp_to_crop
 from fiqa_sdk.detection import Detection
 from fiqa_sdk.preprocess import ARCFACE_TEMPLATE_112, SPEC
 
@@ -28,7 +28,7 @@ def canvas_matrix(landmarks5: np.ndarray) -> np.ndarray:
 
 def aligned_canvas(frame_bgr: np.ndarray, landmarks5: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     m = canvas_matrix(landmarks5)
-    canvas = cv2.warpAffine(frame_bgr, m, (CANVAS, CANVAS), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    canvas = warp_to_crop(frame_bgr, m, CANVAS, border=cv2.BORDER_REPLICATE)
     return canvas, m
 
 

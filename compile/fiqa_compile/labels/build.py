@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import multiprocessing
 import os
 import sys
 import time
@@ -173,11 +174,18 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     from tqdm import tqdm
 
-    with ProcessPoolExecutor(max_workers=args.workers, initializer=_init_worker) as pool:
-        futures = [pool.submit(_run_shard, j) for j in todo]
-        for fut in tqdm(as_completed(futures), total=len(futures), desc="labelling shards", file=sys.stdout,
-                        mininterval=10):
-            fut.result()
+    progress = dict(total=len(todo), desc="labelling shards", file=sys.stdout, mininterval=10)
+    if args.workers == 1:
+        _init_worker()
+        for job in tqdm(todo, **progress):
+            _run_shard(job)
+    else:
+        # spawn, not fork: a forked child inherits ONNX Runtime / OpenMP thread state and can deadlock.
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=args.workers, initializer=_init_worker, mp_context=ctx) as pool:
+            futures = [pool.submit(_run_shard, j) for j in todo]
+            for fut in tqdm(as_completed(futures), **progress):
+                fut.result()
     from fiqa_compile.fr.dlib_fr import DlibFaceRecognizer
 
     meta = {"command": "fiqa-labels " + " ".join(sys.argv[1:] if argv is None else argv), "settings": settings,

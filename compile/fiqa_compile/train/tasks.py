@@ -57,7 +57,7 @@ class UtilityTask:
         reg = F.smooth_l1_loss(out.quality, target)
         rank = pairwise_rank_loss(out.quality, target)
         loss = ce + self.reg_weight * reg + self.rank_weight * rank
-        return loss, {"ce": float(ce), "reg": float(reg), "rank": float(rank)}
+        return loss, {"ce": ce.item(), "reg": reg.item(), "rank": rank.item()}
 
     @torch.no_grad()
     def predict(self, model, batch: dict) -> np.ndarray:
@@ -97,7 +97,7 @@ class PerceptualTask:
         target = torch.from_numpy((self.labels.mos[rows] - self.mean) / self.std).float()
         reg = F.smooth_l1_loss(pred, target)
         rank = pairwise_rank_loss(pred, target)
-        return reg + self.rank_weight * rank, {"reg": float(reg), "rank": float(rank)}
+        return reg + self.rank_weight * rank, {"reg": reg.item(), "rank": rank.item()}
 
     @torch.no_grad()
     def predict(self, model, batch: dict) -> np.ndarray:

@@ -1,0 +1,143 @@
+"""End to end on real photos: measure labels, train both small teachers (with resume), distil a student.
+
+The face folder is built from photos that pip packages ship (no ../shared needed): every face of the
+insightface group photo and the portraits becomes one identity with two different "photos" of it.
+"""
+from __future__ import annotations
+
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from fiqa_sdk import create_detector, load_sample
+
+SOURCES = ("t1", "grace_hopper", "tom_hanks", "astronaut")
+
+
+@pytest.fixture(scope="module")
+def face_folder(tmp_path_factory):
+    """identity/<a,b>.jpg: a face-centred region of a sample photo, and a shifted, rescaled, mirrored one."""
+    root = tmp_path_factory.mktemp("faces")
+    det = create_detector("retinaface")
+    n = 0
+    for name in SOURCES:
+        img = load_sample(name)
+        for k, d in enumerate(det(img)):
+            cx, cy = (d.box[:2] + d.box[2:]) / 2
+            half = 1.1 * max(d.width, d.height)
+            for variant, (shift, zoom, flip) in enumerate([(0.0, 1.0, False), (0.12, 0.85, True)]):
+                x0, y0 = int(cx - half * zoom + shift * half), int(cy - half * zoom)
+                x1, y1 = int(cx + half * zoom + shift * half), int(cy + half * zoom)
+                pad = cv2.copyMakeBorder(img, 400, 400, 400, 400, cv2.BORDER_REFLECT)
+                region = cv2.resize(pad[y0 + 400:y1 + 400, x0 + 400:x1 + 400], (250, 250), interpolation=cv2.INTER_AREA)
+                if flip:
+                    region = region[:, ::-1]
+                (root / f"{name}_{k}").mkdir(exist_ok=True)
+                cv2.imwrite(str(root / f"{name}_{k}" / f"{'ab'[variant]}.jpg"), region)
+                n += 1
+    assert n >= 16
+    return root
+
+
+@pytest.fixture(scope="module")
+def label_dir(face_folder, tmp_path_factory):
+    from fiqa_compile.labels.build import main
+
+    out = tmp_path_factory.mktemp("labels")
+    assert main(["--faces", str(face_folder), "--out", str(out), "--versions", "2", "--workers", "1",
+                 "--shard-size", "8"]) == 0
+    return out
+
+
+def test_labels_are_measured_and_reproducible(label_dir, face_folder, tmp_path):
+    from fiqa_compile.labels.build import main
+    from fiqa_compile.train.data import LabelSet
+
+    ls = LabelSet.load(label_dir)
+    meta = json.loads((label_dir / "labels.json").read_text())
+    assert meta["failures"] == [] and len(ls) == 3 * meta["photos"]
+    clean, degraded = ls.version == 0, ls.version > 0
+    assert np.all(ls.mos[clean] == 100.0) and np.all(ls.mos[degraded] < 100.0)
+    assert np.isfinite(ls.cr).all()  # every identity has two photos, so every sample has a leave-one-out centre
+    # The clean face is, on average, more useful to the FR model than its degraded versions.
+    assert ls.cr[clean].mean() > ls.cr[degraded].mean()
+    # Same command, same seed -> byte-identical labels (different shard size and a fresh directory).
+    again = tmp_path / "again"
+    assert main(["--faces", str(face_folder), "--out", str(again), "--versions", "2", "--workers", "1",
+                 "--shard-size", "8"]) == 0
+    assert json.loads((again / "labels.json").read_text())["labels_npz_sha256"] == meta["labels_npz_sha256"]
+
+
+def test_label_settings_change_is_refused(label_dir, face_folder):
+    from fiqa_compile.labels.build import main
+
+    with pytest.raises(SystemExit):
+        main(["--faces", str(face_folder), "--out", str(label_dir), "--versions", "3", "--workers", "1"])
+
+
+@pytest.fixture(scope="module")
+def teachers(label_dir, tmp_path_factory):
+    from fiqa_compile.train.teacher import main
+
+    root = tmp_path_factory.mktemp("teachers")
+    common = ["--labels", str(label_dir), "--batch-size", "8", "--warmup-steps", "2", "--held-out", "0.2",
+              "--checkpoint-every", "1", "--threads", "1"]
+    for task in ("utility", "perceptual"):
+        assert main([task, "--out", str(root / task), "--epochs", "1", *common]) == 0
+    return root
+
+
+def test_teacher_run_resumes_and_exports(teachers, label_dir, capsys):
+    from fiqa_compile.train.teacher import main
+
+    info1 = json.loads((teachers / "utility" / "teacher.json").read_text())
+    assert info1["complete"] and info1["trained_steps"] == info1["planned_steps"] > 0
+    # A second epoch continues from last.pt instead of starting over.
+    assert main(["utility", "--out", str(teachers / "utility"), "--epochs", "2", "--labels", str(label_dir),
+                 "--batch-size", "8", "--warmup-steps", "2", "--held-out", "0.2", "--checkpoint-every", "1",
+                 "--threads", "1"]) == 0
+    assert f"resumed from {teachers / 'utility' / 'last.pt'} at step {info1['trained_steps']}" in capsys.readouterr().out
+    info2 = json.loads((teachers / "utility" / "teacher.json").read_text())
+    assert info2["trained_steps"] == 2 * info1["trained_steps"] and len(info2["history"]) == 2
+
+
+def test_teacher_run_with_other_settings_is_refused(teachers, label_dir):
+    from fiqa_compile.train.teacher import main
+
+    with pytest.raises(SystemExit, match="other settings"):
+        main(["utility", "--out", str(teachers / "utility"), "--labels", str(label_dir), "--lr", "0.5"])
+
+
+def test_teacher_loading_verifies_hash(teachers, tmp_path):
+    import shutil
+
+    from fiqa_compile.teachers import TeacherError, load_teacher
+
+    t = load_teacher(teachers / "perceptual")
+    crops = np.zeros((2, 112, 112, 3), np.uint8)
+    assert t.score(crops).shape == (2,)
+    bad = tmp_path / "bad"
+    shutil.copytree(teachers / "perceptual", bad)
+    state = torch.load(bad / "teacher.pt", weights_only=True)
+    next(iter(state.values())).add_(1.0)
+    torch.save(state, bad / "teacher.pt")
+    with pytest.raises(TeacherError, match="sha256"):
+        load_teacher(bad)
+
+
+def test_distillation_learns_from_teacher_scores(teachers, label_dir, tmp_path):
+    from fiqa_compile.distill import main
+
+    out = tmp_path / "student"
+    assert main(["--crops", str(label_dir), "--out", str(out), "--utility-teacher", str(teachers / "utility"),
+                 "--perceptual-teacher", str(teachers / "perceptual"), "--student", "student_nano",
+                 "--epochs", "2", "--batch-size", "8", "--held-out", "0.2", "--threads", "1"]) == 0
+    info = json.loads((out / "student.json").read_text())
+    assert info["complete"] and [s["name"] for s in info["scores"]] == ["utility", "perceptual"]
+    assert all(s["std"] > 0 and s["teacher_p01"] <= s["teacher_p99"] for s in info["scores"])
+    assert set(info["held_out_srcc"]) == {"utility", "perceptual"}
+    targets = np.load(out / "targets.npz")["targets"]
+    assert targets.shape[1] == 2 and np.isfinite(targets).all()
