@@ -79,4 +79,4 @@ def load_teacher(path: str | Path) -> Teacher:
 
 
 def embedded_teacher_dirs() -> dict[str, Path]:
-    return {"utility": EMBEDDED_TEACHERS / "vit_fiqa_tiny", "perceptual": EMBEDDED_TEACHERS / "dsl_fiqa_tiny"}
+    return {"utility": EMBEDDED_TEACHERS / "vit_fiqa_mini", "perceptual": EMBEDDED_TEACHERS / "dsl_fiqa_tiny"}

@@ -7,7 +7,6 @@ else OpenCV DNN), so detection needs no extra engine on the device.
 from __future__ import annotations
 
 import ast
-import hashlib
 import importlib.util
 import math
 import os
@@ -50,7 +49,13 @@ class Detection:
 
 
 class Detector(ABC):
+    """Finds faces. Subclasses implement :meth:`_detect_bgr` on a validated HxWx3 uint8 BGR frame.
+
+    Boxes may extend past the frame edge for faces cut by it; landmarks are never clipped.
+    """
+
     name = "?"
+    backend_name = "?"  # what runs the model (e.g. "onnxruntime", "opencv", "dlib-hog"), for logs and benchmarks
 
     def __call__(self, frame: np.ndarray) -> list[Detection]:
         return self.detect(frame)
@@ -64,9 +69,7 @@ class Detector(ABC):
 
 
 class DetectorUnavailable(RuntimeError):
-    pass
-
-
+    """A detector's model or engine is not installed; the message names the pip command that fixes it."""
 
 
 def _cache_dir() -> Path:
@@ -179,10 +182,20 @@ _DETECTORS = {"retinaface": RetinaFaceDetector}
 
 
 def register_detector(name: str, cls: type[Detector]) -> None:
+    """Make ``cls`` constructible by name through :func:`create_detector` (later registration wins)."""
+    if not (isinstance(cls, type) and issubclass(cls, Detector)):
+        raise TypeError(f"register_detector({name!r}, ...) needs a Detector subclass, got {cls!r}")
     _DETECTORS[name] = cls
 
 
+def available_detectors() -> list[str]:
+    """Registered detector names (registered is not the same as installed: creating one may still raise
+    :class:`DetectorUnavailable` with the install command)."""
+    return sorted(_DETECTORS)
+
+
 def create_detector(name: str = "retinaface", **options) -> Detector:
+    """Build a registered detector; ``options`` go to its constructor (e.g. ``backend``, ``max_side``)."""
     if name not in _DETECTORS:
         raise ValueError(f"unknown detector {name!r}; available: {sorted(_DETECTORS)}")
     return _DETECTORS[name](**options)

@@ -267,6 +267,10 @@ VIT_FIQA_TINY = ViTFIQAConfig(patch_size=14, dim=192, depth=6, num_heads=6, mode
 register_model("vit_fiqa_s", VIT_FIQA_S, ViTFIQA)
 register_model("vit_fiqa_b", VIT_FIQA_B, ViTFIQA)
 register_model("vit_fiqa_tiny", VIT_FIQA_TINY, ViTFIQA)
+# The SDK's embedded utility teacher: small enough to train on a 2-core CPU in under an hour and to commit
+# (about 2.3M parameters, 4.6 MB in fp16), same architecture and heads as the paper's.
+VIT_FIQA_MINI = ViTFIQAConfig(patch_size=14, dim=128, depth=6, num_heads=4, mode="token", drop_path_rate=0.05)
+register_model("vit_fiqa_mini", VIT_FIQA_MINI, ViTFIQA)
 
 
 # ----------------------------------------------------------------------------------------------- checkpoints

@@ -26,7 +26,7 @@ import torch
 from fiqa_compile.train.data import LabelSet, make_batch
 from fiqa_compile.train.tasks import TASKS
 
-DEFAULT_MODEL = {"utility": "vit_fiqa_tiny", "perceptual": "dsl_fiqa_tiny"}
+DEFAULT_MODEL = {"utility": "vit_fiqa_mini", "perceptual": "dsl_fiqa_tiny"}
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
@@ -182,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
 def export_teacher(args, model_name, cfg, task, history, stopped_early, step, total, labels) -> None:
     weights = args.out / "teacher.pt"
     state = torch.load(args.out / "best.pt", map_location="cpu", weights_only=True)
+    # The deliverable is stored in fp16 (half the bytes to commit); load_state_dict casts back to fp32.
+    state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     _atomic_save(state, weights)
     task_state = {k: v for k, v in task.state().items() if k != "head"}
     info = {

