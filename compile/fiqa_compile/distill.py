@@ -255,6 +255,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from fiqa_compile.teachers import TeacherError
+
+    try:
+        return _main(argv)
+    except (TeacherError, FileNotFoundError, ValueError) as e:
+        print(f"fiqa-distill: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     from fiqa_compile.teachers import embedded_teacher_dirs, load_teacher
 

@@ -164,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = {"versions": args.versions, "max_steps": args.max_steps, "seed": args.seed, "limit": args.limit,
                 "shard_size": args.shard_size, "labels_version": LABELS_VERSION}
     settings_path = args.out / "settings.json"
-    if settings_path.exists() and json.loads(settings_path.read_text()) != settings:
+    has_shards = any((args.out / "shards").glob("shard_*.npz"))
+    if has_shards and settings_path.exists() and json.loads(settings_path.read_text()) != settings:
         ap.error(f"{args.out} holds shards made with other settings ({settings_path.read_text().strip()}); "
                  "use another --out or delete it")
     settings_path.write_text(json.dumps(settings))

@@ -36,6 +36,10 @@ class UtilityTask:
         rows = train_rows[np.isfinite(labels.cr[train_rows])]
         self.rows = rows
         idents = np.unique(labels.identity[rows])
+        if len(idents) < 2:
+            raise ValueError(f"the utility teacher's margin-softmax head needs >= 2 training identities with a "
+                             f"certainty-ratio label (people with >= 2 photos), found {len(idents)}; label more people "
+                             "or lower --held-out")
         self.class_of = {k: i for i, k in enumerate(idents)}
         self.mean = float(labels.cr[rows].mean())
         self.std = float(labels.cr[rows].std() + 1e-8)

@@ -95,7 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     settings["model"] = model_name
     settings["labels_sha256"] = labels.meta.get("labels_npz_sha256")
     settings_path = args.out / "settings.json"
-    if settings_path.exists() and json.loads(settings_path.read_text()) != settings:
+    # Refuse only when there is progress to lose: a run that failed before its first checkpoint may be re-set.
+    if (args.out / "last.pt").exists() and settings_path.exists() and json.loads(settings_path.read_text()) != settings:
         raise SystemExit(f"fiqa-train: {args.out} holds a run with other settings ({settings_path}); "
                          "use another --out, or delete it to start over")
     settings_path.write_text(json.dumps(settings, indent=2))

@@ -1,0 +1,82 @@
+"""``fiqa-compile``: one command from transformer teachers to a verified INT8 bundle for a device."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from fiqa_compile.targets import TARGETS
+
+EPILOG = """targets:
+""" + "\n".join(f"  {t.name:<14} {t.description}" for t in TARGETS.values()) + """
+
+examples:
+  fiqa-compile --target jetson-orin                  # embedded teachers + student, shipped calibration faces
+  fiqa-compile --target android-arm64 --out bundles/phone
+  fiqa-compile --target cpu --faces ~/my_captures    # distil a new student on your own unlabelled face photos
+
+With no --faces the embedded default student (distilled from the embedded teachers on LFW) is quantised;
+with --faces a new student is distilled first. The report (report.md in the bundle) says which happened.
+TensorRT engines are not built here: they are tied to the GPU and TensorRT version, so the bundle carries the
+Q/DQ INT8 ONNX, its build settings and a calibration cache, and the Jetson builds and caches the engine on first use.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="fiqa-compile", description=__doc__, epilog=EPILOG,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--target", required=True, choices=list(TARGETS), help="device to compile for (see below)")
+    ap.add_argument("--out", type=Path, default=None, help="bundle directory (default: ./fiqa-bundle-TARGET)")
+    ap.add_argument("--force", action="store_true", help="replace an existing bundle at --out (atomically)")
+    g = ap.add_argument_group("models")
+    g.add_argument("--utility-teacher", type=Path, default=None,
+                   help="ViT-FIQA teacher directory from fiqa-train (default: the embedded one)")
+    g.add_argument("--perceptual-teacher", type=Path, default=None,
+                   help="DSL-FIQA teacher directory from fiqa-train (default: the embedded one)")
+    g.add_argument("--student", type=Path, default=None,
+                   help="an already distilled student directory (student.pt + student.json) to quantise")
+    g.add_argument("--faces", type=Path, default=None,
+                   help="distil a NEW student on these unlabelled face photos first (folder, sub-folders = people)")
+    g.add_argument("--student-arch", default="student_mfn", help="student architecture for --faces (default student_mfn)")
+    g.add_argument("--distill-epochs", type=int, default=6, help="epochs of distillation with --faces (default 6)")
+    g = ap.add_argument_group("quantisation")
+    g.add_argument("--precision", choices=["int8", "fp32"], default="int8",
+                   help="int8 (default): INT8 artifacts for the target; fp32: ship only the float ONNX")
+    g.add_argument("--calibration", type=Path, default=None,
+                   help="face folder for INT8 calibration (default: faces in photos that pip packages ship)")
+    g.add_argument("--calibration-size", type=int, default=400, help="faces in the calibration set (default 400)")
+    g.add_argument("--calibration-method", choices=["minmax", "percentile", "entropy"], default="entropy",
+                   help="activation range selection (default entropy)")
+    g.add_argument("--keep-head-float", action="store_true", help="keep the final score head in float")
+    g = ap.add_argument_group("verification")
+    g.add_argument("--min-srcc-fp32", type=float, default=0.98,
+                   help="fail if an INT8 artifact ranks faces differently from the fp32 student (default 0.98)")
+    g.add_argument("--min-srcc-teacher", type=float, default=0.80,
+                   help="fail if an artifact ranks faces differently from the teachers (default 0.80)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from fiqa_compile.compiler import CompileError, CompileOptions, compile_bundle
+    from fiqa_compile.teachers import TeacherError
+
+    if args.faces is not None and args.student is not None:
+        print("fiqa-compile: error: --faces distils a new student; do not also pass --student", file=sys.stderr)
+        return 2
+    if args.calibration_size < 1:
+        print("fiqa-compile: error: --calibration-size must be positive", file=sys.stderr)
+        return 2
+    opts = CompileOptions(**{k: v for k, v in vars(args).items()})
+    try:
+        compile_bundle(opts)
+    except (CompileError, TeacherError, FileNotFoundError, ValueError) as e:
+        print(f"fiqa-compile: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,410 @@
+"""The compile pipeline behind ``fiqa-compile``: teachers -> student -> calibration -> INT8 -> verify -> bundle.
+
+Each stage is its own module (distill, calibration_set, export.*, bundle); this one only orders them,
+verifies every artifact right after it is written, and collects what the report needs.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fiqa_compile.distill import SCORE_NAMES
+from fiqa_compile.targets import ARTIFACTS, Target, get_target
+
+EMBEDDED_STUDENT = Path(__file__).resolve().parent / "weights" / "student_mfn"
+
+
+class CompileError(RuntimeError):
+    """A stage failed a check; the message names the stage, the numbers and what to try."""
+
+
+@dataclass
+class CompileOptions:
+    target: str
+    out: Path | None = None
+    faces: Path | None = None
+    utility_teacher: Path | None = None
+    perceptual_teacher: Path | None = None
+    student: Path | None = None
+    student_arch: str = "student_mfn"
+    distill_epochs: int = 6
+    distill_versions: int = 4
+    calibration: Path | None = None
+    calibration_size: int = 400
+    calibration_method: str = "entropy"
+    precision: str = "int8"
+    keep_head_float: bool = False
+    min_srcc_fp32: float = 0.98
+    min_srcc_teacher: float = 0.80
+    seed: int = 0
+    force: bool = False
+    threads: int | None = None
+
+    def out_dir(self) -> Path:
+        return self.out or Path(f"fiqa-bundle-{self.target}")
+
+
+@dataclass
+class Faces:
+    """Aligned faces with what the verification needs to know about them."""
+
+    crops: np.ndarray          # [N,112,112,3] BGR uint8
+    person: np.ndarray         # [N] identity / photo group (EDC genuine vs impostor)
+    kind: np.ndarray           # [N] degradation type, "clean" for none
+    severity: np.ndarray       # [N]
+    lm68: np.ndarray | None = None
+    source: str = ""
+
+
+@dataclass
+class StageLog:
+    rows: list[dict] = field(default_factory=list)
+
+    def add(self, stage: str, result: str, seconds: float, **extra) -> None:
+        self.rows.append({"stage": stage, "result": result, "seconds": round(seconds, 1), **extra})
+        print(f"[{stage}] {result} ({seconds:.1f}s)", flush=True)
+
+
+def _timer():
+    t0 = time.time()
+    return lambda: time.time() - t0
+
+
+# ---------------------------------------------------------------------------------------------- inputs
+def refuse_existing_output(opts: CompileOptions) -> None:
+    out = opts.out_dir()
+    if out.exists() and (out / "manifest.json").exists() and not opts.force:
+        raise CompileError(f"{out} already holds a bundle; pass --force to replace it (the old one is kept until the "
+                           "new one is complete) or choose another --out")
+    if out.exists() and not out.is_dir():
+        raise CompileError(f"--out {out} is a file, not a directory")
+
+
+def load_student(path: Path) -> tuple[torch.nn.Module, dict]:
+    import hashlib
+
+    from fiqa_compile.models.registry import create_model
+
+    meta_path, weights = path / "student.json", path / "student.pt"
+    if not meta_path.is_file() or not weights.is_file():
+        raise CompileError(f"student at {path} needs student.json and student.pt (made by fiqa-distill); "
+                           "the embedded default is missing from this install" if path == EMBEDDED_STUDENT else
+                           f"student at {path} needs student.json and student.pt (made by fiqa-distill)")
+    info = json.loads(meta_path.read_text())
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    if digest != info.get("sha256"):
+        raise CompileError(f"{weights} has sha256 {digest[:12]}..., student.json records {str(info.get('sha256'))[:12]}"
+                           "...: the file is corrupt or was replaced; re-run fiqa-distill or restore it")
+    model = create_model(info["student"])
+    try:
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    except Exception as e:  # noqa: BLE001
+        raise CompileError(f"cannot load {weights} into {info['student']}: {e}") from e
+    return model.eval(), info
+
+
+def faces_from_pool(pool, source: str) -> Faces:
+    return Faces(pool.faces, pool.person.astype(str), pool.kinds, pool.severity, source=source)
+
+
+def faces_from_folder(folder: Path, versions: int, seed: int) -> Faces:
+    """Detect, align and degrade every photo of a face folder (for calibration)."""
+    import cv2
+
+    from fiqa_calibration.crops import face_versions
+    from fiqa_sdk.detection import RetinaFaceDetector
+
+    exts = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
+    if not folder.is_dir():
+        raise CompileError(f"--calibration {folder} is not a directory")
+    paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in exts)
+    if not paths:
+        raise CompileError(f"--calibration {folder} holds no images ({sorted(exts)})")
+    det = RetinaFaceDetector(score_threshold=0.6)
+    crops, person, kind, sev = [], [], [], []
+    for i, p in enumerate(paths):
+        img = cv2.imread(str(p), cv2.IMREAD_COLOR)
+        if img is None:
+            continue
+        out, _, failure = face_versions(img, det, i, versions, seed)
+        for fv in out:
+            crops.append(fv.crop)
+            person.append(p.parent.name if p.parent != folder else p.stem)
+            kind.append("clean" if fv.chain is None else fv.chain.steps[0].kind)
+            sev.append(fv.severity)
+    if not crops:
+        raise CompileError(f"--calibration {folder}: no faces found in {len(paths)} images; it must hold face photos")
+    return Faces(np.stack(crops), np.array(person), np.array(kind), np.array(sev),
+                 source=f"{len(paths)} photos in {folder}")
+
+
+def default_faces(seed: int) -> tuple[Faces, Faces]:
+    """Calibration and verification faces from photos pip packages ship, person-disjoint.
+
+    Calibration: the 6 people of the insightface group photo, clean + 12 degradations x 6 severities.
+    Verification: 3 other people (Grace Hopper, Tom Hanks, the astronaut), clean + 12 x 8 severities.
+    """
+    from fiqa_calibration.calibration_set import sample_pool
+
+    calib = sample_pool(photos=("t1",), severities=(0.1, 0.25, 0.4, 0.55, 0.7, 0.9), seed=seed)
+    verify = sample_pool(photos=("grace_hopper", "tom_hanks", "astronaut"),
+                         severities=(0.05, 0.15, 0.3, 0.45, 0.6, 0.75, 0.85, 1.0), seed=seed + 7919)
+    return (faces_from_pool(calib, "pip-shipped photo t1.jpg (6 people), degraded"),
+            faces_from_pool(verify, "pip-shipped portraits (3 other people), degraded"))
+
+
+# ---------------------------------------------------------------------------------------------- scoring
+def student_z(model: torch.nn.Module, crops: np.ndarray) -> np.ndarray:
+    from fiqa_compile.train.data import to_tensor
+
+    with torch.no_grad():
+        return np.concatenate([model(to_tensor(crops[k:k + 256])).numpy() for k in range(0, len(crops), 256)])
+
+
+def run_artifact(path: Path, fmt: str, crops: np.ndarray) -> tuple[np.ndarray, str]:
+    """Run a written artifact with the device runtime (fiqa_runtimes), exactly as the Scorer will."""
+    from fiqa_runtimes import load_backend
+    from fiqa_sdk.preprocess import faces_to_tensor
+
+    backend = load_backend(path.read_bytes(), fmt, backend="litert" if fmt == "tflite" else "onnxruntime", threads=1)
+    outs = [next(iter(backend.run1(faces_to_tensor(crops[k:k + 64])).values())) for k in range(0, len(crops), 64)]
+    return np.concatenate(outs).reshape(len(crops), -1), backend.name
+
+
+def to_teacher_scale(z: np.ndarray, student_info: dict) -> np.ndarray:
+    return np.stack([z[:, s["index"]] * s["std"] + s["mean"] for s in student_info["scores"]], 1)
+
+
+def gate_thresholds(scores_0_100: np.ndarray, faces: Faces) -> dict:
+    """Accept thresholds that best separate clean faces from heavily degraded ones (Youden's J), release 10 below.
+
+    Documented, data-driven defaults for CaptureGate; every deployment can override them.
+    """
+    clean = faces.severity == 0
+    bad = faces.severity >= 0.7
+    out = {}
+    for i, name in enumerate(SCORE_NAMES):
+        s = scores_0_100[:, i]
+        best_t, best_j = 50.0, -1.0
+        for t in np.linspace(5, 95, 91):
+            j = float(np.mean(s[clean] >= t) - np.mean(s[bad] >= t)) if clean.any() and bad.any() else -1.0
+            if j > best_j:
+                best_t, best_j = float(t), j
+        out[f"{name}_accept"] = round(best_t, 1)
+        out[f"{name}_release"] = round(max(0.0, best_t - 10.0), 1)
+    return out
+
+
+def to_0_100(teacher_scale: np.ndarray, student_info: dict) -> np.ndarray:
+    cols = []
+    for s in student_info["scores"]:
+        lo, hi = s["teacher_p01"], s["teacher_p99"]
+        cols.append(np.clip(100.0 * (teacher_scale[:, s["index"]] - lo) / max(hi - lo, 1e-9), 0.0, 100.0))
+    return np.stack(cols, 1)
+
+
+# ---------------------------------------------------------------------------------------------- pipeline
+def compile_bundle(opts: CompileOptions) -> Path:
+    from fiqa_calibration.calibration_set import build_calibration_set
+    from fiqa_compile import report as report_mod
+    from fiqa_compile.eval.metrics import correlation_report
+    from fiqa_compile.teachers import embedded_teacher_dirs, load_teacher
+    from fiqa_sdk.preprocess import faces_to_tensor
+
+    target: Target = get_target(opts.target)
+    if opts.precision not in ("int8", "fp32"):
+        raise CompileError(f"--precision {opts.precision!r}: choose int8 (default) or fp32")
+    refuse_existing_output(opts)
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    log = StageLog()
+    out = opts.out_dir()
+    work = Path(tempfile.mkdtemp(prefix="fiqa-compile-"))
+    try:
+        # 1. teachers
+        t = _timer()
+        defaults = embedded_teacher_dirs()
+        teachers = {"utility": load_teacher(opts.utility_teacher or defaults["utility"]),
+                    "perceptual": load_teacher(opts.perceptual_teacher or defaults["perceptual"])}
+        log.add("teachers", ", ".join(f"{k}: {v.info['model']} ({'embedded' if v.path in defaults.values() else v.path})"
+                                      for k, v in teachers.items()), t())
+
+        # 2. student: distil a new one on the user's faces, or take the embedded default
+        t = _timer()
+        if opts.faces is not None:
+            from fiqa_compile.distill import DistillConfig, crops_from_folder, distill, teacher_targets
+
+            data = crops_from_folder(opts.faces, opts.distill_versions, opts.seed)
+            targets = teacher_targets(teachers, data)
+            sdir = work / "student"
+            cfg = DistillConfig(student=opts.student_arch, epochs=opts.distill_epochs, seed=opts.seed)
+            distill(data, targets, sdir, cfg, {"command": "fiqa-compile (distillation stage)",
+                                               "teachers": {k: v.info["sha256"] for k, v in teachers.items()}})
+            student, sinfo = load_student(sdir)
+            held = np.load(sdir / "held_out_rows.npy")
+            verify = Faces(data.crop[held], data.group[held], np.where(data.version[held] == 0, "clean", "degraded"),
+                           (data.version[held] > 0).astype(float), lm68=data.lm68[held],
+                           source=f"held-out people of {opts.faces}")
+            student_origin = f"distilled now from {len(data)} crops of {opts.faces} ({opts.student_arch})"
+        else:
+            spath = opts.student or EMBEDDED_STUDENT
+            student, sinfo = load_student(spath)
+            verify = None
+            student_origin = (f"embedded default ({sinfo['student']}, distilled on {sinfo.get('data', '?')})"
+                              if spath == EMBEDDED_STUDENT else f"given: {spath}")
+        log.add("student", student_origin, t())
+
+        # 3. calibration set (and verification faces when no --faces split gave them)
+        t = _timer()
+        calib_pool, default_verify = (faces_from_folder(opts.calibration, 8, opts.seed), None) \
+            if opts.calibration else default_faces(opts.seed)
+        verify = verify or default_verify
+        if verify is None:  # --calibration given without --faces: verify on the pip-shipped portraits
+            verify = default_faces(opts.seed)[1]
+        try:
+            calib = build_calibration_set(calib_pool.crops, calib_pool.kind, calib_pool.severity,
+                                          size=opts.calibration_size, seed=opts.seed)
+        except ValueError as e:
+            raise CompileError(f"calibration set: {e}") from e
+        calib_x = calib.tensors
+        log.add("calibration", f"{len(calib)} faces from {calib_pool.source}, {len(calib.strata())} strata", t())
+
+        # 4. emit and verify each artifact right after writing it
+        check_x = faces_to_tensor(verify.crops[np.linspace(0, len(verify.crops) - 1, 64).astype(int)])
+        ref_z = student_z(student, verify.crops)
+        files = work / "bundle"
+        files.mkdir()
+        from fiqa_compile.export.onnx_export import export_onnx
+
+        t = _timer()
+        fp32_path = files / ARTIFACTS["onnx_fp32"][0]
+        rep = export_onnx(student, fp32_path, check_inputs=check_x)
+        log.add("onnx fp32", f"{fp32_path.name} {fp32_path.stat().st_size / 1e6:.2f} MB, exporter {rep.exporter}, "
+                f"max |torch-ORT| {rep.max_abs_diff:.2e}", t())
+        want = [a for a in target.artifacts if opts.precision == "int8" or a == "onnx_fp32"]
+        tensorrt = None
+        if "onnx_qdq" in want:
+            from fiqa_compile.export.qdq import build_qdq
+            from fiqa_compile.export.trt_check import check_tensorrt_compat
+
+            t = _timer()
+            qdq_path = files / ARTIFACTS["onnx_qdq"][0]
+            cache = files / "trt_calibration.cache" if target.tensorrt else None
+            q = build_qdq(fp32_path, qdq_path, calib_x, method=opts.calibration_method,
+                          keep_head_float=opts.keep_head_float, trt_cache_path=cache, check_inputs=check_x,
+                          min_srcc=None)
+            trt = check_tensorrt_compat(qdq_path)
+            if not trt.ok:
+                raise CompileError(f"Q/DQ ONNX is not TensorRT-compatible: {trt.summary()}")
+            log.add("onnx int8 q/dq", f"{qdq_path.name} {qdq_path.stat().st_size / 1e6:.2f} MB, "
+                    f"{q.scan.num_quantize} Q / {q.scan.num_dequantize} DQ, TensorRT check ok", t())
+            if target.tensorrt:
+                from fiqa_compile.bundle import TensorRTArtifact
+
+                tensorrt = TensorRTArtifact(model="onnx_qdq", calibration_cache=cache)
+        if "tflite_int8" in want:
+            from fiqa_compile.export.tflite import convert_int8
+
+            t = _timer()
+            tfl_path = files / ARTIFACTS["tflite_int8"][0]
+            convert_int8(student, tfl_path, calib_x, check_inputs=check_x, min_srcc=None)
+            log.add("tflite int8", f"{tfl_path.name} {tfl_path.stat().st_size / 1e6:.2f} MB (full INT8, PT2E)", t())
+
+        # 5. verification with the device runtimes against the fp32 student and the teachers
+        t = _timer()
+        teacher_scores = np.stack([teachers["utility"].score(verify.crops),
+                                   teachers["perceptual"].score(verify.crops, verify.lm68)], 1)
+        verification = {}
+        fp32_teacher_scale = to_teacher_scale(ref_z, sinfo)
+        verification["torch_fp32"] = {
+            "vs_teacher": {n: correlation_report(fp32_teacher_scale[:, i], teacher_scores[:, i])
+                           for i, n in enumerate(SCORE_NAMES)}}
+        outputs = {}
+        for name in want:
+            fname, fmt, precision, backends = ARTIFACTS[name]
+            z, used = run_artifact(files / fname, fmt, verify.crops)
+            outputs[name] = z
+            ts = to_teacher_scale(z, sinfo)
+            verification[name] = {
+                "backend": used, "precision": precision,
+                "vs_fp32": {n: correlation_report(z[:, i], ref_z[:, i]) for i, n in enumerate(SCORE_NAMES)},
+                "vs_teacher": {n: correlation_report(ts[:, i], teacher_scores[:, i]) for i, n in enumerate(SCORE_NAMES)},
+            }
+        failures = []
+        for name, v in verification.items():
+            for n in SCORE_NAMES:
+                if "vs_fp32" in v and v["vs_fp32"][n]["srcc"] < opts.min_srcc_fp32:
+                    failures.append(f"{name} {n}: SRCC vs fp32 student {v['vs_fp32'][n]['srcc']:.4f} < {opts.min_srcc_fp32}")
+                if v["vs_teacher"][n]["srcc"] < opts.min_srcc_teacher:
+                    failures.append(f"{name} {n}: SRCC vs teacher {v['vs_teacher'][n]['srcc']:.4f} < {opts.min_srcc_teacher}")
+        if failures:
+            raise CompileError("verification failed on " + f"{len(verify.crops)} held-out faces ({verify.source}):\n  "
+                               + "\n  ".join(failures) + "\nTry --calibration-method percentile or minmax, a larger "
+                               "--calibration-size, --keep-head-float, or distil longer (--distill-epochs).")
+        log.add("verify", f"{len(want)} artifacts on {len(verify.crops)} held-out faces: all above thresholds", t())
+
+        # 6. thresholds, report, bundle
+        t = _timer()
+        scores_0_100 = to_0_100(fp32_teacher_scale, sinfo)
+        thresholds = gate_thresholds(scores_0_100, verify)
+        report_files = report_mod.write_report(
+            files, target=target, verify=verify, teacher_scores=teacher_scores, student_scale=fp32_teacher_scale,
+            outputs={k: to_teacher_scale(v, sinfo) for k, v in outputs.items()}, verification=verification,
+            stages=log.rows, student_origin=student_origin, thresholds=thresholds, opts=opts, calib=calib)
+        log.add("report", f"{len(report_files)} files", t())
+        from fiqa_compile.bundle import ModelArtifact, write_bundle
+
+        models = [ModelArtifact(name=a, path=files / ARTIFACTS[a][0], format=ARTIFACTS[a][1],
+                                precision=ARTIFACTS[a][2], backends=list(ARTIFACTS[a][3])) for a in want]
+        scores = [{"name": s["name"], "index": s["index"], "teacher": teachers[s["name"]].info["model"],
+                   "mean": s["mean"], "std": s["std"], "lo": s["teacher_p01"], "hi": s["teacher_p99"],
+                   "range": [0, 100], "higher_is_better": True,
+                   "meaning": {"utility": "recognition utility: ViT-FIQA certainty ratio under dlib's FR model",
+                               "perceptual": "perceptual quality: DSL-FIQA pseudo-MOS (MS-SSIM to a clean face)"}[s["name"]]}
+                  for s in sinfo["scores"]]
+        extra = {p.relative_to(files).as_posix(): p for p in report_files}
+        provenance = {"command": "fiqa-compile " + " ".join(sys.argv[1:]), "student": student_origin,
+                      "student_sha256": sinfo["sha256"],
+                      "teachers": {k: {"model": v.info["model"], "sha256": v.info["sha256"]} for k, v in teachers.items()},
+                      "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(opts).items()},
+                      "tools": tool_versions()}
+        path = write_bundle(out, target.name, models, scores, thresholds, tensorrt=tensorrt, extra_files=extra,
+                            provenance=provenance, force=opts.force)
+        log.add("bundle", f"{path} written and hashed", t())
+        print_summary(log, verification, path)
+        return path
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def tool_versions() -> dict:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version(), "machine": platform.machine()}
+    for pkg in ("fiqa-sdk", "torch", "onnx", "onnxruntime", "onnxsim", "litert-torch", "ai-edge-litert"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def print_summary(log: StageLog, verification: dict, path: Path) -> None:
+    print("\nstage            seconds  result")
+    for r in log.rows:
+        print(f"{r['stage']:<16} {r['seconds']:>7.1f}  {r['result']}")
+    print("\nartifact        backend      SRCC vs fp32 (util/perc)   SRCC vs teacher (util/perc)")
+    for name, v in verification.items():
+        fp = "/".join(f"{v['vs_fp32'][n]['srcc']:.4f}" for n in SCORE_NAMES) if "vs_fp32" in v else "-"
+        te = "/".join(f"{v['vs_teacher'][n]['srcc']:.4f}" for n in SCORE_NAMES)
+        print(f"{name:<15} {v.get('backend', 'torch'):<12} {fp:<26} {te}")
+    print(f"\nbundle: {path}")

@@ -1,0 +1,210 @@
+#!/usr/bin/env python3
+"""Capture gate on a live or recorded source: keep the best frame of each person, say why others were dropped.
+
+    python examples/capture_gate.py --source 0                      # first USB camera
+    python examples/capture_gate.py --source clip.mp4 --display off
+    python examples/capture_gate.py --source rtsp://user:pass@10.0.0.5/stream --out captures/ --log decisions.jsonl
+    python examples/capture_gate.py --source "csi://0?width=1280&height=720"   # Jetson CSI camera
+
+Every frame goes through detect -> track -> align -> score -> measures -> gate (fiqa_sdk.pipeline). Accepted
+captures are written to --out as image + JSON sidecar and printed; every gate decision can be appended to a
+JSON-lines log. With a display (and an OpenCV built with GUI support) a window shows boxes, scores and the
+reasons for each rejection; headless OpenCV wheels have no window support, so --display auto then runs
+headless. A frame that cannot be processed is counted and skipped: one bad frame never ends the run.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import cv2
+import numpy as np
+
+from fiqa_sdk.bundle import BundleError
+from fiqa_sdk.capture_io import CaptureWriter, DecisionLog
+from fiqa_sdk.frames import FrameError
+from fiqa_sdk.pipeline import CapturePipeline, FrameReport
+from fiqa_sdk.scorer import Scorer
+from fiqa_sdk.sources import Frame, SourceError, SourceSpecError, open_source
+
+log = logging.getLogger("capture_gate")
+WINDOW = "fiqa capture gate"
+GREEN, RED, YELLOW, GRAY = (0, 200, 0), (0, 0, 230), (0, 220, 230), (160, 160, 160)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--source", default="0",
+                   help="camera index, /dev/videoN, video file, rtsp://... stream or csi://N (default: 0)")
+    p.add_argument("--bundle", default=None, help="bundle folder (default: the embedded default bundle)")
+    p.add_argument("--backend", default="auto",
+                   help="inference backend: auto, tensorrt, litert, tflite-runtime, onnxruntime or opencv")
+    p.add_argument("--detector", default="retinaface", help="face detector (default: retinaface)")
+    p.add_argument("--threads", type=int, default=None, help="inference threads (default: the engine's choice)")
+    p.add_argument("--out", type=Path, default=Path("captures"), help="folder for accepted captures")
+    p.add_argument("--log", type=Path, default=None, help="append every gate decision to this .jsonl file")
+    p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    p.add_argument("--display", choices=("auto", "on", "off"), default="auto",
+                   help="overlay window: auto = when a display and GUI-enabled OpenCV exist")
+    p.add_argument("--image-format", choices=("jpg", "png"), default="jpg", help="capture image format")
+    p.add_argument("--save-aligned", action="store_true", help="also store the 112x112 aligned face")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every skipped frame and reconnect")
+    args = p.parse_args(argv)
+    if args.max_frames is not None and args.max_frames < 1:
+        p.error("--max-frames must be >= 1")
+    return args
+
+
+def display_available() -> tuple[bool, str]:
+    """Whether an OpenCV window can be opened here, and why not."""
+    if sys.platform.startswith("linux") and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+        return False, "no DISPLAY/WAYLAND_DISPLAY set"
+    try:
+        cv2.namedWindow(WINDOW, cv2.WINDOW_NORMAL)
+    except cv2.error:
+        return False, ("this OpenCV has no GUI support (opencv-python-headless); install opencv-python, or "
+                       "JetPack's OpenCV, for a window")
+    return True, ""
+
+
+def draw_overlay(frame: np.ndarray, report: FrameReport, fps: float) -> np.ndarray:
+    """Boxes coloured by this frame's verdict (green accepted, red rejected with reasons, yellow still a
+    candidate in its best-of-N window, gray not gated), with track id and scores."""
+    img = frame.copy()
+    skipped = dict(report.skipped)
+    accepted_now = {(c.decision.track_id, c.decision.frame_index) for c in report.captures}
+    for face, tid in zip(report.faces, report.track_ids):
+        d = report.decision_for(tid)
+        if tid in skipped:
+            color, note = GRAY, "pose?"
+        elif d is None:
+            color, note = YELLOW, "candidate"
+        elif d.accepted or (tid, report.frame_index) in accepted_now:
+            color, note = GREEN, "ACCEPTED"
+        else:
+            color, note = RED, ",".join(r.value for r in d.reasons)
+        x1, y1, x2, y2 = (int(round(v)) for v in face.detection.box)
+        cv2.rectangle(img, (x1, y1), (x2, y2), color, 2)
+        label = f"#{tid} U{face.utility:.0f} P{face.perceptual:.0f}"
+        cv2.putText(img, label, (x1, max(12, y1 - 18)), cv2.FONT_HERSHEY_SIMPLEX, 0.5, color, 1, cv2.LINE_AA)
+        cv2.putText(img, note, (x1, max(24, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, color, 1, cv2.LINE_AA)
+    cv2.putText(img, f"{fps:.1f} FPS", (8, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 2, cv2.LINE_AA)
+    return img
+
+
+@dataclass
+class RunStats:
+    frames: int = 0
+    bad_frames: int = 0
+    captures: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    stopped_by: str = "end of source"
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+
+def _announce(report: FrameReport, stats: RunStats, out=sys.stdout) -> None:
+    for capture, files in report.written:
+        d = capture.decision
+        stats.captures.append(str(files.image))
+        print(f"captured track {d.track_id} frame {d.frame_index}: utility {d.scores.get('utility', float('nan')):.1f}"
+              f" perceptual {d.scores.get('perceptual', float('nan')):.1f} -> {files.image}", file=out, flush=True)
+    for err in report.errors:
+        print(f"warning: {err}", file=out, flush=True)
+
+
+def run(frames: Iterable[Frame], pipeline: CapturePipeline, max_frames: int | None = None, show: bool = False,
+        out=sys.stdout) -> RunStats:
+    """Feed frames through the pipeline until the source ends, ``max_frames``, 'q'/Esc in the window or Ctrl-C."""
+    stats = RunStats()
+    t0 = time.perf_counter()
+    it = iter(frames)
+    try:
+        while max_frames is None or stats.frames + stats.bad_frames < max_frames:
+            try:
+                frame = next(it)
+            except StopIteration:
+                break
+            try:
+                report = pipeline.process(frame.image, frame.index, frame.timestamp)
+            except (FrameError, ValueError, cv2.error) as e:
+                stats.bad_frames += 1
+                log.warning("frame %s skipped: %s", frame.index, e)
+                continue
+            stats.frames += 1
+            _announce(report, stats, out)
+            if show:
+                elapsed = time.perf_counter() - t0
+                cv2.imshow(WINDOW, draw_overlay(frame.image, report, stats.frames / max(elapsed, 1e-9)))
+                if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
+                    stats.stopped_by = "user"
+                    break
+        else:
+            stats.stopped_by = "--max-frames"
+    except KeyboardInterrupt:
+        stats.stopped_by = "Ctrl-C"
+    except SourceError as e:
+        stats.stopped_by = f"source lost: {e}"
+    finally:
+        stats.seconds = time.perf_counter() - t0
+        _announce(pipeline.flush(), stats, out)
+    return stats
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        scorer = Scorer(args.bundle, backend=args.backend, detector=args.detector, threads=args.threads)
+    except (BundleError, RuntimeError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        source = open_source(args.source)
+    except (SourceSpecError, SourceError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    show = False
+    if args.display != "off":
+        show, why = display_available()
+        if not show and args.display == "on":
+            print(f"error: --display on, but no window can be opened: {why}", file=sys.stderr)
+            return 2
+        if not show:
+            print(f"no display ({why}); running headless", flush=True)
+    i = scorer.info
+    print(f"bundle {i.bundle_id} ({i.target}): {i.model_file} [{i.precision}] on {i.backend}; detector "
+          f"{i.detector}/{i.detector_backend}; source {source}", flush=True)
+    writer = CaptureWriter(args.out, image_format=args.image_format, bundle_id=i.bundle_id,
+                           save_aligned=args.save_aligned)
+    logger = DecisionLog(args.log, bundle_id=i.bundle_id) if args.log else None
+    pipeline = CapturePipeline(scorer, writer=writer, logger=logger)
+    try:
+        with source:
+            stats = run(source, pipeline, args.max_frames, show)
+    except SourceError as e:  # the source could not even start
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if logger is not None:
+            logger.close()
+        if show:
+            cv2.destroyAllWindows()
+    reasons = ", ".join(f"{k} {v}" for k, v in pipeline.reasons.most_common()) or "none"
+    print(f"{stats.frames} frames ({stats.bad_frames} skipped) in {stats.seconds:.1f} s = {stats.fps:.1f} FPS; "
+          f"{pipeline.counts['faces']} faces; {len(stats.captures)} captures in {args.out}; "
+          f"rejections: {reasons}; stopped by {stats.stopped_by}", flush=True)
+    return 1 if stats.stopped_by.startswith("source lost") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

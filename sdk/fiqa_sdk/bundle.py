@@ -1,0 +1,585 @@
+"""Deployment bundles: the directory ``fiqa-compile`` writes and the device loads (numpy only, no torch).
+
+A bundle is a folder holding one or more student models (TFLite and/or ONNX), a ``manifest.json`` sidecar that
+describes them, and reports/plots. Model files are never modified: all metadata lives in the manifest, and every
+file is hashed there, so :func:`load_bundle` can refuse a bundle that was damaged in transit (SD cards, OTA
+updates) before a single byte of a model reaches an inference engine.
+
+Manifest (``manifest.json``, ``schema_version`` 1)::
+
+    {
+      "schema_version": 1,                 # refused if newer than SCHEMA_VERSION (upgrade fiqa-sdk)
+      "kind": "fiqa-bundle",
+      "bundle_id": "<16 hex>",             # bundle_id_for(): sha256 over the sorted (file, sha256) pairs, first 16 hex
+      "target": "jetson-orin" | "android-arm64" | "raspberry-pi" | "cpu",
+      "created_utc": "2025-01-31T12:00:00Z",
+      "models": [                          # in the compiler's order of preference (the tie-break for pick_model)
+        {"name": "tflite_int8", "file": "student_int8.tflite", "sha256": "<64 hex>",
+         "format": "tflite" | "onnx", "precision": "int8" | "fp32" | "int8-qdq",
+         "backends": ["litert", "tflite-runtime"],   # fiqa_runtimes backend names that may run this file
+         "input": "<input tensor name in this file>", "output": "<output tensor name in this file>"}, ...],
+      "backend_preference": ["tensorrt", "litert", "tflite-runtime", "onnxruntime", "opencv"],
+      "input": {"name": "faces", "shape": [null, 3, 112, 112], "dtype": "float32", "layout": "NCHW"},
+      "preprocessing": fiqa_sdk.preprocess.SPEC.to_dict(),     # must equal this SDK's spec (check_spec)
+      "scores": [                          # model output column `index` -> a 0-100 device score
+        {"name": "utility", "index": 0, "teacher": "vit_fiqa_tiny", "mean": m, "std": s, "lo": p01, "hi": p99,
+         "range": [0, 100], "higher_is_better": true, "meaning": "..."},
+        {"name": "perceptual", "index": 1, ...}],
+      "thresholds": {"utility_accept": 60, ...},     # fiqa_sdk.gate.GateConfig keys (GateConfig.from_manifest)
+      "tensorrt": null | {"onnx": "student_qdq.onnx",   # the `file` of one ONNX entry in "models"
+                          "calibration_cache": "trt_calibration.cache" | null,   # a key of "files"
+                          "build": {"precision": "int8", "fp16_fallback": true, "max_batch": 16, "opt_batch": 1,
+                                    "workspace_mb": 256}},
+      "files": {"report.md": "<sha256>", "plots/edc.png": "<sha256>", ...},   # every non-model file, hashed
+      "provenance": {"command": ..., "teachers": {...}, "student": {...}, "tools": {...}}
+    }
+
+Model ``input``/``output`` are the tensor names *inside that file*: ONNX students use ``faces``/``scores``, while
+TFLite converters rename tensors (e.g. ``serving_default_args_0``), so the compiler records what the file really
+exposes and the scorer addresses tensors by those names only.
+
+Score scale: the student emits z-scores of the teacher's score. For output column ``index``, the teacher-scale
+value is ``t = z * std + mean`` and the device score is ``clip(100 * (t - lo) / (hi - lo), 0, 100)``, ``lo``/``hi``
+being the teacher's 1st/99th percentiles on the calibration data. The 0-100 scale is always higher-is-better:
+``higher_is_better`` describes the teacher's own scale, and a lower-is-better teacher is flipped
+(``100 * (hi - t) / (hi - lo)``).
+
+Unknown keys are ignored (a newer compiler may add optional fields without bumping ``schema_version``); a newer
+``schema_version`` is refused.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from fiqa_sdk.preprocess import SPEC, check_spec
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+KIND = "fiqa-bundle"
+MANIFEST = "manifest.json"
+TARGETS = ("jetson-orin", "android-arm64", "raspberry-pi", "cpu")
+MODEL_FORMATS = ("tflite", "onnx")
+PRECISIONS = ("int8", "fp32", "int8-qdq")
+SCORE_NAMES = ("utility", "perceptual")
+DEFAULT_BACKEND_PREFERENCE = ("tensorrt", "litert", "tflite-runtime", "onnxruntime", "opencv")
+BUNDLES_DIR = Path(__file__).resolve().parent / "bundles"
+DEFAULT_BUNDLES = {"android-arm64": "default-android-arm64", "cpu": "default-cpu"}
+_TFLITE_BACKENDS = ("litert", "tflite-runtime")
+_REBUILD_HINT = "rebuild it with fiqa-compile, or copy the bundle folder again from its source"
+
+
+class BundleError(ValueError):
+    """A folder that is not a usable bundle (missing manifest, malformed field, spec mismatch)."""
+
+
+class BundleIntegrityError(BundleError):
+    """A file of the bundle is missing or its sha256 differs from the manifest's."""
+
+
+class UnsupportedBundleVersion(BundleError):
+    """The manifest was written by a newer fiqa-compile than this fiqa-sdk understands."""
+
+
+# -- hashing ----------------------------------------------------------------------------------------------------------
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file, read in chunks (models can be tens of MB on a device with little RAM)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def bundle_id_for(hashes: Mapping[str, str]) -> str:
+    """The bundle id: first 16 hex of sha256 over ``"<file>\\t<sha256>\\n"`` lines sorted by file name.
+
+    It names the exact set of bytes shipped, so capture sidecars and decision logs can say which models and
+    thresholds produced them.
+    """
+    text = "".join(f"{name}\t{digest}\n" for name, digest in sorted(hashes.items()))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def check_relative_name(name: str, what: str) -> str:
+    """A bundle-relative POSIX path that cannot escape the bundle folder or shadow the manifest."""
+    if not isinstance(name, str) or not name:
+        raise BundleError(f"{what} must be a non-empty relative file name, got {name!r}")
+    p = PurePosixPath(name)
+    if p.is_absolute() or "\\" in name or any(part in ("", ".", "..") for part in name.split("/")):
+        raise BundleError(f"{what} {name!r} must be a plain relative path inside the bundle (no '..', no leading "
+                          "'/', forward slashes only)")
+    if name == MANIFEST:
+        raise BundleError(f"{what} may not be named {MANIFEST!r}: that name is the bundle's manifest")
+    return name
+
+
+# -- manifest sections ------------------------------------------------------------------------------------------------
+
+def _need(d: Mapping[str, Any], key: str, where: str) -> Any:
+    if not isinstance(d, Mapping):
+        raise BundleError(f"{where} must be a JSON object, got {type(d).__name__}")
+    if key not in d:
+        raise BundleError(f"{where} lacks the required key {key!r}; {_REBUILD_HINT}")
+    return d[key]
+
+
+def _number(d: Mapping[str, Any], key: str, where: str) -> float:
+    v = _need(d, key, where)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise BundleError(f"{where}.{key} must be a finite number, got {v!r}")
+    return float(v)
+
+
+def _string(d: Mapping[str, Any], key: str, where: str, choices: Sequence[str] | None = None) -> str:
+    v = _need(d, key, where)
+    if not isinstance(v, str) or not v:
+        raise BundleError(f"{where}.{key} must be a non-empty string, got {v!r}")
+    if choices is not None and v not in choices:
+        raise BundleError(f"{where}.{key}={v!r} is not one of {list(choices)}")
+    return v
+
+
+@dataclass(frozen=True)
+class ScoreSpec:
+    """How one model output column becomes a 0-100 device score (see the module docstring)."""
+
+    name: str
+    index: int
+    teacher: str
+    mean: float
+    std: float
+    lo: float
+    hi: float
+    higher_is_better: bool = True
+    meaning: str = ""
+
+    def __post_init__(self) -> None:
+        where = f"scores[{self.name!r}]"
+        if self.name not in SCORE_NAMES:
+            raise BundleError(f"{where}: score name must be one of {list(SCORE_NAMES)}")
+        if isinstance(self.index, bool) or not isinstance(self.index, int) or self.index < 0:
+            raise BundleError(f"{where}.index must be an integer >= 0, got {self.index!r}")
+        for k in ("mean", "std", "lo", "hi"):
+            v = getattr(self, k)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise BundleError(f"{where}.{k} must be a finite number, got {v!r}")
+        if self.std <= 0:
+            raise BundleError(f"{where}.std={self.std} must be > 0 (it un-normalises the model's z-score)")
+        if self.hi <= self.lo:
+            raise BundleError(f"{where}: hi={self.hi} must be above lo={self.lo} (they are the teacher's "
+                              "1st/99th percentiles)")
+        if not isinstance(self.higher_is_better, bool):
+            raise BundleError(f"{where}.higher_is_better must be true or false, got {self.higher_is_better!r}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> ScoreSpec:
+        name = _string(d, "name", "scores[]")
+        where = f"scores[{name!r}]"
+        rng = d.get("range", [0, 100])
+        if list(rng) != [0, 100]:
+            raise BundleError(f"{where}.range={rng!r}: schema 1 defines the device scale as [0, 100]")
+        index = _need(d, "index", where)
+        return cls(name=name, index=index, teacher=str(_need(d, "teacher", where)),
+                   mean=_number(d, "mean", where), std=_number(d, "std", where), lo=_number(d, "lo", where),
+                   hi=_number(d, "hi", where), higher_is_better=d.get("higher_is_better", True),
+                   meaning=str(d.get("meaning", "")))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "index": self.index, "teacher": self.teacher, "mean": self.mean, "std": self.std,
+                "lo": self.lo, "hi": self.hi, "range": [0, 100], "higher_is_better": self.higher_is_better,
+                "meaning": self.meaning}
+
+    def teacher_scale(self, z: np.ndarray) -> np.ndarray:
+        """Model z-scores -> the teacher's own score scale."""
+        return np.asarray(z, dtype=np.float64) * self.std + self.mean
+
+    def to_0_100(self, z: np.ndarray) -> np.ndarray:
+        """Model z-scores -> the device's 0-100, higher-is-better scale (clipped at the percentiles)."""
+        t = self.teacher_scale(z)
+        frac = (t - self.lo) / (self.hi - self.lo) if self.higher_is_better else (self.hi - t) / (self.hi - self.lo)
+        return np.clip(100.0 * frac, 0.0, 100.0)
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model file of the bundle. ``input``/``output``: tensor names inside that file."""
+
+    name: str
+    file: str
+    sha256: str
+    format: str
+    precision: str
+    backends: tuple[str, ...]
+    input: str
+    output: str
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], i: int) -> ModelEntry:
+        where = f"models[{i}]"
+        backends = _need(d, "backends", where)
+        if not isinstance(backends, list) or not backends or not all(isinstance(b, str) and b for b in backends):
+            raise BundleError(f"{where}.backends must be a non-empty list of backend names, got {backends!r}")
+        return cls(name=_string(d, "name", where), file=check_relative_name(_string(d, "file", where), f"{where}.file"),
+                   sha256=_sha(_need(d, "sha256", where), f"{where}.sha256"),
+                   format=_string(d, "format", where, MODEL_FORMATS),
+                   precision=_string(d, "precision", where, PRECISIONS), backends=tuple(backends),
+                   input=_string(d, "input", where), output=_string(d, "output", where))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "file": self.file, "sha256": self.sha256, "format": self.format,
+                "precision": self.precision, "backends": list(self.backends), "input": self.input,
+                "output": self.output}
+
+
+@dataclass(frozen=True)
+class TensorRTSpec:
+    """How a Jetson builds its engine: which bundled ONNX, optional calibration cache, builder settings."""
+
+    onnx: str
+    calibration_cache: str | None
+    build: dict[str, Any]
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TensorRTSpec:
+        onnx = check_relative_name(_string(d, "onnx", "tensorrt"), "tensorrt.onnx")
+        cache = d.get("calibration_cache")
+        if cache is not None:
+            cache = check_relative_name(cache, "tensorrt.calibration_cache")
+        build = d.get("build", {})
+        if not isinstance(build, Mapping):
+            raise BundleError(f"tensorrt.build must be a JSON object, got {type(build).__name__}")
+        return cls(onnx=onnx, calibration_cache=cache, build=dict(build))
+
+    def backend_options(self) -> dict[str, Any]:
+        """Keyword options for :class:`fiqa_runtimes.tensorrt_backend.TensorRTBackend` from ``build``.
+
+        ``fp16_fallback`` is informational: the backend builds ``int8`` from the Q/DQ graph and keeps layers
+        outside Q/DQ pairs in the precision TensorRT picks, so it has no switch for it.
+        """
+        keys = ("precision", "max_batch", "opt_batch", "workspace_mb")
+        return {k: self.build[k] for k in keys if k in self.build}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"onnx": self.onnx, "calibration_cache": self.calibration_cache, "build": dict(self.build)}
+
+
+def _sha(v: Any, where: str) -> str:
+    if not isinstance(v, str) or len(v) != 64 or any(c not in "0123456789abcdef" for c in v):
+        raise BundleError(f"{where} must be a 64-character lowercase hex sha256, got {v!r}")
+    return v
+
+
+# -- the bundle -------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """A model file and the backend that will run it."""
+
+    model: ModelEntry
+    backend: str
+    path: Path
+    options: dict[str, Any] = field(default_factory=dict)  # extra backend options (TensorRT build settings)
+
+
+@dataclass
+class LoadedModel:
+    """A model loaded into an engine, plus the candidates tried before it and why they were passed over."""
+
+    choice: ModelChoice
+    backend: Any  # fiqa_runtimes.Backend
+    skipped: list[tuple[ModelChoice, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle (only :func:`load_bundle` builds one). ``manifest`` is the raw JSON for extra keys."""
+
+    path: Path
+    manifest: dict[str, Any]
+    bundle_id: str
+    target: str
+    created_utc: str
+    models: tuple[ModelEntry, ...]
+    backend_preference: tuple[str, ...]
+    scores: tuple[ScoreSpec, ...]
+    thresholds: dict[str, Any]
+    tensorrt: TensorRTSpec | None
+    files: dict[str, str]
+    provenance: dict[str, Any]
+
+    # -- scores ------------------------------------------------------------------------------------------------
+    @property
+    def score_names(self) -> tuple[str, ...]:
+        return tuple(s.name for s in self.scores)
+
+    def score(self, name: str) -> ScoreSpec:
+        for s in self.scores:
+            if s.name == name:
+                return s
+        raise KeyError(f"bundle has no score {name!r}; it has {list(self.score_names)}")
+
+    def to_0_100(self, z: np.ndarray) -> np.ndarray:
+        """Raw model output [N, K] -> [N, len(scores)] device scores, columns in :attr:`score_names` order."""
+        z = np.asarray(z, dtype=np.float64)
+        if z.ndim != 2:
+            raise ValueError(f"model output must be [N, K], got shape {z.shape}")
+        need = max(s.index for s in self.scores) + 1
+        if z.shape[1] < need:
+            raise ValueError(f"model output has {z.shape[1]} columns but the manifest reads column {need - 1}")
+        return np.stack([s.to_0_100(z[:, s.index]) for s in self.scores], axis=1)
+
+    def gate_config(self, **overrides: Any):
+        """The capture gate's configuration from this bundle's ``thresholds`` (keyword overrides win)."""
+        from fiqa_sdk.gate import GateConfig
+
+        return GateConfig.from_manifest(self.manifest, **overrides)
+
+    # -- models ------------------------------------------------------------------------------------------------
+    def model_path(self, model: ModelEntry) -> Path:
+        return self.path / model.file
+
+    def candidates(self, backend: str = "auto", model: str | None = None) -> list[ModelChoice]:
+        """(model, backend) pairs to try, best first.
+
+        ``auto``: backends in ``backend_preference`` order, keeping those ``fiqa_runtimes`` reports installed for
+        the model's format and that the model lists; models in manifest order within a backend. A named backend:
+        every model that lists it (installed or not: loading it then says what is missing). ``model`` restricts
+        the choice to one model entry by name.
+        """
+        from fiqa_runtimes import available_backends
+
+        models = list(self.models)
+        if model is not None:
+            models = [m for m in models if m.name == model]
+            if not models:
+                raise BundleError(f"bundle {self.path} has no model named {model!r}; it has "
+                                  f"{[m.name for m in self.models]}")
+        if backend == "auto":
+            out = []
+            installed = {fmt: set(available_backends(fmt)) for fmt in MODEL_FORMATS}
+            for b in self.backend_preference:
+                for m in models:
+                    if b in m.backends and b in installed[m.format] and self._usable(m, b):
+                        out.append(self._choice(m, b))
+            return out
+        listed = [m for m in models if backend in m.backends and self._usable(m, backend)]
+        if not listed:
+            offered = sorted({b for m in models for b in m.backends})
+            raise BundleError(f"no model in bundle {self.path} is meant for backend {backend!r}; its models list "
+                              f"{offered} (use backend='auto' or one of those)")
+        return [self._choice(m, backend) for m in listed]
+
+    def _usable(self, m: ModelEntry, backend: str) -> bool:
+        # TensorRT builds from the ONNX the manifest's "tensorrt" section names, with its build settings.
+        return backend != "tensorrt" or (self.tensorrt is not None and m.file == self.tensorrt.onnx)
+
+    def _choice(self, m: ModelEntry, backend: str) -> ModelChoice:
+        options: dict[str, Any] = {}
+        if backend == "tensorrt" and self.tensorrt is not None:
+            options = self.tensorrt.backend_options()
+        elif backend == "opencv":
+            options = {"input_names": [m.input]}  # OpenCV DNN cannot list a graph's input names itself
+        return ModelChoice(model=m, backend=backend, path=self.model_path(m), options=options)
+
+    def pick_model(self, backend: str = "auto", model: str | None = None) -> ModelChoice:
+        """The first candidate of :meth:`candidates` (what :meth:`load_model` tries first); loads nothing."""
+        found = self.candidates(backend, model)
+        if not found:
+            from fiqa_runtimes import available_backends
+
+            raise BundleError(
+                f"no installed runtime can run any model of bundle {self.path}: its models need "
+                f"{sorted({b for m in self.models for b in m.backends})}, installed are {available_backends()}; "
+                "pip install 'fiqa-sdk[tflite]' (LiteRT) or 'fiqa-sdk[onnx]' (ONNX Runtime)")
+        return found[0]
+
+    def load_model(self, backend: str = "auto", threads: int | None = None, model: str | None = None) -> LoadedModel:
+        """Load the best model into its engine.
+
+        With ``auto``, a candidate whose engine turns out unusable (``BackendUnavailable``: e.g. ``tensorrt``
+        importable but no CUDA bindings or GPU) is skipped with a warning and the next one is tried; the reasons
+        are kept in :attr:`LoadedModel.skipped`. A named backend is tried alone and its error is raised.
+        """
+        from fiqa_runtimes import BackendUnavailable, load_backend
+
+        cands = self.candidates(backend, model)
+        if not cands:
+            self.pick_model(backend, model)  # raises, naming what to install
+        skipped: list[tuple[ModelChoice, str]] = []
+        for c in cands:
+            try:
+                engine = load_backend(str(c.path), c.model.format, backend=c.backend, threads=threads, **c.options)
+            except BackendUnavailable as e:
+                if backend != "auto":
+                    raise
+                log.warning("bundle %s: backend %s unavailable for %s (%s); trying the next one",
+                            self.bundle_id, c.backend, c.model.file, e)
+                skipped.append((c, str(e)))
+                continue
+            return LoadedModel(choice=c, backend=engine, skipped=skipped)
+        tried = "; ".join(f"{c.backend}/{c.model.file}: {why}" for c, why in skipped)
+        raise BackendUnavailable(f"no backend could load a model of bundle {self.path}: {tried}")
+
+
+# -- loading ----------------------------------------------------------------------------------------------------------
+
+def _read_manifest(path: Path) -> tuple[Path, dict[str, Any]]:
+    if path.is_file() and path.name == MANIFEST:
+        path = path.parent
+    if not path.exists():
+        raise BundleError(f"bundle folder {path} does not exist")
+    if not path.is_dir():
+        raise BundleError(f"{path} is not a bundle folder (a bundle is a directory holding {MANIFEST})")
+    mpath = path / MANIFEST
+    if not mpath.is_file():
+        raise BundleError(f"{path} is not a fiqa bundle: it has no {MANIFEST}. Point to the folder fiqa-compile "
+                          "wrote (fiqa-compile --target cpu --out <folder>)")
+    try:
+        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise BundleError(f"{mpath} is not valid JSON ({e}); {_REBUILD_HINT}") from e
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{mpath} must hold a JSON object, got {type(manifest).__name__}")
+    return path, manifest
+
+
+def _check_header(manifest: dict[str, Any], mpath: Path) -> None:
+    if manifest.get("kind") != KIND:
+        raise BundleError(f"{mpath} is not a fiqa bundle manifest (kind={manifest.get('kind')!r}, expected {KIND!r})")
+    version = manifest.get("schema_version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise BundleError(f"{mpath}: schema_version must be a positive integer, got {version!r}")
+    if version > SCHEMA_VERSION:
+        raise UnsupportedBundleVersion(
+            f"{mpath} uses bundle schema_version {version}, but this fiqa-sdk reads up to {SCHEMA_VERSION}; upgrade "
+            "fiqa-sdk (pip install --upgrade fiqa-sdk) or rebuild the bundle with the fiqa-compile matching this SDK")
+
+
+def _verify_files(root: Path, hashes: Mapping[str, str]) -> None:
+    problems = []
+    for name, expected in sorted(hashes.items()):
+        p = root / name
+        if not p.is_file():
+            problems.append(f"{name}: missing (expected sha256 {expected})")
+            continue
+        actual = sha256_file(p)
+        if actual != expected:
+            problems.append(f"{name}: corrupt, sha256 is {actual}, manifest expects {expected}")
+    if problems:
+        raise BundleIntegrityError(f"bundle {root} failed verification; nothing was loaded:\n  "
+                                   + "\n  ".join(problems) + f"\nThe bundle is damaged or was edited; {_REBUILD_HINT}")
+
+
+def _check_input(section: Any) -> None:
+    expect = {"name": "faces", "shape": [None, 3, SPEC.size, SPEC.size], "dtype": SPEC.dtype, "layout": SPEC.layout}
+    if not isinstance(section, Mapping):
+        raise BundleError(f"manifest 'input' must be a JSON object, got {type(section).__name__}")
+    wrong = {k: section.get(k) for k in expect if section.get(k) != expect[k]}
+    if wrong:
+        raise BundleError(f"manifest 'input' has {wrong}; this fiqa-sdk feeds {expect}. Recompile the bundle with a "
+                          "matching fiqa-compile")
+
+
+def load_bundle(path: str | os.PathLike) -> Bundle:
+    """Read and verify a bundle: header, every field this SDK uses, every file's sha256, the bundle id and the
+    preprocessing spec, before anything is loaded. Raises :class:`BundleError` (or a subclass) naming the fix."""
+    root, m = _read_manifest(Path(path))
+    mpath = root / MANIFEST
+    _check_header(m, mpath)
+
+    models_raw = _need(m, "models", "manifest")
+    if not isinstance(models_raw, list) or not models_raw:
+        raise BundleError(f"{mpath}: 'models' must be a non-empty list")
+    models = tuple(ModelEntry.from_dict(d, i) for i, d in enumerate(models_raw))
+    files_raw = m.get("files", {})
+    if not isinstance(files_raw, Mapping):
+        raise BundleError(f"{mpath}: 'files' must map file names to sha256, got {type(files_raw).__name__}")
+    files = {check_relative_name(k, "files key"): _sha(v, f"files[{k!r}]") for k, v in files_raw.items()}
+    hashes: dict[str, str] = {}
+    for entry in models:
+        if entry.file in hashes:
+            raise BundleError(f"{mpath}: model file {entry.file!r} is listed twice")
+        hashes[entry.file] = entry.sha256
+    for name, digest in files.items():
+        if name in hashes:
+            raise BundleError(f"{mpath}: {name!r} is listed both as a model and under 'files'")
+        hashes[name] = digest
+    if len({e.name for e in models}) != len(models):
+        raise BundleError(f"{mpath}: model names must be unique, got {[e.name for e in models]}")
+
+    bundle_id = _string(m, "bundle_id", "manifest")
+    if bundle_id != bundle_id_for(hashes):
+        raise BundleIntegrityError(f"{mpath}: bundle_id {bundle_id!r} does not match its file list "
+                                   f"(computed {bundle_id_for(hashes)!r}): the manifest was edited; {_REBUILD_HINT}")
+    _verify_files(root, hashes)
+
+    try:
+        check_spec(_need(m, "preprocessing", "manifest"))
+    except ValueError as e:
+        raise BundleError(f"bundle {root}: {e}") from e
+    _check_input(_need(m, "input", "manifest"))
+
+    scores_raw = _need(m, "scores", "manifest")
+    if not isinstance(scores_raw, list):
+        raise BundleError(f"{mpath}: 'scores' must be a list")
+    scores = tuple(ScoreSpec.from_dict(d) for d in scores_raw)
+    if sorted(s.name for s in scores) != sorted(SCORE_NAMES) or len({s.index for s in scores}) != len(scores):
+        raise BundleError(f"{mpath}: 'scores' must describe {list(SCORE_NAMES)} once each on distinct output "
+                          f"columns, got {[(s.name, s.index) for s in scores]}")
+    scores = tuple(sorted(scores, key=lambda s: SCORE_NAMES.index(s.name)))
+
+    pref = m.get("backend_preference", list(DEFAULT_BACKEND_PREFERENCE))
+    if not isinstance(pref, list) or not all(isinstance(b, str) for b in pref):
+        raise BundleError(f"{mpath}: 'backend_preference' must be a list of backend names, got {pref!r}")
+    thresholds = m.get("thresholds", {})
+    if not isinstance(thresholds, Mapping):
+        raise BundleError(f"{mpath}: 'thresholds' must be a JSON object, got {type(thresholds).__name__}")
+    trt = m.get("tensorrt")
+    tensorrt = TensorRTSpec.from_dict(trt) if trt is not None else None
+    if tensorrt is not None:
+        onnx_files = [e.file for e in models if e.format == "onnx"]
+        if tensorrt.onnx not in onnx_files:
+            raise BundleError(f"{mpath}: tensorrt.onnx={tensorrt.onnx!r} is not one of the bundle's ONNX models "
+                              f"{onnx_files}")
+        if tensorrt.calibration_cache is not None and tensorrt.calibration_cache not in files:
+            raise BundleError(f"{mpath}: tensorrt.calibration_cache={tensorrt.calibration_cache!r} is not listed "
+                              "(and hashed) under 'files'")
+    provenance = m.get("provenance", {})
+    return Bundle(path=root, manifest=m, bundle_id=bundle_id,
+                  target=_string(m, "target", "manifest", TARGETS), created_utc=str(m.get("created_utc", "")),
+                  models=models, backend_preference=tuple(pref), scores=scores, thresholds=dict(thresholds),
+                  tensorrt=tensorrt, files=files, provenance=provenance if isinstance(provenance, dict) else {})
+
+
+# -- embedded defaults ------------------------------------------------------------------------------------------------
+
+def default_bundle_path(bundles_dir: str | os.PathLike | None = None) -> Path:
+    """The embedded bundle that best fits the installed runtimes.
+
+    With LiteRT (or tflite-runtime) installed, the ``android-arm64`` bundle: its full-INT8 TFLite runs on XNNPACK's
+    int8 kernels on ARM and x86 alike (about 2x faster than the fp32 ONNX in ONNX Runtime on x86 in our
+    measurements). Otherwise the ``cpu`` bundle. Falls back to whichever exists.
+    """
+    from fiqa_runtimes import available_backends
+
+    root = Path(bundles_dir) if bundles_dir is not None else BUNDLES_DIR
+    has_tflite = any(b in available_backends("tflite") for b in _TFLITE_BACKENDS)
+    order = ["android-arm64", "cpu"] if has_tflite else ["cpu", "android-arm64"]
+    for target in order:
+        p = root / DEFAULT_BUNDLES[target]
+        if (p / MANIFEST).is_file():
+            return p
+    raise BundleError(f"no embedded default bundle in {root} (looked for {[DEFAULT_BUNDLES[t] for t in order]}): "
+                      "this fiqa-sdk build ships none yet. Build one with `fiqa-compile --target cpu --out "
+                      "<folder>` and pass Scorer(bundle='<folder>')")

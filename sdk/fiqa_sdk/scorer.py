@@ -1,0 +1,267 @@
+"""``Scorer``: a bundle's student model behind one call, on aligned faces or on whole frames.
+
+``score(faces)`` turns aligned 112x112 BGR faces into 0-100 utility/perceptual scores (the bundle manifest's
+scale); ``score_frame(frame)`` detects, aligns, scores and measures every face of a frame. The model runs in
+whatever engine the bundle and the installed runtimes allow (TensorRT, LiteRT, ONNX Runtime, OpenCV DNN), in
+batches no larger than ``max_batch`` so memory stays bounded on a crowded frame.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+
+from fiqa_sdk.align import align_face
+from fiqa_sdk.bundle import Bundle, LoadedModel, default_bundle_path, load_bundle
+from fiqa_sdk.detection import Detection, Detector, create_detector
+from fiqa_sdk.frames import to_bgr
+from fiqa_sdk.measures import image_measures, landmark_measures
+from fiqa_sdk.preprocess import SPEC, faces_to_tensor
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FaceScore:
+    """Scores of one face: 0-100 device scale (higher is better) and the model's raw z-scores."""
+
+    utility: float
+    perceptual: float
+    utility_z: float
+    perceptual_z: float
+
+    def to_dict(self) -> dict[str, float]:
+        return {"utility": self.utility, "perceptual": self.perceptual, "utility_z": self.utility_z,
+                "perceptual_z": self.perceptual_z}
+
+
+class ScoreBatch(Sequence[FaceScore]):
+    """Scores of N faces, as a sequence of :class:`FaceScore` and as arrays (``scores``/``z``: [N, 2] in
+    ``names`` order)."""
+
+    def __init__(self, scores: np.ndarray, z: np.ndarray, names: tuple[str, ...]):
+        self.scores = np.asarray(scores, dtype=np.float64).reshape(-1, len(names))
+        self.z = np.asarray(z, dtype=np.float64).reshape(-1, len(names))
+        self.names = names
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        if isinstance(i, slice):
+            return ScoreBatch(self.scores[i], self.z[i], self.names)
+        u, p = self.names.index("utility"), self.names.index("perceptual")
+        row, zrow = self.scores[i], self.z[i]
+        return FaceScore(float(row[u]), float(row[p]), float(zrow[u]), float(zrow[p]))
+
+    def __iter__(self) -> Iterator[FaceScore]:
+        return (self[i] for i in range(len(self)))
+
+    @property
+    def utility(self) -> np.ndarray:
+        return self.scores[:, self.names.index("utility")]
+
+    @property
+    def perceptual(self) -> np.ndarray:
+        return self.scores[:, self.names.index("perceptual")]
+
+    def __repr__(self) -> str:
+        return f"ScoreBatch(n={len(self)}, utility={np.round(self.utility, 1).tolist()}, " \
+               f"perceptual={np.round(self.perceptual, 1).tolist()})"
+
+
+@dataclass
+class FaceResult:
+    """One face of a frame: where it is, what was scored, the scores and the measures the gate explains with.
+
+    ``measures``: :func:`fiqa_sdk.measures.image_measures` of the aligned face plus
+    :func:`fiqa_sdk.measures.landmark_measures` of the detector's landmarks (``iod_px``, ``yaw``, ``pitch``,
+    ``roll``). When the landmarks are too degenerate for the pose proxies (e.g. mouth above the eyes on an
+    upside-down face), the pose keys are absent and ``pose_error`` says why.
+    """
+
+    detection: Detection
+    aligned: np.ndarray
+    utility: float
+    perceptual: float
+    measures: dict[str, float]
+    z: tuple[float, float] = (float("nan"), float("nan"))
+    pose_error: str | None = None
+
+    @property
+    def scores(self) -> dict[str, float]:
+        return {"utility": self.utility, "perceptual": self.perceptual}
+
+
+@dataclass(frozen=True)
+class ScorerInfo:
+    """What a Scorer runs: for logs, benchmark tables and capture sidecars."""
+
+    target: str
+    bundle_id: str
+    bundle_path: str
+    backend: str
+    model: str
+    model_file: str
+    format: str
+    precision: str
+    detector: str | None
+    detector_backend: str | None
+    threads: int | None
+    skipped: tuple[str, ...] = field(default_factory=tuple)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+
+
+def _check_faces(faces: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+    """Validate aligned faces and return them as N x 112 x 112 x 3 uint8 with errors that name the fix."""
+    if isinstance(faces, (list, tuple)):
+        if not faces:
+            return np.zeros((0, SPEC.size, SPEC.size, 3), np.uint8)
+        shapes = {np.asarray(f).shape for f in faces}
+        if len(shapes) != 1:
+            raise ValueError(f"faces have different shapes {sorted(shapes)}; every aligned face is "
+                             f"{SPEC.size}x{SPEC.size}x3 (fiqa_sdk.align_face)")
+        faces = np.stack([np.asarray(f) for f in faces])
+    if not isinstance(faces, np.ndarray):
+        raise TypeError(f"faces must be a numpy array or a list of arrays, got {type(faces).__name__}")
+    if faces.dtype != np.uint8:
+        raise ValueError(f"aligned faces must be uint8 BGR (0-255), got dtype {faces.dtype}; "
+                         "convert with (face * 255).round().astype(np.uint8) for [0, 1] floats")
+    if faces.ndim == 3:
+        faces = faces[None]
+    want = (SPEC.size, SPEC.size, 3)
+    if faces.ndim != 4 or faces.shape[1:] != want:
+        square = (SPEC.size, SPEC.size) in {tuple(faces.shape[-2:]), tuple(faces.shape[-3:-1])}
+        hint = ("convert gray/BGRA faces to BGR with fiqa_sdk.to_bgr(face) first" if square
+                else "align faces with fiqa_sdk.align_face(frame, detection.landmarks), or call score_frame(frame)")
+        raise ValueError(f"expected aligned faces of shape ({SPEC.size}, {SPEC.size}, 3) or "
+                         f"(N, {SPEC.size}, {SPEC.size}, 3) BGR uint8, got {faces.shape}; {hint}")
+    return faces
+
+
+class Scorer:
+    """Scores faces with a bundle's student model.
+
+    Args:
+        bundle: a bundle folder, a loaded :class:`~fiqa_sdk.bundle.Bundle`, or ``None`` for the embedded default
+            (:func:`~fiqa_sdk.bundle.default_bundle_path`).
+        backend: ``"auto"`` (the bundle's ``backend_preference`` among installed runtimes) or a backend name.
+        detector: a detector name for :func:`fiqa_sdk.create_detector`, a :class:`Detector`, or ``None`` when only
+            :meth:`score` is used (then :meth:`score_frame` raises).
+        threads: inference threads for the model and (RetinaFace) the detector; ``None``: the engines' default.
+        max_batch: largest batch sent to the engine at once (capped by a TensorRT bundle's ``max_batch``).
+        model: pick a model entry of the bundle by name instead of by backend preference.
+        detector_options: extra keyword options for the detector (e.g. ``{"max_side": 320}``).
+    """
+
+    def __init__(self, bundle: str | os.PathLike | Bundle | None = None, backend: str = "auto",
+                 detector: str | Detector | None = "retinaface", threads: int | None = None, max_batch: int = 16,
+                 model: str | None = None, detector_options: dict[str, Any] | None = None):
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+        if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
+            raise ValueError(f"max_batch must be a positive integer, got {max_batch!r}")
+        if isinstance(bundle, Bundle):
+            self.bundle = bundle
+        else:
+            self.bundle = load_bundle(default_bundle_path() if bundle is None else Path(bundle))
+        self._loaded: LoadedModel = self.bundle.load_model(backend=backend, threads=threads, model=model)
+        choice = self._loaded.choice
+        self._engine = self._loaded.backend
+        self._input, self._output = choice.model.input, choice.model.output
+        if self._input not in self._engine.input_names:
+            raise ValueError(f"bundle {self.bundle.path}: model {choice.model.file} has no input tensor "
+                             f"{self._input!r} (it has {self._engine.input_names}); the manifest does not match the "
+                             "file, rebuild the bundle")
+        trt_max = int(choice.options.get("max_batch", max_batch))
+        self.max_batch = min(max_batch, trt_max)
+        self.threads = threads
+        if isinstance(detector, Detector) or detector is None:
+            self.detector = detector
+        else:
+            options = dict(detector_options or {})
+            if threads is not None and detector == "retinaface":
+                options.setdefault("threads", threads)
+            self.detector = create_detector(detector, **options)
+        self.info = ScorerInfo(
+            target=self.bundle.target, bundle_id=self.bundle.bundle_id, bundle_path=str(self.bundle.path),
+            backend=choice.backend, model=choice.model.name, model_file=choice.model.file, format=choice.model.format,
+            precision=choice.model.precision, detector=getattr(self.detector, "name", None),
+            detector_backend=getattr(self.detector, "backend_name", None), threads=threads,
+            skipped=tuple(f"{c.backend}/{c.model.file}: {why}" for c, why in self._loaded.skipped))
+
+    @property
+    def score_names(self) -> tuple[str, ...]:
+        return self.bundle.score_names
+
+    def raw(self, tensor: np.ndarray) -> np.ndarray:
+        """Run the model on a normalised NCHW float32 batch (any N); returns [N, K] raw outputs (z-scores)."""
+        n = len(tensor)
+        if n == 0:
+            return np.zeros((0, len(self.bundle.scores)), np.float32)
+        outs = []
+        for start in range(0, n, self.max_batch):
+            chunk = tensor[start:start + self.max_batch]
+            result = self._engine.run({self._input: chunk})
+            if self._output not in result:
+                raise ValueError(f"model {self.info.model_file} returned {list(result)}, not the manifest's output "
+                                 f"{self._output!r}; rebuild the bundle")
+            y = np.asarray(result[self._output], dtype=np.float32)
+            if y.ndim != 2 or y.shape[0] != len(chunk):
+                raise ValueError(f"model {self.info.model_file} returned shape {y.shape} for a batch of {len(chunk)}; "
+                                 f"expected [{len(chunk)}, {len(self.bundle.scores)}]")
+            outs.append(y)
+        return np.concatenate(outs)
+
+    def score(self, faces: np.ndarray | Sequence[np.ndarray]) -> ScoreBatch:
+        """Score aligned faces (HxWx3 or NxHxWx3 BGR uint8, H = W = 112). Always returns a :class:`ScoreBatch`
+        (``scorer.score(face)[0]`` for one face)."""
+        batch = _check_faces(faces)
+        if len(batch) == 0:
+            empty = np.zeros((0, len(self.bundle.scores)))
+            return ScoreBatch(empty, empty, self.score_names)
+        z = self.raw(faces_to_tensor(batch))
+        cols = [s.index for s in self.bundle.scores]  # model column of each score, in score_names order
+        return ScoreBatch(self.bundle.to_0_100(z), z[:, cols], self.score_names)
+
+    def detect(self, frame: np.ndarray) -> list[Detection]:
+        if self.detector is None:
+            raise RuntimeError("this Scorer was built with detector=None; pass detector='retinaface' (or a "
+                               "Detector) to score whole frames, or align faces yourself and call score()")
+        return self.detector.detect(frame)
+
+    def score_frame(self, frame: np.ndarray) -> list[FaceResult]:
+        """Detect, align, score and measure every face of a frame (gray, BGR or BGRA, any size).
+
+        An empty or non-image frame raises :class:`fiqa_sdk.FrameError`; a frame without faces gives ``[]``.
+        """
+        bgr = to_bgr(frame)
+        detections = self.detect(bgr)
+        if not detections:
+            return []
+        aligned = [align_face(bgr, d.landmarks) for d in detections]
+        scores = self.score(np.stack(aligned))
+        results = []
+        for det, face, s in zip(detections, aligned, scores):
+            measures = image_measures(face)
+            pose_error = None
+            try:
+                measures.update(landmark_measures(det.landmarks))
+            except ValueError as e:
+                # Degenerate landmarks: size is still meaningful, pose proxies are not.
+                measures["iod_px"] = det.size
+                pose_error = str(e)
+            results.append(FaceResult(detection=det, aligned=face, utility=s.utility, perceptual=s.perceptual,
+                                      measures=measures, z=(s.utility_z, s.perceptual_z), pose_error=pose_error))
+        return results
+
+    def __repr__(self) -> str:
+        i = self.info
+        return (f"Scorer(bundle={i.bundle_id} [{i.target}], model={i.model_file} ({i.precision}), backend={i.backend}, "
+                f"detector={i.detector}/{i.detector_backend})")
