@@ -12,7 +12,6 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import sys
 import time
@@ -24,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from fiqa_compile.train.data import to_tensor
+from fiqa_compile.train.schedule import warmup_cosine
 from fiqa_compile.train.tasks import pairwise_rank_loss
 
 SCORE_NAMES = ("utility", "perceptual")
@@ -160,11 +160,6 @@ def distill(data: FaceCrops, targets: np.ndarray, out: Path, cfg: DistillConfig,
     total = steps_per_epoch * cfg.epochs
     warmup = min(200, total // 10)
 
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return cfg.lr * (step + 1) / warmup
-        return cfg.lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-
     last = out / "last.pt"
     step, history = 0, []
     if last.exists():
@@ -191,7 +186,7 @@ def distill(data: FaceCrops, targets: np.ndarray, out: Path, cfg: DistillConfig,
             f = flips[b * cfg.batch_size:(b + 1) * cfg.batch_size]
             crops[f] = crops[f][:, :, ::-1]
             for g in opt.param_groups:
-                g["lr"] = lr_at(step)
+                g["lr"] = warmup_cosine(step, cfg.lr, warmup, total)
             pred = model(to_tensor(crops))
             t = torch.from_numpy(z[rows])
             loss = F.mse_loss(pred, t) + cfg.rank_weight * sum(pairwise_rank_loss(pred[:, i], t[:, i]) for i in range(2))

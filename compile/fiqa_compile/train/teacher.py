@@ -14,7 +14,6 @@ import argparse
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import sys
 import time
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 
 from fiqa_compile.train.data import LabelSet, make_batch
+from fiqa_compile.train.schedule import warmup_cosine
 from fiqa_compile.train.tasks import TASKS
 
 DEFAULT_MODEL = {"utility": "vit_fiqa_mini", "perceptual": "dsl_fiqa_tiny"}
@@ -113,11 +113,6 @@ def main(argv: list[str] | None = None) -> int:
     steps_per_epoch = len(train_rows) // args.batch_size
     total = steps_per_epoch * args.epochs
 
-    def lr_at(step: int) -> float:
-        if step < args.warmup_steps:
-            return args.lr * (step + 1) / args.warmup_steps
-        return args.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, (step - args.warmup_steps) / max(1, total - args.warmup_steps))))
-
     step, best, history = 0, -2.0, []
     last = args.out / "last.pt"
     if last.exists():
@@ -149,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             rows = perm[b * args.batch_size:(b + 1) * args.batch_size]
             batch = make_batch(labels, rows, flips[b * args.batch_size:(b + 1) * args.batch_size])
             for g in opt.param_groups:
-                g["lr"] = lr_at(step)
+                g["lr"] = warmup_cosine(step, args.lr, args.warmup_steps, total)
             loss, logs = task.loss(model, batch, rows)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -1,0 +1,157 @@
+"""Student cost: parameters, MACs, artifact sizes and per-face latency of every deployable form.
+
+For each student (default ``student_mfn`` and ``student_nano``) this exports and converts exactly as the compile
+does -- fp32 ONNX (dynamo + onnxsim), Q/DQ INT8 ONNX (percentile calibration), float TFLite, full-INT8 TFLite
+(PT2E) -- calibrating on a 300-face stratified set built from the pip-shipped sample photos, then times batch-1
+inference of one 112x112 face through each runtime at 1 and 2 threads:
+
+torch fp32 (eval, BN folded) | ONNX Runtime fp32 | ONNX Runtime Q/DQ INT8 | LiteRT fp32 | LiteRT INT8
+
+ORT and LiteRT are timed through ``fiqa_runtimes`` backends (what the SDK calls: LiteRT's includes quantising
+the float input and dequantising the scores). Weights are random-init: latency and size do not depend on
+weight values. Writes ``bench/results/student.{json,md}``.
+
+Usage:  python bench/bench_student.py [--models student_mfn student_nano] [--runs 200] [--warmup 20]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from fiqa_calibration.calibration_set import build_calibration_set, sample_pool
+from fiqa_compile.export.onnx_export import export_onnx
+from fiqa_compile.export.qdq import build_qdq
+from fiqa_compile.export.tflite import convert_float, convert_int8
+from fiqa_compile.models import create_model
+from fiqa_compile.models.profile import profile_model
+from fiqa_compile.models.students import export_ready
+from fiqa_runtimes import load_backend
+
+THREADS = (1, 2)
+
+
+def time_fn(fn: Callable[[], object], runs: int, warmup: int) -> dict:
+    for _ in range(warmup):
+        fn()
+    t = np.empty(runs)
+    for i in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        t[i] = (time.perf_counter() - t0) * 1000
+    return {"median_ms": round(float(np.median(t)), 3), "p90_ms": round(float(np.percentile(t, 90)), 3),
+            "min_ms": round(float(t.min()), 3), "runs": runs}
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import ai_edge_litert
+    import litert_torch
+    import onnxruntime
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "loadavg_at_start": [round(v, 2) for v in os.getloadavg()],
+            "python": platform.python_version(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+            "litert_torch": litert_torch.__version__,
+            "ai_edge_litert": getattr(ai_edge_litert, "__version__", "?")}
+
+
+def bench_model(name: str, calib: np.ndarray, check: np.ndarray, face: np.ndarray, runs: int, warmup: int,
+                workdir: Path) -> dict:
+    prof = profile_model(name)
+    torch.manual_seed(0)
+    model = create_model(name).eval()
+    d = workdir / name
+    d.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    onnx_rep = export_onnx(model, d / "fp32.onnx")
+    qdq = build_qdq(d / "fp32.onnx", d / "int8.qdq.onnx", calib, method="percentile", check_inputs=check)
+    tfl_f = convert_float(model, d / "fp32.tflite", check_inputs=check[:8])
+    tfl_q = convert_int8(model, d / "int8.tflite", calib, check_inputs=check)
+    convert_s = time.perf_counter() - t0
+
+    lat: dict[str, dict] = {}
+    net = export_ready(model)
+    x = torch.from_numpy(face)
+    prev = torch.get_num_threads()
+    for th in THREADS:
+        torch.set_num_threads(th)
+        with torch.no_grad():
+            lat[f"torch_fp32@{th}"] = time_fn(lambda: net(x), runs, warmup)
+    torch.set_num_threads(prev)
+    for label, path, fmt, backend in (("ort_fp32", d / "fp32.onnx", "onnx", "onnxruntime"),
+                                      ("ort_qdq_int8", d / "int8.qdq.onnx", "onnx", "onnxruntime"),
+                                      ("litert_fp32", d / "fp32.tflite", "tflite", "litert"),
+                                      ("litert_int8", d / "int8.tflite", "tflite", "litert")):
+        for th in THREADS:
+            be = load_backend(path.read_bytes(), fmt, backend=backend, threads=th)
+            lat[f"{label}@{th}"] = time_fn(lambda: be.run1(face), runs, warmup)
+    return {"model": name, "params": prof.params, "macs": prof.macs,
+            "sizes_bytes": {"onnx_fp32": onnx_rep.size_bytes, "onnx_qdq_int8": qdq.size_bytes,
+                            "tflite_fp32": tfl_f.size_bytes, "tflite_int8": tfl_q.size_bytes},
+            "onnx_exporter": onnx_rep.exporter, "tflite_int8_ops": tfl_q.op_counts,
+            "tflite_int8_io": {"input": tfl_q.inputs[0], "output": tfl_q.outputs[0]},
+            "conversion_s": round(convert_s, 1), "latency": lat}
+
+
+def markdown(results: list[dict], info: dict) -> str:
+    lines = ["# Student cost", "",
+             f"Machine: {info['cpu']}, {info['cores']} cores, load average at start {info['loadavg_at_start']} "
+             f"(shared VM: compare within this file only). Batch 1, one 112x112 face; median (p90) ms over "
+             f"{results[0]['latency']['torch_fp32@1']['runs']} runs.", "",
+             "| model | params | MMACs | ONNX fp32 | Q/DQ INT8 | TFLite fp32 | TFLite INT8 |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        s = {k: f"{v / 1e6:.2f} MB" for k, v in r["sizes_bytes"].items()}
+        lines.append(f"| {r['model']} | {r['params'] / 1e6:.2f} M | {r['macs'] / 1e6:.0f} | {s['onnx_fp32']} | "
+                     f"{s['onnx_qdq_int8']} | {s['tflite_fp32']} | {s['tflite_int8']} |")
+    lines += ["", "| model | runtime | 1 thread | 2 threads |", "|---|---|---:|---:|"]
+    for r in results:
+        for label in ("torch_fp32", "ort_fp32", "ort_qdq_int8", "litert_fp32", "litert_int8"):
+            cells = [f"{r['latency'][f'{label}@{t}']['median_ms']:.2f} ({r['latency'][f'{label}@{t}']['p90_ms']:.2f})"
+                     for t in THREADS]
+            lines.append(f"| {r['model']} | {label} | {cells[0]} | {cells[1]} |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", nargs="+", default=["student_mfn", "student_nano"])
+    ap.add_argument("--runs", type=int, default=200)
+    ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    args = ap.parse_args()
+
+    info = machine()
+    pool = sample_pool(seed=0)
+    calib_set = build_calibration_set(pool.faces, pool.kinds, pool.severity, size=300, seed=0)
+    from fiqa_sdk.preprocess import faces_to_tensor
+
+    rest = np.setdiff1d(np.arange(len(pool.faces)), calib_set.source_index)
+    check = faces_to_tensor(pool.faces[rest[:64]])
+    face = check[:1].copy()
+    results = []
+    with tempfile.TemporaryDirectory(prefix="fiqa-bench-student-") as tmp:
+        for name in args.models:
+            print(f"[bench_student] {name} ...", flush=True)
+            results.append(bench_model(name, calib_set.tensors, check, face, args.runs, args.warmup, Path(tmp)))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "student.json").write_text(json.dumps({"machine": info, "results": results}, indent=1))
+    md = markdown(results, info)
+    (args.out / "student.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Rebuild the SDK's embedded defaults from ../shared/data/lfw-dev, deterministically (fixed seeds), resumable:
+#   labels -> utility + perceptual teachers (in parallel) -> distilled student -> cpu + android-arm64 bundles.
+# Every step skips itself when its output is complete; re-run after an interruption to continue.
+# Usage: bash scripts/make_defaults.sh [FACES_DIR]        (run inside the project venv: bash scripts/setup.sh first)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+FACES=${1:-../shared/data/lfw-dev}
+RUNS=${FIQA_RUNS:-runs}
+TEACHER_MINUTES=${TEACHER_MINUTES:-30}
+DISTILL_MINUTES=${DISTILL_MINUTES:-20}
+WEIGHTS=compile/fiqa_compile/weights
+BUNDLES=sdk/fiqa_sdk/bundles
+export PATH="$PWD/.venv/bin:$PATH"
+
+[ -d "$FACES" ] || { echo "face folder $FACES not found (pass it as the first argument)" >&2; exit 2; }
+
+# 1. measured labels (dlib certainty ratio + MS-SSIM pseudo-MOS), 4 degraded versions per photo, seed 0
+[ -f "$RUNS/labels/lfw-dev/labels.npz" ] || \
+  fiqa-labels --faces "$FACES" --out "$RUNS/labels/lfw-dev" --versions 4 --seed 0 --workers 2
+
+# 2. teachers, one CPU thread each, side by side; --max-minutes bounds the wall time (re-run to continue)
+train() {  # task model out
+  [ -f "$3/teacher.json" ] && python -c "import json,sys; sys.exit(0 if json.load(open('$3/teacher.json'))['complete'] else 1)" \
+    && return 0
+  fiqa-train "$1" --model "$2" --labels "$RUNS/labels/lfw-dev" --out "$3" --epochs 3 --batch-size 64 --lr 1e-3 \
+    --seed 0 --threads 1 --max-minutes "$TEACHER_MINUTES"
+}
+train utility vit_fiqa_mini "$RUNS/teachers/vit_fiqa_mini" > "$RUNS/train_utility.log" 2>&1 &
+U=$!
+train perceptual dsl_fiqa_tiny "$RUNS/teachers/dsl_fiqa_tiny" > "$RUNS/train_perceptual.log" 2>&1 &
+P=$!
+wait $U || { tail -20 "$RUNS/train_utility.log"; exit 1; }
+wait $P || { tail -20 "$RUNS/train_perceptual.log"; exit 1; }
+mkdir -p "$WEIGHTS"
+for t in vit_fiqa_mini dsl_fiqa_tiny; do
+  mkdir -p "$WEIGHTS/$t" && cp "$RUNS/teachers/$t/teacher.pt" "$RUNS/teachers/$t/teacher.json" "$WEIGHTS/$t/"
+done
+
+# 3. the default student, distilled label-free from the embedded teachers on the same aligned crops
+[ -f "$RUNS/student/student.json" ] || \
+  fiqa-distill --crops "$RUNS/labels/lfw-dev" --out "$RUNS/student" --student student_mfn --epochs 4 \
+    --batch-size 128 --seed 0 --max-minutes "$DISTILL_MINUTES"
+mkdir -p "$WEIGHTS/student_mfn" && cp "$RUNS/student/student.pt" "$RUNS/student/student.json" "$WEIGHTS/student_mfn/"
+
+# 4. the default bundles that make Scorer() work out of the box
+mkdir -p "$BUNDLES"
+for target in cpu android-arm64; do
+  fiqa-compile --target "$target" --out "$BUNDLES/default-$target" --force --seed 0
+done
+sha256sum "$WEIGHTS"/*/*.pt "$BUNDLES"/*/manifest.json
