@@ -20,15 +20,15 @@ export PATH="$PWD/.venv/bin:$PATH"
   fiqa-labels --faces "$FACES" --out "$RUNS/labels/lfw-dev" --versions 4 --seed 0 --workers 2
 
 # 2. teachers, one CPU thread each, side by side; --max-minutes bounds the wall time (re-run to continue)
-train() {  # task model out
+train() {  # task model out epochs
   [ -f "$3/teacher.json" ] && python -c "import json,sys; sys.exit(0 if json.load(open('$3/teacher.json'))['complete'] else 1)" \
     && return 0
-  fiqa-train "$1" --model "$2" --labels "$RUNS/labels/lfw-dev" --out "$3" --epochs 3 --batch-size 64 --lr 1e-3 \
+  fiqa-train "$1" --model "$2" --labels "$RUNS/labels/lfw-dev" --out "$3" --epochs "$4" --batch-size 64 --lr 1e-3 \
     --seed 0 --threads 1 --max-minutes "$TEACHER_MINUTES"
 }
-train utility vit_fiqa_mini "$RUNS/teachers/vit_fiqa_mini" > "$RUNS/train_utility.log" 2>&1 &
+train utility vit_fiqa_mini "$RUNS/teachers/vit_fiqa_mini" 4 > "$RUNS/train_utility.log" 2>&1 &
 U=$!
-train perceptual dsl_fiqa_tiny "$RUNS/teachers/dsl_fiqa_tiny" > "$RUNS/train_perceptual.log" 2>&1 &
+train perceptual dsl_fiqa_tiny "$RUNS/teachers/dsl_fiqa_tiny" 3 > "$RUNS/train_perceptual.log" 2>&1 &
 P=$!
 wait $U || { tail -20 "$RUNS/train_utility.log"; exit 1; }
 wait $P || { tail -20 "$RUNS/train_perceptual.log"; exit 1; }
@@ -39,7 +39,7 @@ done
 
 # 3. the default student, distilled label-free from the embedded teachers on the same aligned crops
 [ -f "$RUNS/student/student.json" ] || \
-  fiqa-distill --crops "$RUNS/labels/lfw-dev" --out "$RUNS/student" --student student_mfn --epochs 4 \
+  fiqa-distill --crops "$RUNS/labels/lfw-dev" --out "$RUNS/student" --student student_mfn --epochs 3 \
     --batch-size 128 --seed 0 --max-minutes "$DISTILL_MINUTES"
 mkdir -p "$WEIGHTS/student_mfn" && cp "$RUNS/student/student.pt" "$RUNS/student/student.json" "$WEIGHTS/student_mfn/"
 

@@ -140,7 +140,7 @@ def test_auto_method_keeps_the_most_faithful_and_head_can_stay_float(data, tmp_p
 # --------------------------------------------------------------------------------------- calibrators
 def test_methods_choose_different_ranges(data):
     calib, _ = data
-    reader = ArrayCalibrationReader(calib[:96], batch_size=32)
+    reader = ArrayCalibrationReader(calib[::4], batch_size=25)
     r = {m: compute_activation_ranges(exported_onnx(), reader, m) for m in ("minmax", "percentile", "entropy")}
     names = sorted(r["minmax"].ranges)
     amax = {m: np.array([r[m].amax(n) for n in names]) for m in r}

@@ -154,7 +154,8 @@ def distill(data: FaceCrops, targets: np.ndarray, out: Path, cfg: DistillConfig,
     mean = targets[train].mean(0)
     std = targets[train].std(0) + 1e-8
     z = ((targets - mean) / std).astype(np.float32)
-    model = create_model(cfg.student)
+    # channels-last roughly halves a CPU training step of depthwise-conv students; weights are saved contiguous.
+    model = create_model(cfg.student).to(memory_format=torch.channels_last)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, len(train) // cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
@@ -170,7 +171,8 @@ def distill(data: FaceCrops, targets: np.ndarray, out: Path, cfg: DistillConfig,
         print(f"resumed distillation at step {step}/{total}", flush=True)
 
     def save_last() -> None:
-        _save({"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "history": json.dumps(history)}, last)
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        _save({"model": state, "opt": opt.state_dict(), "step": step, "history": json.dumps(history)}, last)
 
     t0, stopped = time.time(), False
     model.train()
@@ -187,7 +189,7 @@ def distill(data: FaceCrops, targets: np.ndarray, out: Path, cfg: DistillConfig,
             crops[f] = crops[f][:, :, ::-1]
             for g in opt.param_groups:
                 g["lr"] = warmup_cosine(step, cfg.lr, warmup, total)
-            pred = model(to_tensor(crops))
+            pred = model(to_tensor(crops).contiguous(memory_format=torch.channels_last))
             t = torch.from_numpy(z[rows])
             loss = F.mse_loss(pred, t) + cfg.rank_weight * sum(pairwise_rank_loss(pred[:, i], t[:, i]) for i in range(2))
             opt.zero_grad(set_to_none=True)
@@ -211,7 +213,7 @@ def distill(data: FaceCrops, targets: np.ndarray, out: Path, cfg: DistillConfig,
     pbar.close()
     save_last()
     weights = out / "student.pt"
-    _save(model.state_dict(), weights)
+    _save({k: v.contiguous() for k, v in model.state_dict().items()}, weights)
     p = _predict(model, data.crop[held]) * std + mean
     lo = np.percentile(targets[train], 1, axis=0)
     hi = np.percentile(targets[train], 99, axis=0)

@@ -76,10 +76,11 @@ class PerceptualTask:
     name = "perceptual"
     label_key = "mos"
 
-    def __init__(self, labels: LabelSet, train_rows: np.ndarray, rank_weight: float = 1.0, train_crops: int = 2,
+    def __init__(self, labels: LabelSet, train_rows: np.ndarray, rank_weight: float = 1.0, train_crops: int = 1,
                  seed: int = 0, **_):
         self.labels = labels
-        self.train_crops = train_crops  # random crops per face per step, as the paper trains (eval: fixed crops)
+        # random crops per face per step, as the paper trains (eval: fixed crops); one keeps a CPU step ~3x cheaper
+        self.train_crops = train_crops
         self._gen = torch.Generator().manual_seed(seed)
         self.rows = train_rows
         self.rank_weight = rank_weight
