@@ -41,16 +41,27 @@ from fiqa_runtimes import load_backend
 THREADS = (1, 2)
 
 
-def time_fn(fn: Callable[[], object], runs: int, warmup: int) -> dict:
-    for _ in range(warmup):
-        fn()
-    t = np.empty(runs)
-    for i in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        t[i] = (time.perf_counter() - t0) * 1000
+def summarise(samples: list[float]) -> dict:
+    t = np.asarray(samples)
     return {"median_ms": round(float(np.median(t)), 3), "p90_ms": round(float(np.percentile(t, 90)), 3),
-            "min_ms": round(float(t.min()), 3), "runs": runs}
+            "min_ms": round(float(t.min()), 3), "runs": len(t)}
+
+
+def time_interleaved(fns: dict[str, Callable[[], object]], runs: int, warmup: int, rounds: int = 4) -> dict:
+    """Time every callable in ``rounds`` interleaved passes of ``runs // rounds`` calls, so a load change on the
+    shared machine hits all configurations alike instead of whichever happened to run then."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {k: [] for k in fns}
+    per_round = max(1, runs // rounds)
+    for _ in range(rounds):
+        for key, fn in fns.items():
+            for _ in range(per_round):
+                t0 = time.perf_counter()
+                fn()
+                samples[key].append((time.perf_counter() - t0) * 1000)
+    return {k: summarise(v) for k, v in samples.items()}
 
 
 def machine() -> dict:
@@ -82,8 +93,8 @@ def trained_like(model: torch.nn.Module, faces: np.ndarray) -> torch.nn.Module:
     return model.eval()
 
 
-def bench_model(name: str, calib: np.ndarray, check: np.ndarray, face: np.ndarray, runs: int, warmup: int,
-                workdir: Path) -> dict:
+def convert_model(name: str, calib: np.ndarray, check: np.ndarray, workdir: Path) -> tuple[dict, torch.nn.Module]:
+    """Write the four artifacts of one student into ``workdir/name``; returns its static facts and the model."""
     prof = profile_model(name)
     torch.manual_seed(0)
     model = trained_like(create_model(name), calib[:64])
@@ -94,37 +105,47 @@ def bench_model(name: str, calib: np.ndarray, check: np.ndarray, face: np.ndarra
     qdq = build_qdq(d / "fp32.onnx", d / "int8.qdq.onnx", calib, method="percentile", check_inputs=check)
     tfl_f = convert_float(model, d / "fp32.tflite", check_inputs=check[:8])
     tfl_q = convert_int8(model, d / "int8.tflite", calib, check_inputs=check)
-    convert_s = time.perf_counter() - t0
+    facts = {"model": name, "params": prof.params, "macs": prof.macs,
+             "sizes_bytes": {"onnx_fp32": onnx_rep.size_bytes, "onnx_qdq_int8": qdq.size_bytes,
+                             "tflite_fp32": tfl_f.size_bytes, "tflite_int8": tfl_q.size_bytes},
+             "onnx_exporter": onnx_rep.exporter, "tflite_int8_ops": tfl_q.op_counts,
+             "tflite_int8_io": {"input": tfl_q.inputs[0], "output": tfl_q.outputs[0]},
+             "conversion_s": round(time.perf_counter() - t0, 1)}
+    return facts, model
 
-    lat: dict[str, dict] = {}
+
+def runners(name: str, model: torch.nn.Module, face: np.ndarray, workdir: Path) -> dict[str, Callable[[], object]]:
+    """One zero-argument callable per (runtime, threads) for this student's artifacts."""
+    d = workdir / name
     net = export_ready(model)
     x = torch.from_numpy(face)
-    prev = torch.get_num_threads()
+    fns: dict[str, Callable[[], object]] = {}
+
+    def torch_call(th: int) -> Callable[[], object]:
+        def call():
+            torch.set_num_threads(th)  # cheap when unchanged; other runners may have changed it
+            with torch.no_grad():
+                return net(x)
+        return call
+
     for th in THREADS:
-        torch.set_num_threads(th)
-        with torch.no_grad():
-            lat[f"torch_fp32@{th}"] = time_fn(lambda: net(x), runs, warmup)
-    torch.set_num_threads(prev)
-    for label, path, fmt, backend in (("ort_fp32", d / "fp32.onnx", "onnx", "onnxruntime"),
-                                      ("ort_qdq_int8", d / "int8.qdq.onnx", "onnx", "onnxruntime"),
-                                      ("litert_fp32", d / "fp32.tflite", "tflite", "litert"),
-                                      ("litert_int8", d / "int8.tflite", "tflite", "litert")):
+        fns[f"{name}|torch_fp32@{th}"] = torch_call(th)
+    for label, fname, fmt, backend in (("ort_fp32", "fp32.onnx", "onnx", "onnxruntime"),
+                                       ("ort_qdq_int8", "int8.qdq.onnx", "onnx", "onnxruntime"),
+                                       ("litert_fp32", "fp32.tflite", "tflite", "litert"),
+                                       ("litert_int8", "int8.tflite", "tflite", "litert")):
         for th in THREADS:
-            be = load_backend(path.read_bytes(), fmt, backend=backend, threads=th)
-            lat[f"{label}@{th}"] = time_fn(lambda: be.run1(face), runs, warmup)
-    return {"model": name, "params": prof.params, "macs": prof.macs,
-            "sizes_bytes": {"onnx_fp32": onnx_rep.size_bytes, "onnx_qdq_int8": qdq.size_bytes,
-                            "tflite_fp32": tfl_f.size_bytes, "tflite_int8": tfl_q.size_bytes},
-            "onnx_exporter": onnx_rep.exporter, "tflite_int8_ops": tfl_q.op_counts,
-            "tflite_int8_io": {"input": tfl_q.inputs[0], "output": tfl_q.outputs[0]},
-            "conversion_s": round(convert_s, 1), "latency": lat}
+            be = load_backend((d / fname).read_bytes(), fmt, backend=backend, threads=th)
+            fns[f"{name}|{label}@{th}"] = (lambda b: lambda: b.run1(face))(be)
+    return fns
 
 
 def markdown(results: list[dict], info: dict) -> str:
     lines = ["# Student cost", "",
-             f"Machine: {info['cpu']}, {info['cores']} cores, load average at start {info['loadavg_at_start']} "
-             f"(shared VM: compare within this file only). Batch 1, one 112x112 face; median (p90) ms over "
-             f"{results[0]['latency']['torch_fp32@1']['runs']} runs.", "",
+             f"Machine: {info['cpu']}, {info['cores']} cores, load average when timing started "
+             f"{info['loadavg_at_timing']} (shared VM: compare within this file only). Batch 1, one 112x112 face; "
+             f"median (p90) ms over {results[0]['latency']['torch_fp32@1']['runs']} runs, all configurations "
+             "interleaved in 4 rounds.", "",
              "| model | params | MMACs | ONNX fp32 | Q/DQ INT8 | TFLite fp32 | TFLite INT8 |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for r in results:
@@ -156,11 +177,20 @@ def main() -> None:
     rest = np.setdiff1d(np.arange(len(pool.faces)), calib_set.source_index)
     check = faces_to_tensor(pool.faces[rest[:64]])
     face = check[:1].copy()
-    results = []
+    results, fns = [], {}
+    threads = torch.get_num_threads()
     with tempfile.TemporaryDirectory(prefix="fiqa-bench-student-") as tmp:
         for name in args.models:
-            print(f"[bench_student] {name} ...", flush=True)
-            results.append(bench_model(name, calib_set.tensors, check, face, args.runs, args.warmup, Path(tmp)))
+            print(f"[bench_student] converting {name} ...", flush=True)
+            facts, model = convert_model(name, calib_set.tensors, check, Path(tmp))
+            results.append(facts)
+            fns.update(runners(name, model, face, Path(tmp)))
+        print(f"[bench_student] timing {len(fns)} configurations ...", flush=True)
+        info["loadavg_at_timing"] = [round(v, 2) for v in os.getloadavg()]
+        timings = time_interleaved(fns, args.runs, args.warmup)
+    torch.set_num_threads(threads)
+    for r in results:
+        r["latency"] = {k.split("|", 1)[1]: v for k, v in timings.items() if k.split("|", 1)[0] == r["model"]}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "student.json").write_text(json.dumps({"machine": info, "results": results}, indent=1))
     md = markdown(results, info)

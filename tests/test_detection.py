@@ -272,3 +272,13 @@ def test_dlib_detector_rejects_bad_options():
         create_detector("dlib", upsample=-1)
     with pytest.raises(ValueError, match="80 px"):
         create_detector("dlib", max_side=40)
+
+
+def test_auto_backend_never_hands_the_detector_to_tensorrt(monkeypatch):
+    """On a Jetson "auto" ranks TensorRT first for scoring; the fp32, any-size detector must stay on ORT/OpenCV."""
+    import fiqa_runtimes.base as base
+    from fiqa_sdk.detection import RetinaFaceDetector
+
+    monkeypatch.setattr(base, "_installed", lambda module: True)  # pretend tensorrt (and everything) is importable
+    assert base.available_backends("onnx")[0] == "tensorrt"
+    assert RetinaFaceDetector(backend="auto").backend_name == "onnxruntime"

@@ -50,17 +50,27 @@ _REGISTRY: dict[str, tuple[str, str, tuple[ModelFormat, ...]]] = {}
 _AUTO_ORDER = ["tensorrt", "litert", "tflite-runtime", "onnxruntime", "opencv"]
 
 
-def register_backend(name: str, requires: str, factory: str, formats: tuple[ModelFormat, ...]) -> None:
+_HINTS: dict[str, str] = {}
+
+
+def register_backend(name: str, requires: str, factory: str, formats: tuple[ModelFormat, ...],
+                     install_hint: str | None = None) -> None:
+    """``install_hint`` tells a user who asked for this backend by name how to get its engine."""
     _REGISTRY[name] = (requires, factory, formats)
+    if install_hint:
+        _HINTS[name] = install_hint
 
 
 register_backend("onnxruntime", "onnxruntime", "fiqa_runtimes.onnxruntime_backend:OnnxRuntimeBackend",
-                 (ModelFormat.ONNX,))
+                 (ModelFormat.ONNX,), install_hint="pip install 'fiqa-sdk[onnx]' (onnxruntime)")
 register_backend("opencv", "cv2", "fiqa_runtimes.opencv_backend:OpenCVDnnBackend", (ModelFormat.ONNX,))
-register_backend("litert", "ai_edge_litert", "fiqa_runtimes.litert_backend:LiteRTBackend", (ModelFormat.TFLITE,))
+register_backend("litert", "ai_edge_litert", "fiqa_runtimes.litert_backend:LiteRTBackend", (ModelFormat.TFLITE,),
+                 install_hint="pip install 'fiqa-sdk[tflite]' (ai-edge-litert)")
 register_backend("tflite-runtime", "tflite_runtime", "fiqa_runtimes.litert_backend:TfliteRuntimeBackend",
                  (ModelFormat.TFLITE,))
-register_backend("tensorrt", "tensorrt", "fiqa_runtimes.tensorrt_backend:TensorRTBackend", (ModelFormat.ONNX,))
+register_backend("tensorrt", "tensorrt", "fiqa_runtimes.tensorrt_backend:TensorRTBackend", (ModelFormat.ONNX,),
+                 install_hint="TensorRT's Python bindings come with JetPack on a Jetson (create the venv with "
+                              "--system-site-packages to see them), or from NVIDIA's 'tensorrt' wheels on a CUDA machine")
 
 
 def _installed(module: str) -> bool:
@@ -99,7 +109,8 @@ def load_backend(model: bytes | str, fmt: ModelFormat | str, backend: str = "aut
     if fmt not in formats:
         raise ValueError(f"backend {backend!r} runs {[f.value for f in formats]} models, not {fmt.value}")
     if not _installed(requires):
-        raise BackendUnavailable(f"backend {backend!r} needs the Python module {requires!r}, which is not installed")
+        hint = _HINTS.get(backend, f"pip install {requires}")
+        raise BackendUnavailable(f"backend {backend!r} needs the Python module {requires!r}, which is not installed: {hint}")
     return _factory(backend)(model, **options)
 
 

@@ -108,6 +108,9 @@ def retinaface_onnx_bytes() -> bytes:
     return blob
 
 
+DETECTOR_BACKENDS = ("onnxruntime", "opencv")
+
+
 class RetinaFaceDetector(Detector):
     """RetinaFace-MobileNet0.25 with anchor decoding and NMS done here in numpy.
 
@@ -123,11 +126,19 @@ class RetinaFaceDetector(Detector):
 
     def __init__(self, score_threshold: float = 0.8, nms_threshold: float = 0.4, max_side: int = 640,
                  backend: str = "auto", threads: int | None = None):
-        from fiqa_runtimes import ModelFormat, load_backend
+        from fiqa_runtimes import BackendUnavailable, ModelFormat, available_backends, load_backend
 
         self.score_threshold = float(score_threshold)
         self.nms_threshold = float(nms_threshold)
         self.max_side = int(max_side)
+        if backend == "auto":
+            # The detector is a small fp32 ONNX with a dynamic frame size: ONNX Runtime or OpenCV DNN run it as is,
+            # while TensorRT (first in "auto" for scoring) would need an engine per frame size.
+            usable = [b for b in available_backends(ModelFormat.ONNX) if b in DETECTOR_BACKENDS]
+            if not usable:
+                raise BackendUnavailable("RetinaFace needs onnxruntime or OpenCV's DNN module; install "
+                                         "opencv-python-headless or 'fiqa-sdk[onnx]'")
+            backend = usable[0]
         self._model = load_backend(retinaface_onnx_bytes(), ModelFormat.ONNX, backend=backend, threads=threads)
         self.backend_name = self._model.name
         self._anchor_cache: dict[tuple[int, int], np.ndarray] = {}
