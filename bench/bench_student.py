@@ -145,7 +145,8 @@ def markdown(results: list[dict], info: dict) -> str:
              f"Machine: {info['cpu']}, {info['cores']} cores, load average when timing started "
              f"{info['loadavg_at_timing']} (shared VM: compare within this file only). Batch 1, one 112x112 face; "
              f"median (p90) ms over {results[0]['latency']['torch_fp32@1']['runs']} runs, all configurations "
-             "interleaved in 4 rounds.", "",
+             "interleaved in 4 rounds. On this 2-core VM shared with other jobs the 2-thread column is contention-"
+             "bound (torch's OpenMP pool worst of all): read the 1-thread column.", "",
              "| model | params | MMACs | ONNX fp32 | Q/DQ INT8 | TFLite fp32 | TFLite INT8 |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for r in results:

@@ -40,7 +40,7 @@ class CompileOptions:
     distill_versions: int = 4
     calibration: Path | None = None
     calibration_size: int = 400
-    calibration_method: str = "entropy"
+    calibration_method: str = "auto"
     precision: str = "int8"
     keep_head_float: bool = False
     min_srcc_fp32: float = 0.98
@@ -306,7 +306,8 @@ def compile_bundle(opts: CompileOptions) -> Path:
             if not trt.ok:
                 raise CompileError(f"Q/DQ ONNX is not TensorRT-compatible: {trt.summary()}")
             log.add("onnx int8 q/dq", f"{qdq_path.name} {qdq_path.stat().st_size / 1e6:.2f} MB, "
-                    f"{q.scan.num_quantize} Q / {q.scan.num_dequantize} DQ, TensorRT check ok", t())
+                    f"{q.scan.num_quantize} Q / {q.scan.num_dequantize} DQ, {q.ranges.method.value} ranges"
+                    f"{' (chosen by auto)' if opts.calibration_method == 'auto' else ''}, TensorRT check ok", t())
             if target.tensorrt:
                 from fiqa_compile.bundle import TensorRTArtifact
 
