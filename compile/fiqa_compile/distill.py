@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from fiqa_compile.train.data import to_tensor
-from fiqa_compile.train.schedule import warmup_cosine
+from fiqa_compile.train.schedule import epoch_batches, warmup_cosine
 from fiqa_compile.train.tasks import pairwise_rank_loss
 
 SCORE_NAMES = ("utility", "perceptual")
@@ -179,13 +179,8 @@ def distill(data: FaceCrops, targets: np.ndarray, out: Path, cfg: DistillConfig,
     pbar = tqdm(total=total, initial=step, desc=f"distil {cfg.student}", file=sys.stdout, mininterval=15)
     while step < total and not stopped:
         epoch, offset = divmod(step, steps_per_epoch)
-        rng = np.random.default_rng([cfg.seed, epoch])
-        perm = train[rng.permutation(len(train))]
-        flips = rng.random(len(perm)) < 0.5
-        for b in range(offset, steps_per_epoch):
-            rows = perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+        for rows, f in epoch_batches(train, cfg.batch_size, cfg.seed, epoch, offset, steps_per_epoch):
             crops = data.crop[rows].copy()
-            f = flips[b * cfg.batch_size:(b + 1) * cfg.batch_size]
             crops[f] = crops[f][:, :, ::-1]
             for g in opt.param_groups:
                 g["lr"] = warmup_cosine(step, cfg.lr, warmup, total)

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from fiqa_compile.train.data import LabelSet, make_batch
-from fiqa_compile.train.schedule import warmup_cosine
+from fiqa_compile.train.schedule import epoch_batches, warmup_cosine
 from fiqa_compile.train.tasks import TASKS
 
 DEFAULT_MODEL = {"utility": "vit_fiqa_mini", "perceptual": "dsl_fiqa_tiny"}
@@ -137,12 +137,8 @@ def main(argv: list[str] | None = None) -> int:
     pbar = tqdm(total=total, initial=step, desc=f"train {model_name}", file=sys.stdout, mininterval=15)
     while step < total:
         epoch, offset = divmod(step, steps_per_epoch)
-        rng = np.random.default_rng([args.seed, epoch])
-        perm = train_rows[rng.permutation(len(train_rows))]
-        flips = rng.random(len(perm)) < 0.5
-        for b in range(offset, steps_per_epoch):
-            rows = perm[b * args.batch_size:(b + 1) * args.batch_size]
-            batch = make_batch(labels, rows, flips[b * args.batch_size:(b + 1) * args.batch_size])
+        for rows, flip in epoch_batches(train_rows, args.batch_size, args.seed, epoch, offset, steps_per_epoch):
+            batch = make_batch(labels, rows, flip)
             for g in opt.param_groups:
                 g["lr"] = warmup_cosine(step, args.lr, args.warmup_steps, total)
             loss, logs = task.loss(model, batch, rows)
