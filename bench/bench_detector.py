@@ -18,6 +18,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from common import cpu_name
+
 from fiqa_sdk import create_detector, load_sample
 
 FRAME_W, FRAME_H = 640, 480
@@ -47,11 +49,7 @@ def time_detector(det, frame: np.ndarray, runs: int, warmup: int) -> dict:
 
 
 def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_name()
     import onnxruntime
 
     return {"cpu": cpu, "cores": os.cpu_count(), "loadavg_at_start": [round(v, 2) for v in os.getloadavg()],

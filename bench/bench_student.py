@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from common import cpu_name
 import torch
 
 from fiqa_calibration.calibration_set import build_calibration_set, sample_pool
@@ -65,11 +67,7 @@ def time_interleaved(fns: dict[str, Callable[[], object]], runs: int, warmup: in
 
 
 def machine() -> dict:
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_name()
     import ai_edge_litert
     import litert_torch
     import onnxruntime

@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common import machine_basics
+
 from fiqa_calibration.degradations import DEGRADATION_TYPES, degrade
 from fiqa_compile.eval.cli import evaluate_qualities, format_table, json_ready
 from fiqa_compile.eval.metrics import correlation_report, srcc
@@ -40,15 +42,9 @@ SEVERITIES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
 
 def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     import torch
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "loadavg_at_start": [round(v, 2) for v in os.getloadavg()],
-            "python": platform.python_version(), "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
+    return {**machine_basics(), "torch": torch.__version__, "torch_threads": torch.get_num_threads()}
 
 
 def load_teachers(utility: Path, perceptual: Path):
