@@ -12,13 +12,15 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from common import cpu_name
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py, also when loaded by path
+from common import cpu_name  # noqa: E402
 
 from fiqa_sdk import create_detector, load_sample
 

@@ -22,13 +22,15 @@ import json
 import os
 import platform
 import tempfile
+import sys
 import time
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from common import cpu_name
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py, also when loaded by path
+from common import cpu_name  # noqa: E402
 import torch
 
 from fiqa_calibration.calibration_set import build_calibration_set, sample_pool

@@ -27,7 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
-from common import machine_basics
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py, also when loaded by path
+from common import machine_basics  # noqa: E402
 
 from fiqa_calibration.degradations import DEGRADATION_TYPES, degrade
 from fiqa_compile.eval.cli import evaluate_qualities, format_table, json_ready
