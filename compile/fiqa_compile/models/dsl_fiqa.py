@@ -29,6 +29,7 @@ from torch import nn
 
 from fiqa_compile.models.checkpoints import CheckpointMismatch, LoadReport, load_foreign_state_dict, read_state_dict
 from fiqa_compile.models.degradation_encoder import DegradationEncoder, DegradationEncoderConfig
+from fiqa_compile.models.layers import DropPath, Mlp
 from fiqa_compile.models.registry import get_config, register_model
 from fiqa_compile.models.vit_backbone import ViTConfig, VisionTransformer
 
@@ -235,20 +236,6 @@ def _linspace(stop: float, n: int) -> list[float]:
     return [stop * i / (n - 1) if n > 1 else 0.0 for i in range(n)]
 
 
-class DropPath(nn.Module):
-    """Stochastic depth: drop the whole residual branch per sample while training."""
-
-    def __init__(self, p: float) -> None:
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1 - self.p)
-        return x * keep / (1 - self.p)
-
-
 class TABlock(nn.Module):
     """MANIQA's transposed attention block: attention among the C channels, each a length-N vector.
 
@@ -332,18 +319,6 @@ class WindowAttention(nn.Module):
         return self.proj(y.permute(0, 1, 3, 2, 4).reshape(bw, n, c))
 
 
-class SwinMlp(nn.Module):
-    def __init__(self, dim: int, hidden: int, drop: float = 0.0) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
-        self.drop = nn.Dropout(drop)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
-
-
 class SwinBlock(nn.Module):
     """(Shifted-)window self-attention block; windows never exceed the grid (then nothing is shifted)."""
 
@@ -357,7 +332,7 @@ class SwinBlock(nn.Module):
         self.attn = WindowAttention(dim, ws, num_heads)
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = SwinMlp(dim, dim_mlp)
+        self.mlp = Mlp(dim, dim_mlp)
         self.register_buffer("attn_mask", shifted_window_mask(resolution, resolution, ws, shift) if shift else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

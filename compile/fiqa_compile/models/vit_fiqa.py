@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from fiqa_compile.models.checkpoints import CheckpointMismatch, LoadReport, load_foreign_state_dict, read_state_dict
+from fiqa_compile.models.layers import DropPath, Mlp
 from fiqa_compile.models.registry import register_model
 
 Mode = Literal["token", "full"]
@@ -99,21 +100,6 @@ class ViTFIQAOutput(NamedTuple):
     quality: torch.Tensor
 
 
-class DropPath(nn.Module):
-    """Stochastic depth: drops the whole residual branch per sample during training."""
-
-    def __init__(self, p: float) -> None:
-        super().__init__()
-        self.p = p
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0:
-            return x
-        keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * mask / keep
-
-
 class PatchEmbed(nn.Module):
     def __init__(self, cfg: ViTFIQAConfig) -> None:
         super().__init__()
@@ -143,18 +129,6 @@ class Attention(nn.Module):
         return self.proj_drop(self.proj(x))
 
 
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int, drop: float) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.act = nn.ReLU6()
-        self.fc2 = nn.Linear(hidden, dim)
-        self.drop = nn.Dropout(drop)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
-
-
 class Block(nn.Module):
     """Pre-norm transformer block (LayerNorm, as the 'ln' option of arcface_torch)."""
 
@@ -164,7 +138,7 @@ class Block(nn.Module):
         self.attn = Attention(cfg.dim, cfg.num_heads, cfg.qkv_bias, cfg.attn_drop_rate, cfg.drop_rate)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.norm2 = nn.LayerNorm(cfg.dim)
-        self.mlp = Mlp(cfg.dim, int(cfg.dim * cfg.mlp_ratio), cfg.drop_rate)
+        self.mlp = Mlp(cfg.dim, int(cfg.dim * cfg.mlp_ratio), cfg.drop_rate, act=nn.ReLU6)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.drop_path(self.attn(self.norm1(x)))
