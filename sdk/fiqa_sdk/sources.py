@@ -109,7 +109,18 @@ class ListSource(FrameSource):
             yield Frame(i, i / self.fps, f)
 
 
-class VideoFileSource(FrameSource):
+class _CaptureSource(FrameSource):
+    """A source backed by one OpenCV-style capture object, released by :meth:`close` (and reopened by subclasses)."""
+
+    _cap: CaptureLike | None = None
+
+    def close(self) -> None:
+        if self._cap is not None:
+            self._cap.release()
+            self._cap = None
+
+
+class VideoFileSource(_CaptureSource):
     """A video file. Ends at the first frame OpenCV cannot decode (a file does not come back by waiting)."""
 
     def __init__(self, path: str | os.PathLike, opener: Callable[[str], CaptureLike] | None = None):
@@ -149,13 +160,8 @@ class VideoFileSource(FrameSource):
         finally:
             self.close()
 
-    def close(self) -> None:
-        if self._cap is not None:
-            self._cap.release()
-            self._cap = None
 
-
-class LiveSource(FrameSource):
+class LiveSource(_CaptureSource):
     """A camera or stream that may drop out: bad reads are skipped, and after ``max_bad_reads`` in a row the
     device is reopened with :class:`Backoff`. Raises :class:`SourceError` once a reconnection episode exhausts
     ``backoff.max_attempts``. ``retry_initial_open``: also wait for a device that is not there at start (an IP
@@ -226,8 +232,7 @@ class LiveSource(FrameSource):
                     bad += 1
                     self.bad_reads += 1
                     if bad >= self.max_bad_reads:
-                        self._cap.release()
-                        self._cap = None
+                        self.close()
                         self._cap = self._reopen(f"{bad} bad reads in a row, last: {problem}")
                         bad = 0
                     continue
@@ -238,11 +243,6 @@ class LiveSource(FrameSource):
                 index += 1
         finally:
             self.close()
-
-    def close(self) -> None:
-        if self._cap is not None:
-            self._cap.release()
-            self._cap = None
 
 
 def camera_source(device: int | str, width: int | None = None, height: int | None = None,
