@@ -141,3 +141,56 @@ def test_distillation_learns_from_teacher_scores(teachers, label_dir, tmp_path):
     assert set(info["held_out_srcc"]) == {"utility", "perceptual"}
     targets = np.load(out / "targets.npz")["targets"]
     assert targets.shape[1] == 2 and np.isfinite(targets).all()
+
+
+def test_online_utility_teacher_matches_offline_scores(teachers, label_dir):
+    from fiqa_compile.distill import OnlineUtilityTeacher, crops_from_labels
+    from fiqa_compile.teachers import load_teacher
+    from fiqa_compile.train.data import to_tensor
+
+    t = load_teacher(teachers / "utility")
+    crops = crops_from_labels(label_dir).crop[:6]
+    online = OnlineUtilityTeacher(t, mean=0.5, std=0.01)
+    z, feats = online(to_tensor(crops))
+    np.testing.assert_allclose(z.numpy() * 0.01 + 0.5, t.score(crops), rtol=0, atol=1e-6)
+    head = t.model.head_qs[-1]
+    assert feats.shape == (6, head.in_features)
+    # the features are what the teacher's last layer reads: its score is their linear read-out
+    with torch.no_grad():
+        read_out = head(feats).squeeze(-1).numpy()
+    np.testing.assert_allclose(read_out * t.std + t.mean, t.score(crops), atol=1e-5)
+
+
+def test_online_utility_refuses_a_teacher_without_quality_head(teachers):
+    from fiqa_compile.distill import OnlineUtilityTeacher
+    from fiqa_compile.teachers import load_teacher
+
+    with pytest.raises(ValueError, match="no-online-utility"):
+        OnlineUtilityTeacher(load_teacher(teachers / "perceptual"), 0.0, 1.0)
+
+
+def test_compile_with_faces_keeps_resumes_and_reuses_the_student(face_folder, teachers, tmp_path, capsys):
+    """--faces distils into a kept directory: a rerun with other settings is refused, --student reuses it."""
+    from fiqa_compile.cli import main
+
+    sdir = tmp_path / "student"
+    common = ["--target", "cpu", "--utility-teacher", str(teachers / "utility"), "--perceptual-teacher",
+              str(teachers / "perceptual"), "--calibration-method", "minmax", "--calibration-size", "100",
+              "--min-srcc-teacher", "-1", "--min-srcc-fp32", "-1", "--threads", "1"]
+    assert main([*common, "--out", str(tmp_path / "b1"), "--faces", str(face_folder), "--student-arch",
+                 "student_nano", "--distill-epochs", "1", "--distill-dir", str(sdir)]) == 0
+    report = (tmp_path / "b1" / "report.md").read_text()
+    assert "distilled now from" in report and str(sdir) in report
+    info = json.loads((sdir / "student.json").read_text())
+    assert info["complete"] and info["student"] == "student_nano" and (sdir / "student.pt").exists()
+    capsys.readouterr()
+
+    assert main([*common, "--out", str(tmp_path / "b2"), "--faces", str(face_folder), "--student-arch",
+                 "student_nano", "--distill-epochs", "2", "--distill-dir", str(sdir)]) == 2
+    err = capsys.readouterr().err
+    assert "other settings (epochs)" in err and "--distill-dir" in err
+    assert not (tmp_path / "b2").exists() and (sdir / "student.pt").exists()
+
+    assert main([*common, "--out", str(tmp_path / "b3"), "--student", str(sdir)]) == 0
+    manifest = json.loads((tmp_path / "b3" / "manifest.json").read_text())
+    assert manifest["target"] == "cpu" and f"given: {sdir}" in (tmp_path / "b3" / "report.md").read_text()

@@ -14,6 +14,7 @@ examples:
   fiqa-compile --target jetson-orin                  # embedded teachers + student, shipped calibration faces
   fiqa-compile --target android-arm64 --out bundles/phone
   fiqa-compile --target cpu --faces ~/my_captures    # distil a new student on your own unlabelled face photos
+  fiqa-compile --target jetson-orin --student fiqa-student-my_captures   # reuse it for another target
 
 With no --faces the embedded default student (distilled from the embedded teachers on LFW) is quantised;
 with --faces a new student is distilled first. The report (report.md in the bundle) says which happened.
@@ -39,6 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="distil a NEW student on these unlabelled face photos first (folder, sub-folders = people)")
     g.add_argument("--student-arch", default="student_mfn", help="student architecture for --faces (default student_mfn)")
     g.add_argument("--distill-epochs", type=int, default=6, help="epochs of distillation with --faces (default 6)")
+    g.add_argument("--distill-versions", type=int, default=2,
+                   help="degraded versions of each --faces photo scored by the teachers (default 2; more versions "
+                        "cost teacher time, and training already re-degrades faces on the fly)")
+    g.add_argument("--distill-dir", type=Path, default=None,
+                   help="where --faces distils (default ./fiqa-student-FACESNAME): kept, so re-running resumes "
+                        "and --student DIR reuses it for other targets")
     g = ap.add_argument_group("quantisation")
     g.add_argument("--precision", choices=["int8", "fp32"], default="int8",
                    help="int8 (default): INT8 artifacts for the target; fp32: ship only the float ONNX")
@@ -66,6 +73,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.faces is not None and args.student is not None:
         print("fiqa-compile: error: --faces distils a new student; do not also pass --student", file=sys.stderr)
+        return 2
+    if args.distill_dir is not None and args.faces is None:
+        print("fiqa-compile: error: --distill-dir only applies with --faces", file=sys.stderr)
+        return 2
+    if args.distill_versions < 0 or args.distill_epochs < 1:
+        print("fiqa-compile: error: --distill-versions must be >= 0 and --distill-epochs >= 1", file=sys.stderr)
         return 2
     if args.calibration_size < 1:
         print("fiqa-compile: error: --calibration-size must be positive", file=sys.stderr)

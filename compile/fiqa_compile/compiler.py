@@ -37,7 +37,8 @@ class CompileOptions:
     student: Path | None = None
     student_arch: str = "student_mfn"
     distill_epochs: int = 6
-    distill_versions: int = 4
+    distill_versions: int = 2
+    distill_dir: Path | None = None
     calibration: Path | None = None
     calibration_size: int = 400
     calibration_method: str = "auto"
@@ -51,6 +52,12 @@ class CompileOptions:
 
     def out_dir(self) -> Path:
         return self.out or Path(f"fiqa-bundle-{self.target}")
+
+    def student_dir(self) -> Path:
+        """Where ``--faces`` distils: kept after the compile so it can resume and be reused."""
+        if self.distill_dir is not None:
+            return self.distill_dir
+        return Path(f"fiqa-student-{Path(self.faces).resolve().name}" if self.faces else "fiqa-student")
 
 
 @dataclass
@@ -212,6 +219,53 @@ def to_0_100(teacher_scale: np.ndarray, student_info: dict) -> np.ndarray:
     return np.stack(cols, 1)
 
 
+# ---------------------------------------------------------------------------------------------- distillation
+def distil_on_faces(opts: CompileOptions, teachers: dict):
+    """Distil a student on ``opts.faces`` into ``opts.student_dir()``; returns (student, info, verify faces, origin).
+
+    The run directory outlives the compile: re-running the same command resumes an interrupted distillation
+    (teacher scores and the last checkpoint are kept there), and ``--student DIR`` reuses the finished student
+    for other targets. A directory made with other settings is refused rather than mixed.
+    """
+    from fiqa_compile.distill import DistillConfig, crops_from_folder, distill, teacher_targets
+
+    sdir = opts.student_dir()
+    settings = {"faces": str(Path(opts.faces).resolve()), "versions": opts.distill_versions, "seed": opts.seed,
+                "student": opts.student_arch, "epochs": opts.distill_epochs,
+                "teachers": {k: v.info["sha256"] for k, v in teachers.items()}}
+    stamp = sdir / "settings.json"
+    if stamp.exists():
+        old = json.loads(stamp.read_text())
+        if old != settings:
+            diff = sorted(k for k in settings if old.get(k) != settings[k])
+            raise CompileError(f"--distill-dir {sdir} holds a distillation with other settings ({', '.join(diff)}); "
+                               "pass another --distill-dir, or delete that directory to start over")
+        print(f"resuming the distillation in {sdir}", flush=True)
+    elif sdir.exists() and any(sdir.iterdir()):
+        raise CompileError(f"--distill-dir {sdir} exists and is not a fiqa-compile distillation; pass another one")
+    sdir.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps(settings, indent=2))
+
+    data = crops_from_folder(opts.faces, opts.distill_versions, opts.seed)
+    cache = sdir / "targets.npz"
+    if cache.exists() and len(np.load(cache)["targets"]) == len(data):
+        targets = np.load(cache)["targets"]
+    else:
+        targets = teacher_targets(teachers, data)
+        np.savez(cache, targets=targets)
+    cfg = DistillConfig(student=opts.student_arch, epochs=opts.distill_epochs, seed=opts.seed)
+    distill(data, targets, sdir, cfg, {"command": "fiqa-compile (distillation stage)",
+                                       "teachers": settings["teachers"]}, utility_teacher=teachers["utility"])
+    student, sinfo = load_student(sdir)
+    held = np.load(sdir / "held_out_rows.npy")
+    verify = Faces(data.crop[held], data.group[held], np.where(data.version[held] == 0, "clean", "degraded"),
+                   (data.version[held] > 0).astype(float), lm68=data.lm68[held],
+                   source=f"held-out people of {opts.faces}")
+    origin = (f"distilled now from {len(data)} crops of {opts.faces} ({opts.student_arch}); kept in {sdir} "
+              f"(reuse it for other targets with --student {sdir})")
+    return student, sinfo, verify, origin
+
+
 # ---------------------------------------------------------------------------------------------- pipeline
 def compile_bundle(opts: CompileOptions) -> Path:
     from fiqa_calibration.calibration_set import build_calibration_set
@@ -241,20 +295,7 @@ def compile_bundle(opts: CompileOptions) -> Path:
         # 2. student: distil a new one on the user's faces, or take the embedded default
         t = _timer()
         if opts.faces is not None:
-            from fiqa_compile.distill import DistillConfig, crops_from_folder, distill, teacher_targets
-
-            data = crops_from_folder(opts.faces, opts.distill_versions, opts.seed)
-            targets = teacher_targets(teachers, data)
-            sdir = work / "student"
-            cfg = DistillConfig(student=opts.student_arch, epochs=opts.distill_epochs, seed=opts.seed)
-            distill(data, targets, sdir, cfg, {"command": "fiqa-compile (distillation stage)",
-                                               "teachers": {k: v.info["sha256"] for k, v in teachers.items()}})
-            student, sinfo = load_student(sdir)
-            held = np.load(sdir / "held_out_rows.npy")
-            verify = Faces(data.crop[held], data.group[held], np.where(data.version[held] == 0, "clean", "degraded"),
-                           (data.version[held] > 0).astype(float), lm68=data.lm68[held],
-                           source=f"held-out people of {opts.faces}")
-            student_origin = f"distilled now from {len(data)} crops of {opts.faces} ({opts.student_arch})"
+            student, sinfo, verify, student_origin = distil_on_faces(opts, teachers)
         else:
             spath = opts.student or EMBEDDED_STUDENT
             student, sinfo = load_student(spath)

@@ -5,6 +5,15 @@ photos (``--faces DIR``) or the crops of an existing label set (``--crops DIR``)
 crop; the student learns both scores at once. Its loss is MSE on z-scored teacher scores *plus* a pairwise
 logistic ranking term, because the scores exist to rank faces and to gate captures: getting the order right
 matters more than matching every value. Checkpoints every N steps; re-running the same command resumes.
+
+The utility teacher (a small ViT) is cheap next to a student training step, so by default it scores *online*,
+on exactly the augmented crop the student sees: its score is not flip-invariant (SRCC 0.95 between a face and
+its mirror image), so a cached score would teach the student noise. Online, the student also learns the
+teacher's quality features (the input of its final linear layer) through a throw-away hint head: 128 numbers
+per face instead of one. And since its target is exact whatever the crop, part of each batch is augmented
+(re-aligned, re-lit, freshly degraded: ``fiqa_compile.train.augment``), so the student sees many more distinct
+faces than the photos hold. The slow perceptual teacher is scored once and cached (it is flip-invariant to
+SRCC 0.98); its loss only counts the crops that were not augmented.
 """
 from __future__ import annotations
 
@@ -22,6 +31,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fiqa_compile.train.augment import AugmentConfig, augment_batch
 from fiqa_compile.train.data import to_tensor
 from fiqa_compile.train.schedule import epoch_batches, warmup_cosine
 from fiqa_compile.train.tasks import pairwise_rank_loss
@@ -125,6 +135,9 @@ class DistillConfig:
     seed: int = 0
     checkpoint_every: int = 100
     max_minutes: float | None = None
+    online_utility: bool = True   # score the utility teacher on each augmented batch (else: cached scores)
+    feature_weight: float = 1.0   # weight of the teacher-feature hint loss (online utility only)
+    augment: float = 0.5          # share of each batch re-aligned/re-lit/re-degraded (online utility only)
 
 
 def _save(obj, path: Path) -> None:
@@ -141,8 +154,41 @@ def _predict(model, crops: np.ndarray, batch: int = 512) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0, 2), np.float32)
 
 
-def distill(data: FaceCrops, targets: np.ndarray, out: Path, cfg: DistillConfig, provenance: dict) -> dict:
-    """Train ``cfg.student`` on teacher ``targets``; write student.pt + student.json into ``out``."""
+class OnlineUtilityTeacher:
+    """The utility teacher run on a training batch: its z-scored score and its quality features.
+
+    The features are the input of the teacher's last linear layer (``head_qs[-1]``), whatever feeds it (the
+    quality token in "token" mode, the embedding in "full" mode): the score is a linear read-out of them.
+    """
+
+    def __init__(self, teacher, mean: float, std: float):
+        head = getattr(teacher.model, "head_qs", None)
+        if not isinstance(head, torch.nn.Sequential) or not isinstance(head[-1], torch.nn.Linear):
+            raise ValueError(f"online utility distillation needs a ViT-FIQA teacher (head_qs ending in a Linear); "
+                             f"{type(teacher.model).__name__} has none: use --no-online-utility")
+        self.teacher, self.mean, self.std = teacher, mean, std
+        self.model = teacher.model.eval()
+        self.dim = head[-1].in_features
+        self._feat: torch.Tensor | None = None
+        head[-1].register_forward_hook(self._keep)
+
+    def _keep(self, module, inputs, output) -> None:
+        self._feat = inputs[0]
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raw = self.model(x).quality.float()
+        score = raw * self.teacher.std + self.teacher.mean
+        return (score - self.mean) / self.std, self._feat.float()
+
+
+def distill(data: FaceCrops, targets: np.ndarray, out: Path, cfg: DistillConfig, provenance: dict,
+            utility_teacher=None) -> dict:
+    """Train ``cfg.student`` on teacher ``targets``; write student.pt + student.json into ``out``.
+
+    With ``cfg.online_utility`` the utility column of ``targets`` only sets the score scale and the held-out
+    check; training targets for utility come from ``utility_teacher`` on each augmented batch.
+    """
     from scipy.stats import spearmanr
     from tqdm import tqdm
 
@@ -156,7 +202,16 @@ def distill(data: FaceCrops, targets: np.ndarray, out: Path, cfg: DistillConfig,
     z = ((targets - mean) / std).astype(np.float32)
     # channels-last roughly halves a CPU training step of depthwise-conv students; weights are saved contiguous.
     model = create_model(cfg.student).to(memory_format=torch.channels_last)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    online = None
+    if cfg.online_utility:
+        if utility_teacher is None:
+            raise ValueError("online utility distillation needs the utility teacher (utility_teacher=...)")
+        online = OnlineUtilityTeacher(utility_teacher, float(mean[0]), float(std[0]))
+    # The hint head maps the student's embedding onto the teacher's quality features; it is not exported.
+    hint = torch.nn.Linear(model.cfg.embed_dim, online.dim) if online is not None and cfg.feature_weight > 0 else None
+    augment = AugmentConfig(fraction=cfg.augment) if online is not None and cfg.augment > 0 else None
+    params = list(model.parameters()) + (list(hint.parameters()) if hint is not None else [])
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, len(train) // cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     warmup = min(200, total // 10)
@@ -166,33 +221,55 @@ def distill(data: FaceCrops, targets: np.ndarray, out: Path, cfg: DistillConfig,
     if last.exists():
         ck = torch.load(last, map_location="cpu", weights_only=True)
         model.load_state_dict(ck["model"])
+        if hint is not None:
+            if "hint" not in ck:
+                raise ValueError(f"{last} was written without a feature hint head (other settings); use another --out")
+            hint.load_state_dict(ck["hint"])
         opt.load_state_dict(ck["opt"])
         step, history = int(ck["step"]), json.loads(ck["history"])
         print(f"resumed distillation at step {step}/{total}", flush=True)
 
     def save_last() -> None:
         state = {k: v.contiguous() for k, v in model.state_dict().items()}
-        _save({"model": state, "opt": opt.state_dict(), "step": step, "history": json.dumps(history)}, last)
+        extra = {"hint": hint.state_dict()} if hint is not None else {}
+        _save({"model": state, "opt": opt.state_dict(), "step": step, "history": json.dumps(history), **extra}, last)
 
     t0, stopped = time.time(), False
     model.train()
     pbar = tqdm(total=total, initial=step, desc=f"distil {cfg.student}", file=sys.stdout, mininterval=15)
     while step < total and not stopped:
         epoch, offset = divmod(step, steps_per_epoch)
-        for rows, f in epoch_batches(train, cfg.batch_size, cfg.seed, epoch, offset, steps_per_epoch):
+        for b, (rows, f) in enumerate(epoch_batches(train, cfg.batch_size, cfg.seed, epoch, offset, steps_per_epoch),
+                                      start=offset):
             crops = data.crop[rows].copy()
             crops[f] = crops[f][:, :, ::-1]
+            augmented = np.zeros(len(rows), bool)
+            if augment is not None:
+                crops, augmented = augment_batch(crops, augment, np.random.default_rng([cfg.seed, epoch, b]))
             for g in opt.param_groups:
                 g["lr"] = warmup_cosine(step, cfg.lr, warmup, total)
-            pred = model(to_tensor(crops).contiguous(memory_format=torch.channels_last))
+            x = to_tensor(crops).contiguous(memory_format=torch.channels_last)
+            emb = model.features(x)
+            pred = model.head(emb)
             t = torch.from_numpy(z[rows])
-            loss = F.mse_loss(pred, t) + cfg.rank_weight * sum(pairwise_rank_loss(pred[:, i], t[:, i]) for i in range(2))
+            loss = pred.new_zeros(())
+            if online is not None:
+                t_util, t_feat = online(x)
+                t = torch.stack((t_util, t[:, 1]), 1)
+                if hint is not None:
+                    loss = loss + cfg.feature_weight * F.mse_loss(hint(emb), t_feat)
+            # the cached perceptual target only holds for crops that were not augmented
+            keep = torch.from_numpy(~augmented)
+            for i, rows_i in ((0, slice(None)), (1, keep)):
+                p_i, t_i = pred[rows_i, i], t[rows_i, i]
+                if len(p_i):
+                    loss = loss + F.mse_loss(p_i, t_i) / 2 + cfg.rank_weight * pairwise_rank_loss(p_i, t_i)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             step += 1
             pbar.update(1)
-            pbar.set_postfix(loss=f"{float(loss):.3f}")
+            pbar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
             if step % cfg.checkpoint_every == 0:
                 save_last()
             if cfg.max_minutes and time.time() - t0 > cfg.max_minutes * 60:
@@ -239,6 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
     for f in dataclasses.fields(DistillConfig):
         if f.name in ("seed",):
             continue
+        if isinstance(f.default, bool):
+            ap.add_argument("--" + f.name.replace("_", "-"), action=argparse.BooleanOptionalAction, default=f.default)
+            continue
         ap.add_argument("--" + f.name.replace("_", "-"), type=type(f.default) if f.default is not None else float,
                         default=f.default)
     ap.add_argument("--seed", type=int, default=0)
@@ -279,7 +359,7 @@ def _main(argv: list[str] | None) -> int:
     provenance = {"command": "fiqa-distill " + " ".join(sys.argv[1:] if argv is None else argv),
                   "teachers": {k: {"model": t.info["model"], "sha256": t.info["sha256"], "path": str(t.path)}
                                for k, t in teachers.items()}, "torch": torch.__version__}
-    info = distill(data, targets, args.out, cfg, provenance)
+    info = distill(data, targets, args.out, cfg, provenance, utility_teacher=teachers["utility"])
     print(json.dumps({k: info[k] for k in ("student", "samples", "held_out_srcc", "complete", "sha256")}, indent=2))
     return 0
 

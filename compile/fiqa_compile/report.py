@@ -29,10 +29,16 @@ def edc_curves(verify, qualities: dict[str, np.ndarray], fmr: float = 1e-2) -> t
     from fiqa_compile.eval.edc import edc
     from fiqa_sdk.measures import laplacian_variance
 
+    iu = np.triu_indices(len(verify.crops), 1)
+    same = verify.person[iu[0]] == verify.person[iu[1]]
+    pairs = {"fmr": fmr, "genuine_pairs": int(same.sum()), "impostor_pairs": int((~same).sum())}
+    if not same.any() or same.all():
+        people = len(np.unique(verify.person))
+        return {}, {**pairs, "methods": {}, "skipped": f"{len(verify.crops)} held-out faces of {people} people give "
+                    f"{pairs['genuine_pairs']} genuine / {pairs['impostor_pairs']} impostor pairs; an EDC needs "
+                    "both (give --faces more people, with several photos each)"}
     emb = dlib_embeddings(verify.crops)
     sim = emb @ emb.T
-    iu = np.triu_indices(len(emb), 1)
-    same = verify.person[iu[0]] == verify.person[iu[1]]
     qualities = dict(qualities)
     qualities["baseline: Laplacian sharpness"] = np.array([laplacian_variance(c) for c in verify.crops])
     qualities["baseline: random"] = np.random.default_rng(0).random(len(emb))
@@ -42,8 +48,7 @@ def edc_curves(verify, qualities: dict[str, np.ndarray], fmr: float = 1e-2) -> t
         c = edc(sim[iu][same], pq[same], sim[iu][~same], fmr=fmr)
         curves[name] = c
         summary[name] = c.summary()
-    return curves, {"fmr": fmr, "genuine_pairs": int(same.sum()), "impostor_pairs": int((~same).sum()),
-                    "methods": summary}
+    return curves, {**pairs, "methods": summary}
 
 
 def write_report(files: Path, *, target, verify, teacher_scores, student_scale, outputs, verification, stages,
@@ -64,8 +69,9 @@ def write_report(files: Path, *, target, verify, teacher_scores, student_scale, 
     qualities = {"student utility (fp32)": student_scale[:, 0], "teacher utility": teacher_scores[:, 0]}
     qualities.update({f"{k} utility": v[:, 0] for k, v in outputs.items()})
     curves, edc_summary = edc_curves(verify, qualities)
-    written.append(plot_edc(curves, plots / "edc.png", limit=0.3,
-                            title=f"EDC (dlib FR, FMR {edc_summary['fmr']:g}) on the held-out faces"))
+    if curves:
+        written.append(plot_edc(curves, plots / "edc.png", limit=0.3,
+                                title=f"EDC (dlib FR, FMR {edc_summary['fmr']:g}) on the held-out faces"))
     data = {"target": target.name, "target_description": target.description, "student": student_origin,
             "verification_faces": {"n": int(len(verify.crops)), "source": verify.source,
                                    "people": int(len(np.unique(verify.person)))},
@@ -93,7 +99,8 @@ def write_report(files: Path, *, target, verify, teacher_scores, student_scale, 
               "| quality | pAUC@20% | pAUC@30% | FNMR at 0% discard |", "|---|---:|---:|---:|"]
     for name, c in curves.items():
         lines.append(f"| {name} | {c.pauc[0.2]:.4f} | {c.pauc[0.3]:.4f} | {c.errors[0]:.4f} |")
-    lines += ["", "![EDC](plots/edc.png)", "", "## Gate thresholds (0-100)", "",
+    lines += ["", "![EDC](plots/edc.png)" if curves else f"Not computed: {edc_summary['skipped']}.", "",
+              "## Gate thresholds (0-100)", "",
               "Accept where clean and heavily degraded (severity >= 0.7) held-out faces separate best "
               "(Youden's J); release 10 points lower (hysteresis).", "", "```json", json.dumps(thresholds, indent=2),
               "```", ""]

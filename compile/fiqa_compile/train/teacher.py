@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             opt.step()
             step += 1
             pbar.update(1)
-            pbar.set_postfix(loss=f"{float(loss):.3f}", **{k: f"{v:.3f}" for k, v in logs.items()})
+            pbar.set_postfix(loss=f"{loss.item():.3f}", **{k: f"{v:.3f}" for k, v in logs.items()}, refresh=False)
             if step % args.checkpoint_every == 0:
                 save_last()
             if args.max_minutes and (time.time() - t0) > args.max_minutes * 60:
