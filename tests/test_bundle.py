@@ -110,7 +110,8 @@ def test_round_trip_keeps_every_field_and_hashes_every_file(built, models, extra
     assert b.thresholds == THRESHOLDS
     assert b.gate_config().perceptual_accept == THRESHOLDS["perceptual_accept"]
     assert b.tensorrt.onnx == "student.onnx" and b.tensorrt.calibration_cache == "trt_calibration.cache"
-    assert b.tensorrt.backend_options() == {"precision": "fp32", "max_batch": 8, "opt_batch": 1, "workspace_mb": 256}
+    assert b.tensorrt.backend_options() == {"precision": "fp32", "fp16_fallback": True, "max_batch": 8, "opt_batch": 1,
+                                            "workspace_mb": 256}
     m = b.manifest
     assert m["schema_version"] == SCHEMA_VERSION and m["kind"] == "fiqa-bundle"
     assert m["input"] == {"name": "faces", "shape": [None, 3, 112, 112], "dtype": "float32", "layout": "NCHW"}

@@ -276,6 +276,16 @@ def test_build_plan_by_version(version, precision, plan):
     assert build_plan(version, precision) == plan
 
 
+@pytest.mark.parametrize("version, plan", [
+    ("8.6.2", BuildPlan(("EXPLICIT_BATCH",), ("INT8", "FP16"))),
+    ("10.3.0", BuildPlan((), ("INT8", "FP16"))),
+    ("11.0.0", BuildPlan((), (), strongly_typed=True)),
+])
+def test_fp16_fallback_adds_the_fp16_flag_where_flags_exist(version, plan):
+    assert build_plan(version, "int8", fp16_fallback=True) == plan
+    assert build_plan(version, "fp32", fp16_fallback=True) == build_plan(version, "fp32")
+
+
 def test_build_plan_refusals():
     with pytest.raises(ValueError, match="removed BuilderFlag.FP16.*AutoCast"):
         build_plan("11.1.0", "fp16")
@@ -354,7 +364,10 @@ def test_builds_once_then_loads_from_cache(tmp_path, trt10):
     other = TensorRTBackend(onnx_model(), cache_dir=tmp_path, max_batch=8, opt_batch=4, precision="fp16")
     assert other.built and trt10.stats["builds"] == 2 and trt10.stats["builder_flags"][-1] == ["FP16"]
     assert other.engine_path != first.engine_path
-    assert len(list(tmp_path.rglob("*.engine"))) == 2
+    mixed = TensorRTBackend(onnx_model(), cache_dir=tmp_path, max_batch=8, opt_batch=4, fp16_fallback=True)
+    assert mixed.built and trt10.stats["builds"] == 3 and trt10.stats["builder_flags"][-1] == ["FP16", "INT8"]
+    assert len({first.engine_path, other.engine_path, mixed.engine_path}) == 3
+    assert len(list(tmp_path.rglob("*.engine"))) == 3
 
 
 def test_registry_prefers_tensorrt_for_onnx_when_installed(tmp_path, trt10):
@@ -445,3 +458,15 @@ def test_cuda_python_when_pycuda_is_absent(tmp_path, monkeypatch):
     failing = TensorRTBackend(onnx_model(), cache_dir=tmp_path)
     with pytest.raises(RuntimeError, match="cudaErrorMemoryAllocation"):
         failing.run1(x)
+
+
+def test_bundle_build_settings_reach_the_engine_build(tmp_path, trt10):
+    """The manifest's tensorrt.build section is what the engine is built with (fp16_fallback included)."""
+    from fiqa_sdk.bundle import TensorRTSpec
+
+    spec = TensorRTSpec.from_dict({"onnx": "student_qdq.onnx", "build": {
+        "precision": "int8", "fp16_fallback": True, "max_batch": 4, "opt_batch": 1, "workspace_mb": 64}})
+    backend = TensorRTBackend(onnx_model(), cache_dir=tmp_path, **spec.backend_options())
+    assert trt10.stats["builder_flags"] == [["FP16", "INT8"]]
+    assert trt10.stats["profiles"] == [{"x": [[1, 4], [1, 4], [4, 4]]}]
+    assert json.loads(backend.key.settings_json)["plan"][1] == ["INT8", "FP16"]

@@ -312,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", type=Path, required=True, help="run directory (student.pt, student.json, checkpoints)")
     ap.add_argument("--utility-teacher", type=Path, default=None, help="teacher dir (default: embedded ViT-FIQA tiny)")
     ap.add_argument("--perceptual-teacher", type=Path, default=None, help="teacher dir (default: embedded DSL-FIQA tiny)")
-    ap.add_argument("--versions", type=int, default=4, help="--faces: degraded versions per photo (default 4)")
+    ap.add_argument("--versions", type=int, default=2, help="--faces: degraded versions per photo (default 2)")
     for f in dataclasses.fields(DistillConfig):
         if f.name in ("seed",):
             continue

@@ -59,15 +59,17 @@ class BuildPlan:
     strongly_typed: bool = False
 
 
-def build_plan(trt_version: str, precision: str) -> BuildPlan:
+def build_plan(trt_version: str, precision: str, fp16_fallback: bool = False) -> BuildPlan:
     """Choose network and builder flags from the TensorRT version alone.
 
     * 8.5-8.x: explicit-batch networks must be requested; precisions are builder flags.
     * 9.x-10.x: networks are always explicit-batch; precisions are still builder flags (INT8 lets the Q/DQ
-      layers run in INT8; layers outside Q/DQ pairs stay fp32).
+      layers run in INT8; layers outside Q/DQ pairs stay fp32, or may run in fp16 with ``fp16_fallback``,
+      which adds the FP16 flag -- on an Orin that halves the float layers' memory traffic).
     * 11.x and later: precision flags are gone; every network is strongly typed (11.0 deprecated the
       STRONGLY_TYPED creation flag as always-on and ignored, so none is passed) and the Q/DQ ONNX carries the
-      INT8 precision. fp16 needs an fp16 ONNX (ModelOpt AutoCast), so it is refused here.
+      INT8 precision. fp16 needs an fp16 ONNX (ModelOpt AutoCast), so it is refused here, and
+      ``fp16_fallback`` has nothing to switch (the ONNX's own types decide).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -81,7 +83,7 @@ def build_plan(trt_version: str, precision: str) -> BuildPlan:
                              "Use the Q/DQ INT8 model (precision='int8'), or convert the ONNX to fp16 with "
                              "ModelOpt AutoCast and build it with precision='fp32'")
         return BuildPlan(network_flags=(), builder_flags=(), strongly_typed=True)
-    flags = {"int8": ("INT8",), "fp16": ("FP16",), "fp32": ()}[precision]
+    flags = {"int8": ("INT8", "FP16") if fp16_fallback else ("INT8",), "fp16": ("FP16",), "fp32": ()}[precision]
     return BuildPlan(network_flags=("EXPLICIT_BATCH",) if major == 8 else (), builder_flags=flags)
 
 
@@ -273,6 +275,7 @@ class TensorRTBackend(Backend):
     Args:
         model: ONNX bytes or path (the Q/DQ INT8 student for ``precision="int8"``).
         precision: ``int8`` (needs Q/DQ nodes), ``fp16`` (TensorRT < 11 only) or ``fp32``.
+        fp16_fallback: with ``int8`` on TensorRT < 11, let layers outside Q/DQ pairs run in fp16 (FP16 flag).
         max_batch / opt_batch: optimisation profile for a dynamic batch dimension (opt: the size kernels are tuned
             for; default ``max_batch``).
         profile_shapes: ``{input: (min, opt, max)}`` for inputs with other dynamic dims (e.g. a detector's H, W).
@@ -287,11 +290,12 @@ class TensorRTBackend(Backend):
 
     def __init__(self, model: bytes | str, precision: str = "int8", max_batch: int = 32, opt_batch: int | None = None,
                  profile_shapes: Mapping[str, tuple] | None = None, workspace_mb: int = 256,
-                 cache_dir: str | os.PathLike | None = None, device: int = 0, threads: int | None = None):
+                 cache_dir: str | os.PathLike | None = None, device: int = 0, threads: int | None = None,
+                 fp16_fallback: bool = False):
         if max_batch < 1 or (opt_batch is not None and not 1 <= opt_batch <= max_batch):
             raise ValueError(f"need 1 <= opt_batch <= max_batch, got opt_batch={opt_batch}, max_batch={max_batch}")
         trt = _import_tensorrt()
-        plan = build_plan(trt.__version__, precision)
+        plan = build_plan(trt.__version__, precision, fp16_fallback)
         self._trt = trt
         self._cuda = _cuda(device)
         onnx = read_model(model)

@@ -264,10 +264,10 @@ class TensorRTSpec:
     def backend_options(self) -> dict[str, Any]:
         """Keyword options for :class:`fiqa_runtimes.tensorrt_backend.TensorRTBackend` from ``build``.
 
-        ``fp16_fallback`` is informational: the backend builds ``int8`` from the Q/DQ graph and keeps layers
-        outside Q/DQ pairs in the precision TensorRT picks, so it has no switch for it.
+        ``fp16_fallback`` lets TensorRT < 11 run the layers outside Q/DQ pairs in fp16; TensorRT 11 is strongly
+        typed and follows the ONNX's own types.
         """
-        keys = ("precision", "max_batch", "opt_batch", "workspace_mb")
+        keys = ("precision", "fp16_fallback", "max_batch", "opt_batch", "workspace_mb")
         return {k: self.build[k] for k in keys if k in self.build}
 
     def to_dict(self) -> dict[str, Any]:
