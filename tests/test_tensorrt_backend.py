@@ -31,7 +31,8 @@ def fake_tensorrt(version: str) -> types.ModuleType:
     trt.__spec__ = importlib.machinery.ModuleSpec("tensorrt", None)
     trt.__version__ = version
     major = int(version.split(".")[0])
-    stats = trt.stats = {"builds": 0, "deserialized": 0, "network_flags": [], "builder_flags": [], "profiles": []}
+    stats = trt.stats = {"builds": 0, "deserialized": 0, "network_flags": [], "builder_flags": [], "profiles": [],
+                         "calibration_caches": []}
 
     class Logger:
         WARNING = 2
@@ -78,9 +79,17 @@ def fake_tensorrt(version: str) -> types.ModuleType:
         num_errors = property(lambda self: len(self.errors))
         get_error = lambda self, i: self.errors[i]
 
+    if major < 11:  # TensorRT 11 removed the INT8 calibrators with implicit quantisation
+        class IInt8EntropyCalibrator2:
+            def __init__(self):
+                pass
+
+        trt.IInt8EntropyCalibrator2 = IInt8EntropyCalibrator2
+
     class Config:
         def __init__(self):
             self.flags, self.profiles, self.pools = set(), [], {}
+            self.int8_calibrator = None
 
         def set_memory_pool_limit(self, pool, size):
             self.pools[pool] = size
@@ -112,6 +121,10 @@ def fake_tensorrt(version: str) -> types.ModuleType:
         def build_serialized_network(self, network, config):
             stats["builds"] += 1
             stats["builder_flags"].append(sorted(config.flags))
+            calibrator = config.int8_calibrator
+            if calibrator is not None:  # what TensorRT asks first; a cache means no get_batch() calls
+                assert isinstance(calibrator, trt.IInt8EntropyCalibrator2) and calibrator.get_batch(["x"]) is None
+            stats["calibration_caches"].append(calibrator.read_calibration_cache() if calibrator else None)
             profile = config.profiles[0].shapes if config.profiles else {}
             stats["profiles"].append(profile)
             desc = {"inputs": {t.name: list(t.shape) for t in network.inputs}, "profile": profile}
@@ -470,3 +483,34 @@ def test_bundle_build_settings_reach_the_engine_build(tmp_path, trt10):
     assert trt10.stats["builder_flags"] == [["FP16", "INT8"]]
     assert trt10.stats["profiles"] == [{"x": [[1, 4], [1, 4], [4, 4]]}]
     assert json.loads(backend.key.settings_json)["plan"][1] == ["INT8", "FP16"]
+
+
+CACHE = b"TRT-100300-EntropyCalibration2\nx: 3c010204\ny: 3c8b4396\n"
+
+
+def test_calibration_cache_builds_implicit_int8_from_the_float_onnx(tmp_path, trt10):
+    float_model = onnx_model(qdq=False)
+    with pytest.raises(ValueError, match="calibration_cache= for implicit INT8"):
+        TensorRTBackend(float_model, cache_dir=tmp_path)
+    cache_file = tmp_path / "trt_calibration.cache"
+    cache_file.write_bytes(CACHE)
+    backend = TensorRTBackend(float_model, cache_dir=tmp_path, calibration_cache=cache_file)
+    assert backend.built and trt10.stats["builder_flags"] == [["INT8"]]
+    assert trt10.stats["calibration_caches"] == [CACHE]
+    np.testing.assert_array_equal(backend.run1(np.ones((2, 4), np.float32))["y"], np.full((2, 4), 3, np.float32))
+    # the cache is part of the engine key: another cache builds another engine, the same one reuses it
+    assert TensorRTBackend(float_model, cache_dir=tmp_path, calibration_cache=CACHE).built is False
+    other = TensorRTBackend(float_model, cache_dir=tmp_path, calibration_cache=CACHE.replace(b"3c01", b"3c02"))
+    assert other.built and other.engine_path != backend.engine_path
+
+
+def test_calibration_cache_misuse_is_refused(tmp_path, trt10, monkeypatch):
+    with pytest.raises(ValueError, match="already explicitly quantized"):
+        TensorRTBackend(onnx_model(qdq=True), cache_dir=tmp_path, calibration_cache=CACHE)
+    with pytest.raises(ValueError, match="not a TensorRT calibration cache"):
+        TensorRTBackend(onnx_model(qdq=False), cache_dir=tmp_path, calibration_cache=b"{}")
+    with pytest.raises(ValueError, match="only applies to precision='int8'"):
+        TensorRTBackend(onnx_model(qdq=False), cache_dir=tmp_path, calibration_cache=CACHE, precision="fp32")
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt("11.4.0"))
+    with pytest.raises(ValueError, match="removed implicit INT8 calibration"):
+        TensorRTBackend(onnx_model(qdq=False), cache_dir=tmp_path, calibration_cache=CACHE)

@@ -87,6 +87,33 @@ def build_plan(trt_version: str, precision: str, fp16_fallback: bool = False) ->
     return BuildPlan(network_flags=("EXPLICIT_BATCH",) if major == 8 else (), builder_flags=flags)
 
 
+def cache_calibrator(trt: Any, cache: bytes) -> Any:
+    """An entropy calibrator that never calibrates: it hands TensorRT (<= 10) the bundle's calibration cache.
+
+    TensorRT asks ``read_calibration_cache`` first and skips calibration when it gets one, so no images and no
+    device buffers are needed; ``get_batch`` returning None would end a calibration that never starts.
+    """
+
+    class CacheCalibrator(trt.IInt8EntropyCalibrator2):
+        def __init__(self) -> None:
+            super().__init__()
+            self._cache = cache
+
+        def get_batch_size(self) -> int:
+            return 1
+
+        def get_batch(self, names: list[str]) -> None:
+            return None
+
+        def read_calibration_cache(self) -> bytes:
+            return self._cache
+
+        def write_calibration_cache(self, cache: bytes) -> None:
+            return None
+
+    return CacheCalibrator()
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
 
@@ -276,6 +303,9 @@ class TensorRTBackend(Backend):
         model: ONNX bytes or path (the Q/DQ INT8 student for ``precision="int8"``).
         precision: ``int8`` (needs Q/DQ nodes), ``fp16`` (TensorRT < 11 only) or ``fp32``.
         fp16_fallback: with ``int8`` on TensorRT < 11, let layers outside Q/DQ pairs run in fp16 (FP16 flag).
+        calibration_cache: bytes or path of a TensorRT calibration cache (the bundle's ``trt_calibration.cache``):
+            with ``int8`` and a float ONNX (no Q/DQ nodes), TensorRT <= 10 builds *implicit* INT8 from its scales.
+            TensorRT 11 removed implicit quantisation; there the Q/DQ ONNX is the only INT8 route.
         max_batch / opt_batch: optimisation profile for a dynamic batch dimension (opt: the size kernels are tuned
             for; default ``max_batch``).
         profile_shapes: ``{input: (min, opt, max)}`` for inputs with other dynamic dims (e.g. a detector's H, W).
@@ -291,11 +321,23 @@ class TensorRTBackend(Backend):
     def __init__(self, model: bytes | str, precision: str = "int8", max_batch: int = 32, opt_batch: int | None = None,
                  profile_shapes: Mapping[str, tuple] | None = None, workspace_mb: int = 256,
                  cache_dir: str | os.PathLike | None = None, device: int = 0, threads: int | None = None,
-                 fp16_fallback: bool = False):
+                 fp16_fallback: bool = False, calibration_cache: bytes | str | os.PathLike | None = None):
         if max_batch < 1 or (opt_batch is not None and not 1 <= opt_batch <= max_batch):
             raise ValueError(f"need 1 <= opt_batch <= max_batch, got opt_batch={opt_batch}, max_batch={max_batch}")
         trt = _import_tensorrt()
         plan = build_plan(trt.__version__, precision, fp16_fallback)
+        if calibration_cache is not None:
+            if plan.strongly_typed:
+                raise ValueError(f"TensorRT {trt.__version__} removed implicit INT8 calibration, so a calibration "
+                                 "cache cannot be used; build the Q/DQ INT8 ONNX instead (no calibration_cache)")
+            if precision != "int8":
+                raise ValueError(f"a calibration cache only applies to precision='int8', not {precision!r}")
+            if not isinstance(calibration_cache, bytes):
+                calibration_cache = Path(calibration_cache).read_bytes()
+            if not calibration_cache.startswith(b"TRT-"):
+                raise ValueError("calibration_cache is not a TensorRT calibration cache (its first line must be "
+                                 "'TRT-<version>-<calibrator>'); pass the bundle's trt_calibration.cache")
+        self._calibration_cache = calibration_cache
         self._trt = trt
         self._cuda = _cuda(device)
         onnx = read_model(model)
@@ -307,6 +349,8 @@ class TensorRTBackend(Backend):
                           "opt_batch": int(opt_batch or max_batch), "workspace_mb": int(workspace_mb),
                           "profile_shapes": self._profile_shapes,
                           "plan": [list(plan.network_flags), list(plan.builder_flags), plan.strongly_typed]}
+        if calibration_cache is not None:  # only then, so the keys of engines built without one stay as they were
+            self._settings["calibration_cache_sha256"] = hashlib.sha256(calibration_cache).hexdigest()
         gpu_name, cc = self._cuda.device()
         self.key = EngineKey.create(gpu_name, cc, trt.__version__, onnx, self._settings)
         self.engine_path = (Path(cache_dir) if cache_dir else default_cache_dir()) / self.key.relative_path()
@@ -347,11 +391,17 @@ class TensorRTBackend(Backend):
         if not parser.parse(onnx):
             errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
             raise ValueError(f"TensorRT could not parse the ONNX model: {errors}")
-        if self._settings["precision"] == "int8" and not any(
-                network.get_layer(i).type == trt.LayerType.QUANTIZE for i in range(network.num_layers)):
+        explicit = any(network.get_layer(i).type == trt.LayerType.QUANTIZE for i in range(network.num_layers))
+        if self._settings["precision"] == "int8" and not explicit and self._calibration_cache is None:
             raise ValueError("precision='int8' needs an explicitly quantized (Q/DQ) ONNX, and this model has no "
-                             "QuantizeLinear nodes; export the INT8 student, or use precision='fp16'/'fp32'")
+                             "QuantizeLinear nodes; export the INT8 student, use precision='fp16'/'fp32', or (TensorRT "
+                             "<= 10) pass calibration_cache= for implicit INT8")
+        if explicit and self._calibration_cache is not None:
+            raise ValueError("this ONNX is already explicitly quantized (Q/DQ); a calibration cache is for the float "
+                             "ONNX only -- drop calibration_cache, or pass the float model")
         config = builder.create_builder_config()
+        if self._calibration_cache is not None:
+            config.int8_calibrator = cache_calibrator(trt, self._calibration_cache)
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, self._settings["workspace_mb"] << 20)
         for flag in plan.builder_flags:
             config.set_flag(getattr(trt.BuilderFlag, flag))
