@@ -254,8 +254,10 @@ def distil_on_faces(opts: CompileOptions, teachers: dict):
         targets = teacher_targets(teachers, data)
         np.savez(cache, targets=targets)
     cfg = DistillConfig(student=opts.student_arch, epochs=opts.distill_epochs, seed=opts.seed)
-    distill(data, targets, sdir, cfg, {"command": "fiqa-compile (distillation stage)",
-                                       "teachers": settings["teachers"]}, utility_teacher=teachers["utility"])
+    provenance = {"command": "fiqa-compile " + " ".join(sys.argv[1:]) + " (its distillation stage)",
+                  "teachers": {k: {"model": v.info["model"], "sha256": v.info["sha256"]} for k, v in teachers.items()},
+                  "torch": torch.__version__}
+    distill(data, targets, sdir, cfg, provenance, utility_teacher=teachers["utility"])
     student, sinfo = load_student(sdir)
     held = np.load(sdir / "held_out_rows.npy")
     verify = Faces(data.crop[held], data.group[held], np.where(data.version[held] == 0, "clean", "degraded"),
@@ -403,6 +405,7 @@ def compile_bundle(opts: CompileOptions) -> Path:
             outputs={k: to_teacher_scale(v, sinfo) for k, v in outputs.items()}, verification=verification,
             stages=log.rows, student_origin=student_origin, thresholds=thresholds, opts=opts, calib=calib)
         log.add("report", f"{len(report_files)} files", t())
+        t = _timer()
         from fiqa_compile.bundle import ModelArtifact, write_bundle
 
         models = [ModelArtifact(name=a, path=files / ARTIFACTS[a][0], format=ARTIFACTS[a][1],
