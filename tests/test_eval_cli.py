@@ -354,3 +354,24 @@ def test_bench_run_skips_eval_teachers_without_inputs(tmp_path):
     s = json.loads((tmp_path / "results.json").read_text())["scripts"]["eval_teachers"]
     assert s["status"] == "skipped" and "labels.npz" in s["reason"] and "teacher.json" in s["reason"]
     assert not (tmp_path / "latency.png").exists()
+
+
+# ------------------------------------------------------------------------------------------- bench/eval_student.py
+def test_eval_student_scores_the_embedded_student_against_the_teachers(tmp_path, aligned_faces, capsys):
+    """The embedded student and teachers on blurred real faces of held-out people: they must agree on order."""
+    labels_dir = write_label_set(tmp_path / "labels", aligned_faces, n_ids=40, seed=3)
+    mod = _bench_module("eval_student")
+    out = tmp_path / "results"
+    assert mod.main(["--labels", str(labels_dir), "--out", str(out)]) == 0
+    doc = json.loads((out / "student_eval.json").read_text())
+    labels = LabelSet.load(labels_dir)
+    held = held_out_rows(labels)
+    assert doc["held_out"]["crops"] == len(held) and doc["held_out"]["degraded"] > 0
+    (row,) = doc["students"]
+    assert row["arch"] == "student_mfn" and len(row["sha256"]) == 64
+    assert set(row["srcc"]) == {"all", "clean", "degraded"}
+    # blur is the one thing that varies here, and both scores fall with it for teacher and student alike
+    assert row["srcc"]["all"]["perceptual"] > 0.8 and row["srcc"]["all"]["utility"] > 0.5
+    assert "| student |" in (out / "student_eval.md").read_text()
+    assert mod.main(["--labels", str(tmp_path / "none"), "--out", str(out)]) == 2
+    assert "no label set" in capsys.readouterr().err

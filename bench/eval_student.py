@@ -1,0 +1,91 @@
+"""How closely distilled students rank faces like their teachers, on people neither ever trained on.
+
+    python bench/eval_student.py                                   # the embedded default student
+    python bench/eval_student.py --student runs/student_faces --student runs/student
+
+Uses the held-out identities of a ``fiqa-labels`` set (share 0.15, seed 0: the split the teachers and the
+distillation hold out), clean photos and their degraded versions. The teachers score those crops here (no
+cached targets are trusted); each student is run in torch fp32. Writes ``results/student_eval.json`` and
+``.md``: SRCC per score on all held-out crops, on the clean ones and on the degraded ones.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import machine_basics  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--labels", type=Path, default=Path("runs/labels/lfw-dev"), help="fiqa-labels directory")
+    ap.add_argument("--student", type=Path, action="append", default=None,
+                    help="student directory (student.pt + student.json), repeatable (default: the embedded one)")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+
+    import torch
+    from scipy.stats import spearmanr
+
+    from fiqa_compile.compiler import EMBEDDED_STUDENT, load_student
+    from fiqa_compile.distill import SCORE_NAMES, _predict
+    from fiqa_compile.teachers import embedded_teacher_dirs, load_teacher
+    from fiqa_compile.train.data import LabelSet
+
+    if not (args.labels / "labels.npz").is_file():
+        print(f"eval_student: no label set at {args.labels} (make it with fiqa-labels, or pass --labels)",
+              file=sys.stderr)
+        return 2
+    torch.manual_seed(0)
+    labels = LabelSet.load(args.labels)
+    _, held = labels.split(0.15, 0)
+    crops, lm68, version = labels.crop[held], labels.lm68[held], labels.version[held]
+    t0 = time.time()
+    teachers = {k: load_teacher(v) for k, v in embedded_teacher_dirs().items()}
+    target = np.stack([teachers["utility"].score(crops), teachers["perceptual"].score(crops, lm68)], 1)
+    teacher_seconds = time.time() - t0
+    subsets = {"all": version >= 0, "clean": version == 0, "degraded": version > 0}
+    rows = []
+    for sdir in args.student or [EMBEDDED_STUDENT]:
+        model, info = load_student(sdir)
+        pred = _predict(model, crops)
+        cfg = info.get("config", {})
+        how = (f"{cfg.get('epochs', '?')} epochs; utility teacher "
+               + ("online" + (f", augment {cfg['augment']}" if cfg.get("augment") else "")
+                  + (f", feature hint {cfg['feature_weight']}" if cfg.get("feature_weight") else "")
+                  if cfg.get("online_utility") else "cached") + f"; {info.get('data', '?')}")
+        rows.append({"student": str(sdir), "arch": info["student"], "data": info.get("data"), "how": how,
+                     "command": info.get("command"), "sha256": info["sha256"],
+                     "srcc": {sub: {n: round(float(spearmanr(pred[m, i], target[m, i]).statistic), 4)
+                                    for i, n in enumerate(SCORE_NAMES)} for sub, m in subsets.items()}})
+    record = {"benchmark": "student_eval", "labels": str(args.labels),
+              "held_out": {"crops": int(len(held)), "identities": int(len(np.unique(labels.identity[held]))),
+                           "clean": int(subsets["clean"].sum()), "degraded": int(subsets["degraded"].sum())},
+              "teacher_seconds": round(teacher_seconds, 1), "machine": machine_basics(), "students": rows}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "student_eval.json").write_text(json.dumps(record, indent=2))
+    h = record["held_out"]
+    lines = ["# Students vs teachers on held-out people", "",
+             f"{h['crops']} crops of {h['identities']} held-out LFW identities ({h['clean']} clean, {h['degraded']} "
+             "degraded) from `" + str(args.labels) + "`; SRCC of the fp32 student with each teacher.", "",
+             "| student | distilled | all: utility | all: perceptual | clean: utility | clean: perceptual "
+             "| degraded: utility | degraded: perceptual |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        s = r["srcc"]
+        lines.append(f"| `{r['student']}` | {r['how']} | " + " | ".join(f"{s[sub][n]:.4f}" for sub in subsets
+                                                             for n in SCORE_NAMES) + " |")
+    (args.out / "student_eval.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
