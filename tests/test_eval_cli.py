@@ -128,6 +128,16 @@ def test_cli_end_to_end_with_baselines(label_dir, tmp_path, capsys):
     assert methods["baseline:sharpness"]["n_genuine_errors"] > 0, "the fixture must produce recognition errors"
     # blur causes the errors here, so sorting by sharpness must beat a random order
     assert methods["baseline:sharpness"]["pauc"]["0.2"] < methods["baseline:random"]["pauc"]["0.2"]
+    # an earlier evaluation is never replaced silently
+    before = (out / "eval.json").read_bytes()
+    again = ["--labels", str(label_dir), "--method", "baseline:random", "--fmr", "0.1", "--impostors", "500",
+             "--out", str(out)]
+    rc, _, stderr = _run_cli(again, capsys)
+    assert rc == 2 and "already holds eval.json and edc.png" in stderr and "--force" in stderr
+    assert (out / "eval.json").read_bytes() == before
+    rc, _, stderr = _run_cli([*again, "--force"], capsys)
+    assert rc == 0, stderr
+    assert [m["spec"] for m in json.loads((out / "eval.json").read_text())["methods"]] == ["baseline:random"]
     assert "Laplacian sharpness" in stdout and "theoretical best" in stdout
 
 

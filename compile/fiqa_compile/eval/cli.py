@@ -136,6 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--discard-limit", type=float, nargs="+", default=list(DEFAULT_LIMITS),
                     help="pAUC discard limits (default 0.2 0.3)")
     ap.add_argument("--out", type=Path, required=True, help="output folder for eval.json and edc.png")
+    ap.add_argument("--force", action="store_true", help="replace an eval.json / edc.png already in --out")
     ap.add_argument("--split", choices=("held-out", "all"), default="held-out",
                     help=f"held-out: only the identities the teachers never saw (share {HELD_OUT}, seed "
                          f"{SPLIT_SEED}, as fiqa-train); all: every identity (an external test set)")
@@ -275,6 +276,11 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.fmr <= 0 or args.fmr >= 1 or not math.isfinite(args.fmr):
         ap.error(f"--fmr must be in (0, 1), got {args.fmr}")
+    held = [n for n in ("eval.json", "edc.png") if (args.out / n).exists()]
+    if held and not args.force:
+        print(f"fiqa-eval: error: {args.out} already holds {' and '.join(held)} from an earlier evaluation; pass "
+              "another --out, or --force to replace them", file=sys.stderr)
+        return 2
     try:
         run(args)
     except (MethodSpecError, PairError, ValueError) as e:
