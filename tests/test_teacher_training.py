@@ -159,6 +159,22 @@ def test_online_utility_teacher_matches_offline_scores(teachers, label_dir):
     with torch.no_grad():
         read_out = head(feats).squeeze(-1).numpy()
     np.testing.assert_allclose(read_out * t.std + t.mean, t.score(crops), atol=1e-5)
+    online.close()  # detached: the teacher's later forward passes keep nothing
+    t.score(crops)
+    assert online._feat is None and not t.model.head_qs[-1]._forward_hooks
+
+
+def test_cached_teacher_targets_refuse_another_data_set(teachers, label_dir, tmp_path):
+    from fiqa_compile.distill import cached_teacher_targets, crops_from_labels
+    from fiqa_compile.teachers import load_teacher
+
+    data = crops_from_labels(label_dir)
+    cache = tmp_path / "targets.npz"
+    np.savez(cache, targets=np.zeros((len(data) + 1, 2), np.float32))
+    pair = {k: load_teacher(teachers / k) for k in ("utility", "perceptual")}
+    with pytest.raises(ValueError, match="belongs to another data set"):
+        cached_teacher_targets(pair, data, cache)
+    assert len(np.load(cache)["targets"]) == len(data) + 1
 
 
 def test_online_utility_refuses_a_teacher_without_quality_head(teachers):

@@ -57,7 +57,9 @@ class CompileOptions:
         """Where ``--faces`` distils: kept after the compile so it can resume and be reused."""
         if self.distill_dir is not None:
             return self.distill_dir
-        return Path(f"fiqa-student-{Path(self.faces).resolve().name}" if self.faces else "fiqa-student")
+        if self.faces is None:
+            raise ValueError("student_dir() is where --faces distils; these options have no --faces")
+        return Path(f"fiqa-student-{Path(self.faces).resolve().name}")
 
 
 @dataclass
@@ -227,7 +229,7 @@ def distil_on_faces(opts: CompileOptions, teachers: dict):
     (teacher scores and the last checkpoint are kept there), and ``--student DIR`` reuses the finished student
     for other targets. A directory made with other settings is refused rather than mixed.
     """
-    from fiqa_compile.distill import DistillConfig, crops_from_folder, distill, teacher_targets
+    from fiqa_compile.distill import DistillConfig, cached_teacher_targets, crops_from_folder, distill
 
     sdir = opts.student_dir()
     settings = {"faces": str(Path(opts.faces).resolve()), "versions": opts.distill_versions, "seed": opts.seed,
@@ -247,12 +249,7 @@ def distil_on_faces(opts: CompileOptions, teachers: dict):
     stamp.write_text(json.dumps(settings, indent=2))
 
     data = crops_from_folder(opts.faces, opts.distill_versions, opts.seed)
-    cache = sdir / "targets.npz"
-    if cache.exists() and len(np.load(cache)["targets"]) == len(data):
-        targets = np.load(cache)["targets"]
-    else:
-        targets = teacher_targets(teachers, data)
-        np.savez(cache, targets=targets)
+    targets = cached_teacher_targets(teachers, data, sdir / "targets.npz")
     cfg = DistillConfig(student=opts.student_arch, epochs=opts.distill_epochs, seed=opts.seed)
     provenance = {"command": "fiqa-compile " + " ".join(sys.argv[1:]) + " (its distillation stage)",
                   "teachers": {k: {"model": v.info["model"], "sha256": v.info["sha256"]} for k, v in teachers.items()},

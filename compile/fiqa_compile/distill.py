@@ -123,6 +123,23 @@ def teacher_targets(teachers: dict, data: FaceCrops) -> np.ndarray:
     return out
 
 
+def cached_teacher_targets(teachers: dict, data: FaceCrops, cache: Path) -> np.ndarray:
+    """:func:`teacher_targets`, kept in ``cache`` (targets.npz) so a resumed run does not score again.
+
+    A cache of another size belongs to other data; it is refused rather than replaced, because the run
+    directory's checkpoint was trained on that data too.
+    """
+    if cache.exists():
+        targets = np.load(cache)["targets"]
+        if len(targets) != len(data):
+            raise ValueError(f"{cache} holds teacher scores for {len(targets)} crops, not the {len(data)} of "
+                             f"{data.source}: it belongs to another data set; use another run directory")
+        return targets
+    targets = teacher_targets(teachers, data)
+    np.savez(cache, targets=targets)
+    return targets
+
+
 @dataclass
 class DistillConfig:
     student: str = "student_mfn"
@@ -170,10 +187,15 @@ class OnlineUtilityTeacher:
         self.model = teacher.model.eval()
         self.dim = head[-1].in_features
         self._feat: torch.Tensor | None = None
-        head[-1].register_forward_hook(self._keep)
+        self._hook = head[-1].register_forward_hook(self._keep)
 
     def _keep(self, module, inputs, output) -> None:
         self._feat = inputs[0]
+
+    def close(self) -> None:
+        """Detach from the teacher, so its later forward passes (verification, scoring) keep nothing."""
+        self._hook.remove()
+        self._feat = None
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -283,6 +305,8 @@ def distill(data: FaceCrops, targets: np.ndarray, out: Path, cfg: DistillConfig,
                   + "  ".join(f"{k} {v:.4f}" for k, v in srcc.items()), flush=True)
             save_last()
     pbar.close()
+    if online is not None:
+        online.close()
     save_last()
     weights = out / "student.pt"
     _save({k: v.contiguous() for k, v in model.state_dict().items()}, weights)
@@ -346,15 +370,8 @@ def _main(argv: list[str] | None) -> int:
     teachers = {"utility": load_teacher(args.utility_teacher or defaults["utility"]),
                 "perceptual": load_teacher(args.perceptual_teacher or defaults["perceptual"])}
     args.out.mkdir(parents=True, exist_ok=True)
-    cache = args.out / "targets.npz"
     data = crops_from_labels(args.crops) if args.crops else crops_from_folder(args.faces, args.versions, args.seed)
-    if cache.exists():
-        targets = np.load(cache)["targets"]
-        if len(targets) != len(data):
-            raise SystemExit(f"fiqa-distill: {cache} belongs to another data set; use another --out")
-    else:
-        targets = teacher_targets(teachers, data)
-        np.savez(cache, targets=targets)
+    targets = cached_teacher_targets(teachers, data, args.out / "targets.npz")
     cfg = DistillConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DistillConfig)})
     provenance = {"command": "fiqa-distill " + " ".join(sys.argv[1:] if argv is None else argv),
                   "teachers": {k: {"model": t.info["model"], "sha256": t.info["sha256"], "path": str(t.path)}
