@@ -44,6 +44,22 @@ class Backend(ABC):
         return self.run({self.input_names[0]: x})
 
 
+class NamedIOBackend(Backend):
+    """A backend whose engine lists its input and output names once, at load: they live in ``_inputs`` and
+    ``_outputs``, which the subclass's ``__init__`` sets."""
+
+    _inputs: list[str]
+    _outputs: list[str]
+
+    @property
+    def input_names(self) -> list[str]:
+        return list(self._inputs)
+
+    @property
+    def output_names(self) -> list[str]:
+        return list(self._outputs)
+
+
 # name -> (module that must be importable, factory path "module:Class", formats)
 _REGISTRY: dict[str, tuple[str, str, tuple[ModelFormat, ...]]] = {}
 # Preference order for "auto" per format: fastest first.

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from fiqa_runtimes.base import Backend, ModelFormat, read_model
+from fiqa_runtimes.base import ModelFormat, NamedIOBackend, read_model
 
 
-class OnnxRuntimeBackend(Backend):
+class OnnxRuntimeBackend(NamedIOBackend):
     name = "onnxruntime"
     formats = (ModelFormat.ONNX,)
 
@@ -22,14 +22,6 @@ class OnnxRuntimeBackend(Backend):
                                              providers=providers or ["CPUExecutionProvider"])
         self._inputs = [i.name for i in self._session.get_inputs()]
         self._outputs = [o.name for o in self._session.get_outputs()]
-
-    @property
-    def input_names(self) -> list[str]:
-        return list(self._inputs)
-
-    @property
-    def output_names(self) -> list[str]:
-        return list(self._outputs)
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feeds = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in inputs.items()}

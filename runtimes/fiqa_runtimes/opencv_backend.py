@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from fiqa_runtimes.base import Backend, ModelFormat, read_model
+from fiqa_runtimes.base import ModelFormat, NamedIOBackend, read_model
 
 
-class OpenCVDnnBackend(Backend):
+class OpenCVDnnBackend(NamedIOBackend):
     name = "opencv"
     formats = (ModelFormat.ONNX,)
 
@@ -21,14 +21,6 @@ class OpenCVDnnBackend(Backend):
         self._net = cv2.dnn.readNetFromONNX(np.frombuffer(read_model(model), np.uint8))
         self._outputs = list(self._net.getUnconnectedOutLayersNames())
         self._inputs = list(input_names) if input_names else ["input"]
-
-    @property
-    def input_names(self) -> list[str]:
-        return list(self._inputs)
-
-    @property
-    def output_names(self) -> list[str]:
-        return list(self._outputs)
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if len(inputs) == 1 and len(self._inputs) == 1:

@@ -24,7 +24,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from fiqa_runtimes.base import Backend, BackendUnavailable, ModelFormat, read_model
+from fiqa_runtimes.base import BackendUnavailable, ModelFormat, NamedIOBackend, read_model
 
 log = logging.getLogger(__name__)
 
@@ -294,7 +294,7 @@ def _import_tensorrt() -> Any:
 
 # -- the backend --------------------------------------------------------------------------------------------------
 
-class TensorRTBackend(Backend):
+class TensorRTBackend(NamedIOBackend):
     """An ONNX model run by TensorRT, engine built once per (GPU, TensorRT, model, settings) and cached.
 
     One instance per thread: a TensorRT execution context and its device buffers are not shareable.
@@ -437,14 +437,6 @@ class TensorRTBackend(Backend):
                         "cache_dir or $FIQA_CACHE to a writable folder", self.engine_path, e)
 
     # -- inference ---------------------------------------------------------------------------------------------------
-    @property
-    def input_names(self) -> list[str]:
-        return list(self._inputs)
-
-    @property
-    def output_names(self) -> list[str]:
-        return list(self._outputs)
-
     def _buffer(self, name: str, nbytes: int) -> int:
         ptr, size = self._buffers.get(name, (0, 0))
         if size < nbytes:
