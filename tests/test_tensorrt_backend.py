@@ -263,14 +263,19 @@ def fake_cuda_python(fail_malloc=False):
     return {"cuda": cuda, "cuda.bindings": bindings, "cuda.bindings.runtime": rt}
 
 
-@pytest.fixture
-def trt10(monkeypatch):
-    trt = fake_tensorrt("10.3.0.30")
+def install_fakes(monkeypatch, version: str):
+    """A fake TensorRT ``version`` and a fake pycuda in sys.modules for one test; returns the fake TensorRT."""
+    trt = fake_tensorrt(version)
     pkg, drv = fake_pycuda()
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     monkeypatch.setitem(sys.modules, "pycuda", pkg)
     monkeypatch.setitem(sys.modules, "pycuda.driver", drv)
     return trt
+
+
+@pytest.fixture
+def trt10(monkeypatch):
+    return install_fakes(monkeypatch, "10.3.0.30")
 
 
 # -- pure functions --------------------------------------------------------------------------------------------------
@@ -400,11 +405,7 @@ def test_corrupt_cache_is_rebuilt_with_a_warning(tmp_path, trt10, caplog):
 
 
 def test_tensorrt11_builds_without_precision_flags(tmp_path, monkeypatch):
-    trt = fake_tensorrt("11.4.0.7")
-    pkg, drv = fake_pycuda()
-    monkeypatch.setitem(sys.modules, "tensorrt", trt)
-    monkeypatch.setitem(sys.modules, "pycuda", pkg)
-    monkeypatch.setitem(sys.modules, "pycuda.driver", drv)
+    trt = install_fakes(monkeypatch, "11.4.0.7")
     backend = TensorRTBackend(onnx_model(), cache_dir=tmp_path)
     assert trt.stats["network_flags"] == [0]  # strong typing is always on; its flag is deprecated and ignored
     assert trt.stats["builder_flags"] == [[]]  # the fake 11.x has no INT8/FP16 flags: setting one would fail
@@ -414,11 +415,7 @@ def test_tensorrt11_builds_without_precision_flags(tmp_path, monkeypatch):
 
 
 def test_tensorrt8_requests_explicit_batch(tmp_path, monkeypatch):
-    trt = fake_tensorrt("8.6.2.3")
-    pkg, drv = fake_pycuda()
-    monkeypatch.setitem(sys.modules, "tensorrt", trt)
-    monkeypatch.setitem(sys.modules, "pycuda", pkg)
-    monkeypatch.setitem(sys.modules, "pycuda.driver", drv)
+    trt = install_fakes(monkeypatch, "8.6.2.3")
     TensorRTBackend(onnx_model(), cache_dir=tmp_path)
     assert trt.stats["network_flags"] == [1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)]
 
