@@ -143,6 +143,48 @@ def test_distillation_learns_from_teacher_scores(teachers, label_dir, tmp_path):
     assert targets.shape[1] == 2 and np.isfinite(targets).all()
 
 
+def test_distillation_starts_from_an_earlier_student(teachers, label_dir, tmp_path):
+    """--init: a new run starts from a distilled student's weights (recorded), not from random ones."""
+    from fiqa_compile.compiler import load_student
+    from fiqa_compile.distill import main
+
+    common = ["--crops", str(label_dir), "--utility-teacher", str(teachers / "utility"), "--perceptual-teacher",
+              str(teachers / "perceptual"), "--epochs", "1", "--batch-size", "8", "--held-out", "0.2",
+              "--threads", "1"]
+    first = tmp_path / "first"
+    assert main([*common, "--out", str(first), "--student", "student_nano"]) == 0
+    # a learning rate of ~0 keeps the weights where --init put them
+    again = tmp_path / "again"
+    assert main([*common, "--out", str(again), "--student", "student_nano", "--init", str(first),
+                 "--lr", "1e-12", "--utility-weight", "2"]) == 0
+    start, start_info = load_student(first)
+    end, info = load_student(again)
+    assert info["init"]["sha256"] == start_info["sha256"] and info["config"]["utility_weight"] == 2.0
+    w0, w1 = start.state_dict(), end.state_dict()
+    convs = [k for k, v in w0.items() if k.endswith("weight") and v.ndim == 4]
+    assert convs and all(torch.allclose(w0[k], w1[k], atol=1e-6) for k in convs)
+    # without --init the same run starts elsewhere
+    fresh = tmp_path / "fresh"
+    assert main([*common, "--out", str(fresh), "--student", "student_nano", "--lr", "1e-12"]) == 0
+    w2 = load_student(fresh)[0].state_dict()
+    assert not all(torch.allclose(w0[k], w2[k], atol=1e-6) for k in convs)
+    assert "init" not in json.loads((fresh / "student.json").read_text())
+
+
+def test_distillation_refuses_an_init_of_another_architecture(teachers, label_dir, tmp_path, capsys):
+    from fiqa_compile.distill import main
+
+    common = ["--crops", str(label_dir), "--utility-teacher", str(teachers / "utility"), "--perceptual-teacher",
+              str(teachers / "perceptual"), "--epochs", "1", "--batch-size", "8", "--threads", "1"]
+    first = tmp_path / "first"
+    assert main([*common, "--out", str(first), "--student", "student_nano"]) == 0
+    assert main([*common, "--out", str(tmp_path / "b"), "--student", "student_mfn", "--init", str(first)]) == 2
+    assert "is a student_nano, not the --student student_mfn" in capsys.readouterr().err
+    (first / "student.pt").write_bytes(b"not a checkpoint")
+    assert main([*common, "--out", str(tmp_path / "c"), "--student", "student_nano", "--init", str(first)]) == 2
+    assert "sha256" in capsys.readouterr().err
+
+
 def test_online_utility_teacher_matches_offline_scores(teachers, label_dir):
     from fiqa_compile.distill import OnlineUtilityTeacher, crops_from_labels
     from fiqa_compile.teachers import load_teacher

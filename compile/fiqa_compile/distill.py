@@ -148,6 +148,7 @@ class DistillConfig:
     lr: float = 3e-3
     weight_decay: float = 1e-4
     rank_weight: float = 1.0
+    utility_weight: float = 1.0   # weight of the utility score's losses next to the perceptual one's
     held_out: float = 0.15
     seed: int = 0
     checkpoint_every: int = 100
@@ -205,11 +206,14 @@ class OnlineUtilityTeacher:
 
 
 def distill(data: FaceCrops, targets: np.ndarray, out: Path, cfg: DistillConfig, provenance: dict,
-            utility_teacher=None) -> dict:
+            utility_teacher=None, init: dict | None = None) -> dict:
     """Train ``cfg.student`` on teacher ``targets``; write student.pt + student.json into ``out``.
 
     With ``cfg.online_utility`` the utility column of ``targets`` only sets the score scale and the held-out
-    check; training targets for utility come from ``utility_teacher`` on each augmented batch.
+    check; training targets for utility come from ``utility_teacher`` on each augmented batch. ``init`` (a
+    student state_dict of the same architecture) is where a fresh run starts instead of random weights: a
+    student already distilled keeps learning (a new learning-rate cycle) rather than starting over. A run that
+    resumes from its own ``last.pt`` ignores it.
     """
     from scipy.stats import spearmanr
     from tqdm import tqdm
@@ -223,7 +227,10 @@ def distill(data: FaceCrops, targets: np.ndarray, out: Path, cfg: DistillConfig,
     std = targets[train].std(0) + 1e-8
     z = ((targets - mean) / std).astype(np.float32)
     # channels-last roughly halves a CPU training step of depthwise-conv students; weights are saved contiguous.
-    model = create_model(cfg.student).to(memory_format=torch.channels_last)
+    model = create_model(cfg.student)
+    if init is not None:
+        model.load_state_dict(init)
+    model = model.to(memory_format=torch.channels_last)
     online = None
     if cfg.online_utility:
         if utility_teacher is None:
@@ -282,10 +289,10 @@ def distill(data: FaceCrops, targets: np.ndarray, out: Path, cfg: DistillConfig,
                     loss = loss + cfg.feature_weight * F.mse_loss(hint(emb), t_feat)
             # the cached perceptual target only holds for crops that were not augmented
             keep = torch.from_numpy(~augmented)
-            for i, rows_i in ((0, slice(None)), (1, keep)):
+            for i, rows_i, w in ((0, slice(None), cfg.utility_weight), (1, keep, 1.0)):
                 p_i, t_i = pred[rows_i, i], t[rows_i, i]
                 if len(p_i):
-                    loss = loss + F.mse_loss(p_i, t_i) / 2 + cfg.rank_weight * pairwise_rank_loss(p_i, t_i)
+                    loss = loss + w * (F.mse_loss(p_i, t_i) / 2 + cfg.rank_weight * pairwise_rank_loss(p_i, t_i))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -337,6 +344,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--utility-teacher", type=Path, default=None, help="teacher dir (default: embedded ViT-FIQA tiny)")
     ap.add_argument("--perceptual-teacher", type=Path, default=None, help="teacher dir (default: embedded DSL-FIQA tiny)")
     ap.add_argument("--versions", type=int, default=2, help="--faces: degraded versions per photo (default 2)")
+    ap.add_argument("--init", type=Path, default=None,
+                    help="student directory (student.pt + student.json) to start from instead of random weights, "
+                         "e.g. compile/fiqa_compile/weights/student_mfn: a new learning-rate cycle on top of it")
     for f in dataclasses.fields(DistillConfig):
         if f.name in ("seed",):
             continue
@@ -351,11 +361,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from fiqa_compile.compiler import CompileError
     from fiqa_compile.teachers import TeacherError
 
     try:
         return _main(argv)
-    except (TeacherError, FileNotFoundError, ValueError) as e:
+    except (TeacherError, CompileError, FileNotFoundError, ValueError) as e:
         print(f"fiqa-distill: error: {e}", file=sys.stderr)
         return 2
 
@@ -376,7 +387,19 @@ def _main(argv: list[str] | None) -> int:
     provenance = {"command": "fiqa-distill " + " ".join(sys.argv[1:] if argv is None else argv),
                   "teachers": {k: {"model": t.info["model"], "sha256": t.info["sha256"], "path": str(t.path)}
                                for k, t in teachers.items()}, "torch": torch.__version__}
-    info = distill(data, targets, args.out, cfg, provenance, utility_teacher=teachers["utility"])
+    init = None
+    if args.init is not None:
+        from fiqa_compile.compiler import load_student
+
+        start, start_info = load_student(args.init)  # verifies the sha256 recorded beside the weights
+        if start_info["student"] != cfg.student:
+            raise ValueError(f"--init {args.init} is a {start_info['student']}, not the --student {cfg.student}: "
+                             f"pass --student {start_info['student']} or another --init")
+        init = start.state_dict()
+        provenance["init"] = {"path": str(args.init), "sha256": start_info["sha256"],
+                              "command": start_info.get("command"), "data": start_info.get("data"),
+                              "epochs": start_info.get("config", {}).get("epochs"), "init": start_info.get("init")}
+    info = distill(data, targets, args.out, cfg, provenance, utility_teacher=teachers["utility"], init=init)
     print(json.dumps({k: info[k] for k in ("student", "samples", "held_out_srcc", "complete", "sha256")}, indent=2))
     return 0
 
