@@ -61,7 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         how = (f"{cfg.get('epochs', '?')} epochs; utility teacher "
                + ("online" + (f", augment {cfg['augment']}" if cfg.get("augment") else "")
                   + (f", feature hint {cfg['feature_weight']}" if cfg.get("feature_weight") else "")
-                  if cfg.get("online_utility") else "cached") + f"; {info.get('data', '?')}")
+                  if cfg.get("online_utility") else "cached")
+               + (f", utility weight {cfg['utility_weight']}" if cfg.get("utility_weight", 1.0) != 1.0 else "")
+               + (f"; started from {info['init']['path']} ({info['init'].get('epochs', '?')} epochs)"
+                  if info.get("init") else "") + f"; {info.get('data', '?')}")
         rows.append({"student": str(sdir), "arch": info["student"], "data": info.get("data"), "how": how,
                      "command": info.get("command"), "sha256": info["sha256"],
                      "srcc": {sub: {n: round(float(spearmanr(pred[m, i], target[m, i]).statistic), 4)

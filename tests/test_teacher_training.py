@@ -252,3 +252,33 @@ def test_compile_with_faces_keeps_resumes_and_reuses_the_student(face_folder, te
     assert main([*common, "--out", str(tmp_path / "b3"), "--student", str(sdir)]) == 0
     manifest = json.loads((tmp_path / "b3" / "manifest.json").read_text())
     assert manifest["target"] == "cpu" and f"given: {sdir}" in (tmp_path / "b3" / "report.md").read_text()
+
+
+def test_compile_with_faces_can_start_from_a_distilled_student(face_folder, teachers, tmp_path, capsys):
+    """--distill-init: the --faces distillation fine-tunes a given student (recorded), at half the rate."""
+    from fiqa_compile.cli import main
+    from fiqa_compile.compiler import EMBEDDED_STUDENT
+
+    common = ["--target", "cpu", "--utility-teacher", str(teachers / "utility"), "--perceptual-teacher",
+              str(teachers / "perceptual"), "--calibration-method", "minmax", "--calibration-size", "100",
+              "--min-srcc-teacher", "-1", "--min-srcc-fp32", "-1", "--threads", "1", "--student-arch",
+              "student_nano", "--distill-epochs", "1"]
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert main([*common, "--out", str(tmp_path / "b1"), "--faces", str(face_folder), "--distill-dir", str(first)]) == 0
+    assert main([*common, "--out", str(tmp_path / "b2"), "--faces", str(face_folder), "--distill-dir", str(second),
+                 "--distill-init", str(first)]) == 0
+    start = json.loads((first / "student.json").read_text())
+    info = json.loads((second / "student.json").read_text())
+    assert info["init"]["sha256"] == start["sha256"] and info["init"]["path"] == str(first)
+    assert info["config"]["lr"] == start["config"]["lr"] / 2
+    assert json.loads((second / "settings.json").read_text())["init"] == start["sha256"]
+    assert f"starting from the student in {first}" in (tmp_path / "b2" / "report.md").read_text()
+    capsys.readouterr()
+    # the embedded student is a student_mfn: starting a student_nano from it is refused before any work
+    assert main([*common, "--out", str(tmp_path / "b3"), "--faces", str(face_folder), "--distill-dir",
+                 str(tmp_path / "third"), "--distill-init", "default"]) == 2
+    err = capsys.readouterr().err
+    assert f"--distill-init {EMBEDDED_STUDENT} is a student_mfn" in err and "--student-arch" in err
+    assert not (tmp_path / "b3").exists()
+    assert main(["--target", "cpu", "--distill-init", "default", "--out", str(tmp_path / "b4")]) == 2
+    assert "--distill-init only applies with --faces" in capsys.readouterr().err

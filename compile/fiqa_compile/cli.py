@@ -43,6 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--distill-versions", type=int, default=2,
                    help="degraded versions of each --faces photo scored by the teachers (default 2; more versions "
                         "cost teacher time, and training already re-degrades faces on the fly)")
+    g.add_argument("--distill-init", default=None, metavar="DIR|default",
+                   help="with --faces: start from this distilled student's weights instead of random ones "
+                        "('default' = the embedded student; same --student-arch), at half the learning rate: "
+                        "fine-tunes it to your photos rather than starting over")
     g.add_argument("--distill-dir", type=Path, default=None,
                    help="where --faces distils (default ./fiqa-student-FACESNAME): kept, so re-running resumes "
                         "and --student DIR reuses it for other targets")
@@ -74,9 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.faces is not None and args.student is not None:
         print("fiqa-compile: error: --faces distils a new student; do not also pass --student", file=sys.stderr)
         return 2
-    if args.distill_dir is not None and args.faces is None:
-        print("fiqa-compile: error: --distill-dir only applies with --faces", file=sys.stderr)
-        return 2
+    for flag in ("distill_dir", "distill_init"):
+        if getattr(args, flag) is not None and args.faces is None:
+            print(f"fiqa-compile: error: --{flag.replace('_', '-')} only applies with --faces", file=sys.stderr)
+            return 2
     if args.distill_versions < 0 or args.distill_epochs < 1:
         print("fiqa-compile: error: --distill-versions must be >= 0 and --distill-epochs >= 1", file=sys.stderr)
         return 2

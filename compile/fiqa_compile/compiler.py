@@ -39,6 +39,7 @@ class CompileOptions:
     distill_epochs: int = 6
     distill_versions: int = 2
     distill_dir: Path | None = None
+    distill_init: str | None = None      # student dir, or "default" (the embedded one), to start --faces from
     calibration: Path | None = None
     calibration_size: int = 400
     calibration_method: str = "auto"
@@ -229,17 +230,22 @@ def distil_on_faces(opts: CompileOptions, teachers: dict):
     (teacher scores and the last checkpoint are kept there), and ``--student DIR`` reuses the finished student
     for other targets. A directory made with other settings is refused rather than mixed.
     """
-    from fiqa_compile.distill import DistillConfig, cached_teacher_targets, crops_from_folder, distill
+    from fiqa_compile.distill import DistillConfig, cached_teacher_targets, crops_from_folder, distill, load_init
 
     sdir = opts.student_dir()
     settings = {"faces": str(Path(opts.faces).resolve()), "versions": opts.distill_versions, "seed": opts.seed,
                 "student": opts.student_arch, "epochs": opts.distill_epochs,
                 "teachers": {k: v.info["sha256"] for k, v in teachers.items()}}
+    init, init_record = None, None
+    if opts.distill_init is not None:
+        init_dir = EMBEDDED_STUDENT if opts.distill_init == "default" else Path(opts.distill_init)
+        init, init_record = load_init(init_dir, opts.student_arch, "--distill-init", "--student-arch")
+        settings["init"] = init_record["sha256"]
     stamp = sdir / "settings.json"
     if stamp.exists():
         old = json.loads(stamp.read_text())
         if old != settings:
-            diff = sorted(k for k in settings if old.get(k) != settings[k])
+            diff = sorted(k for k in {**old, **settings} if old.get(k) != settings.get(k))
             raise CompileError(f"--distill-dir {sdir} holds a distillation with other settings ({', '.join(diff)}); "
                                "pass another --distill-dir, or delete that directory to start over")
         print(f"resuming the distillation in {sdir}", flush=True)
@@ -254,13 +260,18 @@ def distil_on_faces(opts: CompileOptions, teachers: dict):
     provenance = {"command": "fiqa-compile " + " ".join(sys.argv[1:]) + " (its distillation stage)",
                   "teachers": {k: {"model": v.info["model"], "sha256": v.info["sha256"]} for k, v in teachers.items()},
                   "torch": torch.__version__}
-    distill(data, targets, sdir, cfg, provenance, utility_teacher=teachers["utility"])
+    if init is not None:
+        # a trained student needs a gentler cycle: a full rate first undoes much of what it knows
+        cfg.lr /= 2
+        provenance["init"] = init_record
+    distill(data, targets, sdir, cfg, provenance, utility_teacher=teachers["utility"], init=init)
     student, sinfo = load_student(sdir)
     held = np.load(sdir / "held_out_rows.npy")
     verify = Faces(data.crop[held], data.group[held], np.where(data.version[held] == 0, "clean", "degraded"),
                    (data.version[held] > 0).astype(float), lm68=data.lm68[held],
                    source=f"held-out people of {opts.faces}")
-    origin = (f"distilled now from {len(data)} crops of {opts.faces} ({opts.student_arch}); kept in {sdir} "
+    started = f", starting from the student in {opts.distill_init}" if init is not None else ""
+    origin = (f"distilled now from {len(data)} crops of {opts.faces} ({opts.student_arch}{started}); kept in {sdir} "
               f"(reuse it for other targets with --student {sdir})")
     return student, sinfo, verify, origin
 

@@ -334,6 +334,22 @@ def distill(data: FaceCrops, targets: np.ndarray, out: Path, cfg: DistillConfig,
     return info
 
 
+def load_init(path: Path, student: str, flag: str, arch_flag: str) -> tuple[dict, dict]:
+    """Weights of a distilled student to start from, and what to record of it (its own chain of starts too).
+
+    Its sha256 is checked; another architecture than ``student`` is refused, naming ``flag``/``arch_flag``.
+    """
+    from fiqa_compile.compiler import load_student
+
+    model, info = load_student(path)
+    if info["student"] != student:
+        raise ValueError(f"{flag} {path} is a {info['student']}, not the {arch_flag} {student}: "
+                         f"pass {arch_flag} {info['student']} or another {flag}")
+    record = {"path": str(path), "sha256": info["sha256"], "command": info.get("command"), "data": info.get("data"),
+              "epochs": info.get("config", {}).get("epochs"), "init": info.get("init")}
+    return model.state_dict(), record
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="fiqa-distill", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -389,16 +405,7 @@ def _main(argv: list[str] | None) -> int:
                                for k, t in teachers.items()}, "torch": torch.__version__}
     init = None
     if args.init is not None:
-        from fiqa_compile.compiler import load_student
-
-        start, start_info = load_student(args.init)  # verifies the sha256 recorded beside the weights
-        if start_info["student"] != cfg.student:
-            raise ValueError(f"--init {args.init} is a {start_info['student']}, not the --student {cfg.student}: "
-                             f"pass --student {start_info['student']} or another --init")
-        init = start.state_dict()
-        provenance["init"] = {"path": str(args.init), "sha256": start_info["sha256"],
-                              "command": start_info.get("command"), "data": start_info.get("data"),
-                              "epochs": start_info.get("config", {}).get("epochs"), "init": start_info.get("init")}
+        init, provenance["init"] = load_init(args.init, cfg.student, "--init", "--student")
     info = distill(data, targets, args.out, cfg, provenance, utility_teacher=teachers["utility"], init=init)
     print(json.dumps({k: info[k] for k in ("student", "samples", "held_out_srcc", "complete", "sha256")}, indent=2))
     return 0
