@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
                   + (f", feature hint {cfg['feature_weight']}" if cfg.get("feature_weight") else "")
                   if cfg.get("online_utility") else "cached")
                + (f", utility weight {cfg['utility_weight']}" if cfg.get("utility_weight", 1.0) != 1.0 else "")
-               + (f"; started from {info['init']['path']} ({info['init'].get('epochs', '?')} epochs)"
+               + (f"; started from the {info['init'].get('epochs', '?')}-epoch student {info['init']['sha256'][:12]}"
                   if info.get("init") else "") + f"; {info.get('data', '?')}")
         rows.append({"student": str(sdir), "arch": info["student"], "data": info.get("data"), "how": how,
                      "command": info.get("command"), "sha256": info["sha256"],

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Recognition utility (EDC, fiqa-eval) of the default bundles, the teachers and baselines on held-out LFW people.
+# Writes bench/results/eval_lfw_int8/ (INT8 artifacts on their own runtimes, teachers, baselines) and
+# bench/results/eval_lfw_fp32/ (the bundle's fp32 ONNX on OpenCV DNN). Needs runs/labels/lfw-dev (fiqa-labels).
+# Usage: bash bench/eval_lfw.sh [LABELS_DIR]        (inside the project venv)
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+LABELS=${1:-runs/labels/lfw-dev}
+W=compile/fiqa_compile/weights
+B=sdk/fiqa_sdk/bundles
+fiqa-eval --labels "$LABELS" --method "teacher:$W/vit_fiqa_mini" --method "teacher:$W/dsl_fiqa_tiny" \
+  --method "bundle:$B/default-cpu" --method "bundle:$B/default-android-arm64" --method baseline:sharpness \
+  --method baseline:face_size --method baseline:random --out bench/results/eval_lfw_int8 --force
+fiqa-eval --labels "$LABELS" --method "bundle:$B/default-cpu" --method baseline:random --bundle-backend opencv \
+  --out bench/results/eval_lfw_fp32 --force
