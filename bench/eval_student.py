@@ -7,6 +7,10 @@ Uses the held-out identities of a ``fiqa-labels`` set (share 0.15, seed 0: the s
 distillation hold out), clean photos and their degraded versions. The teachers score those crops here (no
 cached targets are trusted); each student is run in torch fp32. Writes ``results/student_eval.json`` and
 ``.md``: SRCC per score on all held-out crops, on the clean ones and on the degraded ones.
+
+Each INT8 model of each ``--bundle`` (default: the SDK's default bundles) is then run through ``fiqa_sdk.Scorer``
+on its own runtime, on the same crops: SRCC with the fp32 student it was compiled from (when that student is
+among those evaluated) and with the teachers.
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_basics  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,6 +34,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--labels", type=Path, default=Path("runs/labels/lfw-dev"), help="fiqa-labels directory")
     ap.add_argument("--student", type=Path, action="append", default=None,
                     help="student directory (student.pt + student.json), repeatable (default: the embedded one)")
+    ap.add_argument("--bundle", type=Path, action="append", default=None,
+                    help="bundle whose INT8 models to check on the same crops, repeatable (default: the SDK's "
+                         "default-cpu and default-android-arm64)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
 
@@ -53,10 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     target = np.stack([teachers["utility"].score(crops), teachers["perceptual"].score(crops, lm68)], 1)
     teacher_seconds = time.time() - t0
     subsets = {"all": version >= 0, "clean": version == 0, "degraded": version > 0}
-    rows = []
+    rows, preds = [], []
     for sdir in args.student or [EMBEDDED_STUDENT]:
         model, info = load_student(sdir)
         pred = _predict(model, crops)
+        preds.append(pred)
         cfg = info.get("config", {})
         how = (f"{cfg.get('epochs', '?')} epochs; utility teacher "
                + ("online" + (f", augment {cfg['augment']}" if cfg.get("augment") else "")
@@ -69,10 +78,14 @@ def main(argv: list[str] | None = None) -> int:
                      "command": info.get("command"), "sha256": info["sha256"],
                      "srcc": {sub: {n: round(float(spearmanr(pred[m, i], target[m, i]).statistic), 4)
                                     for i, n in enumerate(SCORE_NAMES)} for sub, m in subsets.items()}})
+    bundles = []
+    for bdir in args.bundle or sorted((ROOT / "sdk/fiqa_sdk/bundles").glob("default-*")):
+        bundles.extend(int8_rows(bdir, crops, target, {r["sha256"]: p for r, p in zip(rows, preds)}))
     record = {"benchmark": "student_eval", "labels": str(args.labels),
               "held_out": {"crops": int(len(held)), "identities": int(len(np.unique(labels.identity[held]))),
                            "clean": int(subsets["clean"].sum()), "degraded": int(subsets["degraded"].sum())},
-              "teacher_seconds": round(teacher_seconds, 1), "machine": machine_basics(), "students": rows}
+              "teacher_seconds": round(teacher_seconds, 1), "machine": machine_basics(), "students": rows,
+              "int8": bundles}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "student_eval.json").write_text(json.dumps(record, indent=2))
     h = record["held_out"]
@@ -85,9 +98,43 @@ def main(argv: list[str] | None = None) -> int:
         s = r["srcc"]
         lines.append(f"| `{r['student']}` | {r['how']} | " + " | ".join(f"{s[sub][n]:.4f}" for sub in subsets
                                                              for n in SCORE_NAMES) + " |")
+    if bundles:
+        lines += ["", "INT8 models of the bundles, each on its own runtime through `fiqa_sdk.Scorer`, on the same crops "
+                  "(SRCC; vs fp32: the student the bundle was compiled from):", "",
+                  "| bundle | model | runtime | vs fp32: utility | vs fp32: perceptual | vs teacher: utility "
+                  "| vs teacher: perceptual |", "|---|---|---|---:|---:|---:|---:|"]
+        for b in bundles:
+            fp = b["vs_fp32"] or {}
+            lines.append(f"| `{b['bundle']}` | {b['model']} | {b['backend']} | "
+                         + " | ".join(f"{fp[n]:.4f}" if n in fp else "-" for n in SCORE_NAMES) + " | "
+                         + " | ".join(f"{b['vs_teacher'][n]:.4f}" for n in SCORE_NAMES) + " |")
     (args.out / "student_eval.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
+
+
+def int8_rows(bundle_dir: Path, crops: np.ndarray, target: np.ndarray, fp32_by_sha: dict) -> list[dict]:
+    """SRCC of every INT8 model of a bundle (on the runtime the SDK picks for it) with its fp32 student and teachers."""
+    from scipy.stats import spearmanr
+
+    from fiqa_compile.distill import SCORE_NAMES
+    from fiqa_sdk import Scorer
+    from fiqa_sdk.bundle import load_bundle
+
+    bundle = load_bundle(bundle_dir)
+    fp32 = fp32_by_sha.get(bundle.manifest["provenance"].get("student_sha256"))
+    rows = []
+    for m in bundle.manifest["models"]:
+        if not m["precision"].startswith("int8"):
+            continue
+        scorer = Scorer(bundle, model=m["name"], detector=None, threads=1)
+        got = scorer.score(crops)
+        out = np.stack([getattr(got, n) for n in SCORE_NAMES], 1)
+        srcc = lambda ref: {n: round(float(spearmanr(out[:, i], ref[:, i]).statistic), 4)  # noqa: E731
+                            for i, n in enumerate(SCORE_NAMES)}
+        rows.append({"bundle": str(bundle_dir), "model": m["name"], "backend": scorer.info.backend,
+                     "vs_fp32": srcc(fp32) if fp32 is not None else None, "vs_teacher": srcc(target)})
+    return rows
 
 
 if __name__ == "__main__":

@@ -239,6 +239,7 @@ def test_compile_with_faces_keeps_resumes_and_reuses_the_student(face_folder, te
                  "student_nano", "--distill-epochs", "1", "--distill-dir", str(sdir)]) == 0
     report = (tmp_path / "b1" / "report.md").read_text()
     assert "distilled now from" in report and str(sdir) in report
+    assert "Calibrated on the pip-shipped group photo" in report and "--calibration DIR" in report  # no folder given
     info = json.loads((sdir / "student.json").read_text())
     assert info["complete"] and info["student"] == "student_nano" and (sdir / "student.pt").exists()
     capsys.readouterr()

@@ -328,6 +328,8 @@ def compile_bundle(opts: CompileOptions) -> Path:
             raise CompileError(f"calibration set: {e}") from e
         calib_x = calib.tensors
         log.add("calibration", f"{len(calib)} faces from {calib_pool.source}, {len(calib.strata())} strata", t())
+        if opts.calibration is None:
+            print(f"note: {report_mod.DEFAULT_CALIBRATION_ADVICE}", flush=True)
 
         # 4. emit and verify each artifact right after writing it
         check_x = faces_to_tensor(verify.crops[np.linspace(0, len(verify.crops) - 1, 64).astype(int)])
