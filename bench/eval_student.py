@@ -132,7 +132,8 @@ def int8_rows(bundle_dir: Path, crops: np.ndarray, target: np.ndarray, fp32_by_s
         out = np.stack([getattr(got, n) for n in SCORE_NAMES], 1)
         srcc = lambda ref: {n: round(float(spearmanr(out[:, i], ref[:, i]).statistic), 4)  # noqa: E731
                             for i, n in enumerate(SCORE_NAMES)}
-        rows.append({"bundle": str(bundle_dir), "model": m["name"], "backend": scorer.info.backend,
+        shown = bundle_dir.resolve().relative_to(ROOT) if bundle_dir.resolve().is_relative_to(ROOT) else bundle_dir
+        rows.append({"bundle": str(shown), "model": m["name"], "backend": scorer.info.backend,
                      "vs_fp32": srcc(fp32) if fp32 is not None else None, "vs_teacher": srcc(target)})
     return rows
 
