@@ -41,7 +41,6 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     import torch
-    from scipy.stats import spearmanr
 
     from fiqa_compile.compiler import EMBEDDED_STUDENT, load_student
     from fiqa_compile.distill import SCORE_NAMES, _predict
@@ -76,8 +75,7 @@ def main(argv: list[str] | None = None) -> int:
                   if info.get("init") else "") + f"; {info.get('data', '?')}")
         rows.append({"student": str(sdir), "arch": info["student"], "data": info.get("data"), "how": how,
                      "command": info.get("command"), "sha256": info["sha256"],
-                     "srcc": {sub: {n: round(float(spearmanr(pred[m, i], target[m, i]).statistic), 4)
-                                    for i, n in enumerate(SCORE_NAMES)} for sub, m in subsets.items()}})
+                     "srcc": {sub: srcc_by_score(pred[m], target[m]) for sub, m in subsets.items()}})
     bundles = []
     for bdir in args.bundle or sorted((ROOT / "sdk/fiqa_sdk/bundles").glob("default-*")):
         bundles.extend(int8_rows(bdir, crops, target, {r["sha256"]: p for r, p in zip(rows, preds)}))
@@ -113,28 +111,34 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def int8_rows(bundle_dir: Path, crops: np.ndarray, target: np.ndarray, fp32_by_sha: dict) -> list[dict]:
-    """SRCC of every INT8 model of a bundle (on the runtime the SDK picks for it) with its fp32 student and teachers."""
+def srcc_by_score(pred: np.ndarray, ref: np.ndarray) -> dict[str, float]:
+    """Spearman of each score column ([N, 2] in SCORE_NAMES order) of ``pred`` with ``ref``."""
     from scipy.stats import spearmanr
 
+    from fiqa_compile.distill import SCORE_NAMES
+
+    return {n: round(float(spearmanr(pred[:, i], ref[:, i]).statistic), 4) for i, n in enumerate(SCORE_NAMES)}
+
+
+def int8_rows(bundle_dir: Path, crops: np.ndarray, target: np.ndarray, fp32_by_sha: dict) -> list[dict]:
+    """SRCC of every INT8 model of a bundle (on the runtime the SDK picks for it) with its fp32 student and teachers."""
     from fiqa_compile.distill import SCORE_NAMES
     from fiqa_sdk import Scorer
     from fiqa_sdk.bundle import load_bundle
 
     bundle = load_bundle(bundle_dir)
-    fp32 = fp32_by_sha.get(bundle.manifest["provenance"].get("student_sha256"))
+    fp32 = fp32_by_sha.get(bundle.provenance.get("student_sha256"))
+    shown = bundle_dir.resolve().relative_to(ROOT) if bundle_dir.resolve().is_relative_to(ROOT) else bundle_dir
     rows = []
-    for m in bundle.manifest["models"]:
-        if not m["precision"].startswith("int8"):
+    for m in bundle.models:
+        if not m.precision.startswith("int8"):
             continue
-        scorer = Scorer(bundle, model=m["name"], detector=None, threads=1)
+        scorer = Scorer(bundle, model=m.name, detector=None, threads=1)
         got = scorer.score(crops)
         out = np.stack([getattr(got, n) for n in SCORE_NAMES], 1)
-        srcc = lambda ref: {n: round(float(spearmanr(out[:, i], ref[:, i]).statistic), 4)  # noqa: E731
-                            for i, n in enumerate(SCORE_NAMES)}
-        shown = bundle_dir.resolve().relative_to(ROOT) if bundle_dir.resolve().is_relative_to(ROOT) else bundle_dir
-        rows.append({"bundle": str(shown), "model": m["name"], "backend": scorer.info.backend,
-                     "vs_fp32": srcc(fp32) if fp32 is not None else None, "vs_teacher": srcc(target)})
+        rows.append({"bundle": str(shown), "model": m.name, "backend": scorer.info.backend,
+                     "vs_fp32": srcc_by_score(out, fp32) if fp32 is not None else None,
+                     "vs_teacher": srcc_by_score(out, target)})
     return rows
 
 

@@ -25,14 +25,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--people", type=int, default=200, help="identities to copy (default 200)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    from fiqa_compile.train.data import LabelSet
+    from fiqa_compile.train.data import LabelSet, LabelSetError
 
     if args.out.exists() and any(args.out.iterdir()):
         print(f"calibration_subset: {args.out} is not empty; remove it or pass another folder", file=sys.stderr)
         return 2
-    ls = LabelSet.load(args.labels)
-    train, held = ls.split(0.15, 0)
-    people = sorted(set(ls.identity[train].tolist()) - set(ls.identity[held].tolist()))
+    try:
+        ls = LabelSet.load(args.labels)
+    except LabelSetError as e:
+        print(f"calibration_subset: {e}", file=sys.stderr)
+        return 2
+    train, _ = ls.split(0.15, 0)  # split by identity: no training person is held out
+    people = sorted(set(ls.identity[train].tolist()))
     if len(people) < args.people:
         print(f"calibration_subset: only {len(people)} training identities, asked for {args.people}", file=sys.stderr)
         return 2

@@ -180,6 +180,7 @@ def test_distillation_refuses_an_init_of_another_architecture(teachers, label_di
     assert main([*common, "--out", str(first), "--student", "student_nano"]) == 0
     assert main([*common, "--out", str(tmp_path / "b"), "--student", "student_mfn", "--init", str(first)]) == 2
     assert "is a student_nano, not the --student student_mfn" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()  # refused before any scoring or writing
     (first / "student.pt").write_bytes(b"not a checkpoint")
     assert main([*common, "--out", str(tmp_path / "c"), "--student", "student_nano", "--init", str(first)]) == 2
     assert "sha256" in capsys.readouterr().err

@@ -396,16 +396,16 @@ def _main(argv: list[str] | None) -> int:
     defaults = embedded_teacher_dirs()
     teachers = {"utility": load_teacher(args.utility_teacher or defaults["utility"]),
                 "perceptual": load_teacher(args.perceptual_teacher or defaults["perceptual"])}
-    args.out.mkdir(parents=True, exist_ok=True)
-    data = crops_from_labels(args.crops) if args.crops else crops_from_folder(args.faces, args.versions, args.seed)
-    targets = cached_teacher_targets(teachers, data, args.out / "targets.npz")
     cfg = DistillConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DistillConfig)})
     provenance = {"command": "fiqa-distill " + " ".join(sys.argv[1:] if argv is None else argv),
                   "teachers": {k: {"model": t.info["model"], "sha256": t.info["sha256"], "path": str(t.path)}
                                for k, t in teachers.items()}, "torch": torch.__version__}
     init = None
-    if args.init is not None:
+    if args.init is not None:  # checked before minutes of aligning and scoring, and before --out is made
         init, provenance["init"] = load_init(args.init, cfg.student, "--init", "--student")
+    args.out.mkdir(parents=True, exist_ok=True)
+    data = crops_from_labels(args.crops) if args.crops else crops_from_folder(args.faces, args.versions, args.seed)
+    targets = cached_teacher_targets(teachers, data, args.out / "targets.npz")
     info = distill(data, targets, args.out, cfg, provenance, utility_teacher=teachers["utility"], init=init)
     print(json.dumps({k: info[k] for k in ("student", "samples", "held_out_srcc", "complete", "sha256")}, indent=2))
     return 0
