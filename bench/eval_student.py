@@ -8,6 +8,10 @@ distillation hold out), clean photos and their degraded versions. The teachers s
 cached targets are trusted); each student is run in torch fp32. Writes ``results/student_eval.json`` and
 ``.md``: SRCC per score on all held-out crops, on the clean ones and on the degraded ones.
 
+The utility teacher's score is the mean over its 10 test-time views (``fiqa_compile.teachers.tta_views``), the
+target the students are distilled on; SRCC with its single-view score is shown too, next to how well that single
+view agrees with itself after a 2 px re-alignment (``bench/teacher_repeatability.py``).
+
 Each INT8 model of each ``--bundle`` (default: the SDK's default bundles) is then run through ``fiqa_sdk.Scorer``
 on its own runtime, on the same crops: SRCC with the fp32 student it was compiled from (when that student is
 among those evaluated) and with the teachers.
@@ -41,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     import torch
+    from scipy.stats import spearmanr
 
     from fiqa_compile.compiler import EMBEDDED_STUDENT, load_student
     from fiqa_compile.distill import SCORE_NAMES, _predict
@@ -57,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     crops, lm68, version = labels.crop[held], labels.lm68[held], labels.version[held]
     t0 = time.time()
     teachers = {k: load_teacher(v) for k, v in embedded_teacher_dirs().items()}
-    target = np.stack([teachers["utility"].score(crops), teachers["perceptual"].score(crops, lm68)], 1)
+    target = np.stack([teachers["utility"].score(crops, tta=True), teachers["perceptual"].score(crops, lm68)], 1)
+    single_view = teachers["utility"].score(crops)
     teacher_seconds = time.time() - t0
     subsets = {"all": version >= 0, "clean": version == 0, "degraded": version > 0}
     rows, preds = [], []
@@ -66,16 +72,21 @@ def main(argv: list[str] | None = None) -> int:
         pred = _predict(model, crops)
         preds.append(pred)
         cfg = info.get("config", {})
-        how = (f"{cfg.get('epochs', '?')} epochs; utility teacher "
+        hints = [f"{k} hint {cfg[w]}" for k, w in (("feature", "feature_weight"), ("token", "token_weight"),
+                                                    ("embedding", "embedding_weight")) if cfg.get(w)]
+        how = (f"{cfg.get('epochs', '?')} epochs; utility target "
+               + ("10-view mean" if cfg.get("utility_tta") else "1 view") + ", "
                + ("online" + (f", augment {cfg['augment']}" if cfg.get("augment") else "")
-                  + (f", feature hint {cfg['feature_weight']}" if cfg.get("feature_weight") else "")
-                  if cfg.get("online_utility") else "cached")
+                  + "".join(", " + h for h in hints) if cfg.get("online_utility") else "cached")
+               + (f", EMA {cfg['ema']}" if cfg.get("ema") else "")
                + (f", utility weight {cfg['utility_weight']}" if cfg.get("utility_weight", 1.0) != 1.0 else "")
                + (f"; started from the {info['init'].get('epochs', '?')}-epoch student {info['init']['sha256'][:12]}"
                   if info.get("init") else "") + f"; {info.get('data', '?')}")
         rows.append({"student": str(sdir), "arch": info["student"], "data": info.get("data"), "how": how,
                      "command": info.get("command"), "sha256": info["sha256"],
-                     "srcc": {sub: srcc_by_score(pred[m], target[m]) for sub, m in subsets.items()}})
+                     "srcc": {sub: srcc_by_score(pred[m], target[m]) for sub, m in subsets.items()},
+                     "srcc_utility_single_view": {sub: round(float(spearmanr(pred[m, 0], single_view[m]).statistic), 4)
+                                                  for sub, m in subsets.items()}})
     bundles = []
     for bdir in args.bundle or sorted((ROOT / "sdk/fiqa_sdk/bundles").glob("default-*")):
         bundles.extend(int8_rows(bdir, crops, target, {r["sha256"]: p for r, p in zip(rows, preds)}))
@@ -89,13 +100,16 @@ def main(argv: list[str] | None = None) -> int:
     h = record["held_out"]
     lines = ["# Students vs teachers on held-out people", "",
              f"{h['crops']} crops of {h['identities']} held-out LFW identities ({h['clean']} clean, {h['degraded']} "
-             "degraded) from `" + str(args.labels) + "`; SRCC of the fp32 student with each teacher.", "",
+             "degraded) from `" + str(args.labels) + "`; SRCC of the fp32 student with each teacher (utility: the "
+             "mean of the teacher's 10 test-time views; *1 view*: its single forward pass).", "",
              "| student | distilled | all: utility | all: perceptual | clean: utility | clean: perceptual "
-             "| degraded: utility | degraded: perceptual |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+             "| degraded: utility | degraded: perceptual | all: utility, 1 view |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         s = r["srcc"]
         lines.append(f"| `{r['student']}` | {r['how']} | " + " | ".join(f"{s[sub][n]:.4f}" for sub in subsets
-                                                             for n in SCORE_NAMES) + " |")
+                                                             for n in SCORE_NAMES)
+                     + f" | {r['srcc_utility_single_view']['all']:.4f} |")
     if bundles:
         lines += ["", "INT8 models of the bundles, each on its own runtime through `fiqa_sdk.Scorer`, on the same crops "
                   "(SRCC; vs fp32: the student the bundle was compiled from):", "",

@@ -171,7 +171,7 @@ def test_quality_equal_to_the_genuine_score_reaches_the_theoretical_best(label_d
 @pytest.mark.parametrize("spec, message, fix", [
     ("magic:foo", "unknown method kind 'magic'", "baseline:sharpness|face_size|random"),
     ("baseline:nope", "unknown baseline 'nope'", "baseline:sharpness|face_size|random"),
-    ("sharpness", "is not KIND:VALUE", "teacher:DIR, bundle:DIR"),
+    ("sharpness", "is not KIND:VALUE", "teacher:DIR[#tta], bundle:DIR"),
     ("teacher:/no/such/teacher", "does not exist", "teacher.json + teacher.pt"),
     ("bundle:/no/such/bundle", "does not exist", "manifest.json"),
 ])
@@ -382,6 +382,38 @@ def test_eval_student_scores_the_embedded_student_against_the_teachers(tmp_path,
     assert set(row["srcc"]) == {"all", "clean", "degraded"}
     # blur is the one thing that varies here, and both scores fall with it for teacher and student alike
     assert row["srcc"]["all"]["perceptual"] > 0.8 and row["srcc"]["all"]["utility"] > 0.5
+    assert set(row["srcc_utility_single_view"]) == {"all", "clean", "degraded"}
+    assert row["srcc_utility_single_view"]["all"] > 0.5
     assert "| student |" in (out / "student_eval.md").read_text()
     assert mod.main(["--labels", str(tmp_path / "none"), "--out", str(out)]) == 2
     assert "no label set" in capsys.readouterr().err
+
+
+def test_teacher_repeatability_scores_every_view_set_under_jitter(tmp_path, aligned_faces, capsys):
+    labels_dir = write_label_set(tmp_path / "labels", aligned_faces, n_ids=40, seed=3)
+    mod = _bench_module("teacher_repeatability")
+    out = tmp_path / "results"
+    assert mod.main(["--labels", str(labels_dir), "--crops", "60", "--out", str(out)]) == 0
+    doc = json.loads((out / "teacher_repeatability.json").read_text())
+    assert doc["crops"] == min(60, len(held_out_rows(LabelSet.load(labels_dir))))
+    assert set(doc["views"]) == {"1 view", "face + mirror", "10 views"}
+    # a 2 px re-alignment keeps the order of blurred and sharp faces: every view set agrees with itself
+    assert all(0.5 < v["self_srcc_under_jitter"] <= 1.0 for v in doc["views"].values())
+    assert "| 10 views |" in (out / "teacher_repeatability.md").read_text()
+    assert mod.main(["--labels", str(tmp_path / "none"), "--out", str(out)]) == 2
+    assert "no label set" in capsys.readouterr().err
+
+
+def test_teacher_tta_spec_names_the_mode_and_refuses_a_perceptual_teacher():
+    from fiqa_compile.teachers import embedded_teacher_dirs
+
+    dirs = embedded_teacher_dirs()
+    m = parse_method(f"teacher:{dirs['utility']}#tta")
+    assert "10-view mean" in m.name
+    crops = np.ascontiguousarray(np.random.default_rng(0).integers(0, 255, (4, 112, 112, 3), dtype=np.uint8))
+    mirrored = np.ascontiguousarray(crops[:, :, ::-1])
+    np.testing.assert_allclose(m.score(SampleView(crops)), m.score(SampleView(mirrored)), rtol=0, atol=1e-5)
+    with pytest.raises(MethodSpecError, match="#tta is for the utility teacher"):
+        parse_method(f"teacher:{dirs['perceptual']}#tta")
+    with pytest.raises(MethodSpecError, match="unknown teacher mode 'best'"):
+        parse_method(f"teacher:{dirs['utility']}#best")

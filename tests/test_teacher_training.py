@@ -194,17 +194,135 @@ def test_online_utility_teacher_matches_offline_scores(teachers, label_dir):
     t = load_teacher(teachers / "utility")
     crops = crops_from_labels(label_dir).crop[:6]
     online = OnlineUtilityTeacher(t, mean=0.5, std=0.01)
-    z, feats = online(to_tensor(crops))
-    np.testing.assert_allclose(z.numpy() * 0.01 + 0.5, t.score(crops), rtol=0, atol=1e-6)
+    x = to_tensor(crops)
+    seen = online(x)
+    np.testing.assert_allclose(seen.score.numpy() * 0.01 + 0.5, t.score(crops), rtol=0, atol=1e-6)
     head = t.model.head_qs[-1]
-    assert feats.shape == (6, head.in_features)
+    assert seen.quality_features.shape == (6, head.in_features)
     # the features are what the teacher's last layer reads: its score is their linear read-out
     with torch.no_grad():
-        read_out = head(feats).squeeze(-1).numpy()
+        read_out = head(seen.quality_features).squeeze(-1).numpy()
+        tokens = t.model.forward_tokens(x)
+        embedding = t.model(x).embedding
     np.testing.assert_allclose(read_out * t.std + t.mean, t.score(crops), atol=1e-5)
+    # patch tokens laid out on the patch grid: row-major, the quality token dropped
+    cfg = t.model.cfg
+    assert seen.patch_tokens.shape == (6, cfg.dim, cfg.grid, cfg.grid)
+    torch.testing.assert_close(seen.patch_tokens[:, :, 1, 2], tokens[:, 1 + cfg.grid + 2])
+    torch.testing.assert_close(seen.embedding, embedding)
     online.close()  # detached: the teacher's later forward passes keep nothing
     t.score(crops)
-    assert online._feat is None and not t.model.head_qs[-1]._forward_hooks
+    assert online._feat is None and online._tokens is None
+    assert not t.model.head_qs[-1]._forward_hooks and not t.model.norm._forward_hooks
+
+
+def test_weight_average_follows_the_model_with_a_ramped_decay():
+    from fiqa_compile.distill import WeightAverage
+    from fiqa_compile.models.registry import create_model
+
+    model = create_model("student_nano")
+    ema = WeightAverage(model, decay=0.9)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1.0)
+    model.blocks[0].expand.bn.num_batches_tracked.fill_(7)
+    ema.update(model, step=0)  # ramp: decay min(0.9, 1/10) = 0.1
+    k = "stem.0.conv.weight"
+    torch.testing.assert_close(ema.state[k], start[k] + 0.9)
+    assert int(ema.state["blocks.0.expand.bn.num_batches_tracked"]) == 7  # counters are copied, not averaged
+    ema.update(model, step=1000)  # ramp over: decay 0.9
+    torch.testing.assert_close(ema.state[k], start[k] + 0.9 + 0.1 * 0.1)
+    averaged = ema.model_copy(model)
+    torch.testing.assert_close(averaged.state_dict()[k], ema.state[k])
+    torch.testing.assert_close(model.state_dict()[k], start[k] + 1.0)  # the trained model is untouched
+    with pytest.raises(ValueError, match="ema decay"):
+        WeightAverage(model, decay=1.0)
+
+
+def test_distillation_with_hints_and_ema_saves_the_average_and_resumes(teachers, label_dir, tmp_path, capsys):
+    """--token-weight/--embedding-weight add their hint heads to the checkpoint; --ema saves averaged weights."""
+    from fiqa_compile.compiler import load_student
+    from fiqa_compile.distill import main
+
+    out = tmp_path / "student"
+    args = ["--crops", str(label_dir), "--out", str(out), "--utility-teacher", str(teachers / "utility"),
+            "--perceptual-teacher", str(teachers / "perceptual"), "--student", "student_nano", "--epochs", "2",
+            "--batch-size", "8", "--held-out", "0.2", "--threads", "1", "--token-weight", "1",
+            "--embedding-weight", "0.5", "--ema", "0.9"]
+    assert main(args) == 0
+    ck = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+    assert {"hint", "token_hint", "embedding_hint", "ema"} <= set(ck)
+    saved, info = load_student(out)
+    for k, v in saved.state_dict().items():  # the saved student is the average, not the last weights
+        torch.testing.assert_close(v, ck["ema"][k].to(v.dtype))
+    assert any(not torch.equal(ck["model"][k], ck["ema"][k]) for k in ck["model"] if ck["model"][k].is_floating_point())
+    assert info["config"]["token_weight"] == 1.0 and info["config"]["ema"] == 0.9
+    assert all("raw_srcc_utility" in h for h in info["history"])
+    # a rerun of a finished run resumes (nothing left to train); one without --ema is refused, not mixed
+    assert main(args) == 0
+    assert "resumed distillation" in capsys.readouterr().out
+    assert main([a for a in args if a not in ("--ema", "0.9")]) == 2
+    assert "other hint/--ema settings" in capsys.readouterr().err
+
+
+def test_tta_views_are_shifted_and_mirrored_copies():
+    from fiqa_compile.teachers import TTA_SHIFTS, tta_views
+
+    crops = np.random.default_rng(0).integers(0, 255, (3, 112, 112, 3), dtype=np.uint8)
+    views = tta_views(crops)
+    assert len(views) == 2 * len(TTA_SHIFTS) and all(v.shape == crops.shape for v in views)
+    np.testing.assert_array_equal(views[0], crops)
+    np.testing.assert_array_equal(views[1], crops[:, :, ::-1])
+    k = 2 * TTA_SHIFTS.index((2, 0))  # moved 2 px right: column x shows what was at x - 2
+    np.testing.assert_array_equal(views[k][:, :, 2:], crops[:, :, :-2])
+    k = 2 * TTA_SHIFTS.index((0, -2))  # moved 2 px up
+    np.testing.assert_array_equal(views[k][:, :-2], crops[:, 2:])
+
+
+def test_utility_teacher_view_mean_is_mirror_invariant(teachers, label_dir):
+    from fiqa_compile.distill import crops_from_labels
+    from fiqa_compile.teachers import load_teacher
+
+    data = crops_from_labels(label_dir)
+    crops, mirrored = data.crop[:8], np.ascontiguousarray(data.crop[:8, :, ::-1])
+    utility = load_teacher(teachers / "utility")
+    one_view = utility.score(crops)
+    assert not np.allclose(one_view, utility.score(mirrored), atol=1e-6)  # one view is not mirror-invariant
+    np.testing.assert_allclose(utility.score(crops, tta=True), utility.score(mirrored, tta=True), rtol=0, atol=1e-6)
+    assert not np.allclose(utility.score(crops, tta=True), one_view, atol=1e-6)
+    perceptual = load_teacher(teachers / "perceptual")  # averages its own crops: tta changes nothing
+    np.testing.assert_array_equal(perceptual.score(crops, data.lm68[:8], tta=True),
+                                  perceptual.score(crops, data.lm68[:8]))
+
+
+def test_distillation_learns_the_view_mean_and_caches_it(teachers, label_dir, tmp_path):
+    from fiqa_compile.distill import cached_tta_utility, crops_from_labels, main
+    from fiqa_compile.teachers import load_teacher
+
+    common = ["--crops", str(label_dir), "--utility-teacher", str(teachers / "utility"), "--perceptual-teacher",
+              str(teachers / "perceptual"), "--student", "student_nano", "--epochs", "1", "--batch-size", "8",
+              "--held-out", "0.2", "--threads", "1"]
+    tta, single = tmp_path / "tta", tmp_path / "single"
+    assert main([*common, "--out", str(tta)]) == 0
+    assert main([*common, "--out", str(single), "--no-utility-tta"]) == 0
+    data = crops_from_labels(label_dir)
+    cached = np.load(tta / "utility_tta.npz")["utility_tta"]
+    np.testing.assert_allclose(cached, load_teacher(teachers / "utility").score(data.crop, tta=True), atol=1e-6)
+    assert not (single / "utility_tta.npz").exists()
+    # the student's utility scale is that of the target it learned
+    train = np.setdiff1d(np.arange(len(data)), np.load(tta / "held_out_rows.npy"))
+    info = json.loads((tta / "student.json").read_text())
+    assert info["config"]["utility_tta"] is True
+    assert info["scores"][0]["mean"] == pytest.approx(float(cached[train].mean()), rel=1e-5)
+    with pytest.raises(ValueError, match="belongs to another data set"):
+        cached_tta_utility(None, crops_from_labels(label_dir), _truncated_copy(tta / "utility_tta.npz", tmp_path))
+
+
+def _truncated_copy(cache, tmp_path):
+    out = tmp_path / "short.npz"
+    np.savez(out, utility_tta=np.load(cache)["utility_tta"][:-1])
+    return out
 
 
 def test_cached_teacher_targets_refuse_another_data_set(teachers, label_dir, tmp_path):

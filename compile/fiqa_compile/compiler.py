@@ -230,12 +230,12 @@ def distil_on_faces(opts: CompileOptions, teachers: dict):
     (teacher scores and the last checkpoint are kept there), and ``--student DIR`` reuses the finished student
     for other targets. A directory made with other settings is refused rather than mixed.
     """
-    from fiqa_compile.distill import DistillConfig, cached_teacher_targets, crops_from_folder, distill, load_init
+    from fiqa_compile.distill import DistillConfig, crops_from_folder, distill, distillation_targets, load_init
 
     sdir = opts.student_dir()
     settings = {"faces": str(Path(opts.faces).resolve()), "versions": opts.distill_versions, "seed": opts.seed,
                 "student": opts.student_arch, "epochs": opts.distill_epochs,
-                "teachers": {k: v.info["sha256"] for k, v in teachers.items()}}
+                "teachers": {k: v.info["sha256"] for k, v in teachers.items()}, "utility_target": "10-view mean"}
     init, init_record = None, None
     if opts.distill_init is not None:
         init_dir = EMBEDDED_STUDENT if opts.distill_init == "default" else Path(opts.distill_init)
@@ -255,8 +255,11 @@ def distil_on_faces(opts: CompileOptions, teachers: dict):
     stamp.write_text(json.dumps(settings, indent=2))
 
     data = crops_from_folder(opts.faces, opts.distill_versions, opts.seed)
-    targets = cached_teacher_targets(teachers, data, sdir / "targets.npz")
-    cfg = DistillConfig(student=opts.student_arch, epochs=opts.distill_epochs, seed=opts.seed)
+    # The 10-view utility target is scored once per crop and cached; augmented crops would need it online
+    # (10 teacher passes each), which would take this command past an hour on lfw-dev: the compile does not augment.
+    targets = distillation_targets(teachers, data, sdir, utility_tta=True)
+    cfg = DistillConfig(student=opts.student_arch, epochs=opts.distill_epochs, seed=opts.seed, utility_tta=True,
+                        augment=0.0)
     provenance = {"command": "fiqa-compile " + " ".join(sys.argv[1:]) + " (its distillation stage)",
                   "teachers": {k: {"model": v.info["model"], "sha256": v.info["sha256"]} for k, v in teachers.items()},
                   "torch": torch.__version__}
@@ -375,7 +378,7 @@ def compile_bundle(opts: CompileOptions) -> Path:
 
         # 5. verification with the device runtimes against the fp32 student and the teachers
         t = _timer()
-        teacher_scores = np.stack([teachers["utility"].score(verify.crops),
+        teacher_scores = np.stack([teachers["utility"].score(verify.crops, tta=True),
                                    teachers["perceptual"].score(verify.crops, verify.lm68)], 1)
         verification = {}
         fp32_teacher_scale = to_teacher_scale(ref_z, sinfo)

@@ -6,11 +6,18 @@ crop; the student learns both scores at once. Its loss is MSE on z-scored teache
 logistic ranking term, because the scores exist to rank faces and to gate captures: getting the order right
 matters more than matching every value. Checkpoints every N steps; re-running the same command resumes.
 
+The utility target is the utility teacher's mean over ten test-time views (the crop and its mirror, as is and
+shifted 2 px four ways: ``fiqa_compile.teachers.tta_views``). One forward pass of the small ViT is not repeatable
+at the scale of a device's alignment jitter (SRCC ~0.90 with itself after a 2 px re-alignment, 0.96 for the
+10-view mean, whose EDC is no worse), and a student cannot learn noise. ``--no-utility-tta`` keeps one view.
+
 The utility teacher (a small ViT) is cheap next to a student training step, so by default it scores *online*,
 on exactly the augmented crop the student sees: its score is not flip-invariant (SRCC 0.95 between a face and
-its mirror image), so a cached score would teach the student noise. Online, the student also learns the
-teacher's quality features (the input of its final linear layer) through a throw-away hint head: 128 numbers
-per face instead of one. And since its target is exact whatever the crop, part of each batch is augmented
+its mirror image), so a cached score would teach the student noise. Online, the student also learns what
+the teacher *sees*, through throw-away hint heads: its quality features (the input of its final linear layer,
+128 numbers per face instead of one), optionally its patch tokens (``--token-weight``: the student's last 7x7
+map against the teacher's token grid) and its face-recognition embedding (``--embedding-weight``, cosine).
+An exponential moving average of the weights (``--ema``) is what gets saved when it is on. And since its target is exact whatever the crop, part of each batch is augmented
 (re-aligned, re-lit, freshly degraded: ``fiqa_compile.train.augment``), so the student sees many more distinct
 faces than the photos hold. The slow perceptual teacher is scored once and cached (it is flip-invariant to
 SRCC 0.98); its loss only counts the crops that were not augmented.
@@ -18,6 +25,7 @@ SRCC 0.98); its loss only counts the crops that were not augmented.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import hashlib
 import json
@@ -26,6 +34,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -123,6 +132,35 @@ def teacher_targets(teachers: dict, data: FaceCrops) -> np.ndarray:
     return out
 
 
+def cached_tta_utility(teacher, data: FaceCrops, cache: Path) -> np.ndarray:
+    """[N] utility teacher scores averaged over its test-time views, kept in ``cache`` (utility_tta.npz).
+
+    The view set is mirror-symmetric, so the score also holds for the mirrored crops training feeds.
+    """
+    from tqdm import tqdm
+
+    if cache.exists():
+        scores = np.load(cache)["utility_tta"]
+        if len(scores) != len(data):
+            raise ValueError(f"{cache} holds scores for {len(scores)} crops, not the {len(data)} of {data.source}: "
+                             "it belongs to another data set; use another run directory")
+        return scores
+    out = np.zeros(len(data), np.float32)
+    chunk = 512
+    for k in tqdm(range(0, len(data), chunk), desc="utility teacher, 10 views", file=sys.stdout, mininterval=5):
+        out[k:k + chunk] = teacher.score(data.crop[k:k + chunk], tta=True)
+    np.savez(cache, utility_tta=out)
+    return out
+
+
+def distillation_targets(teachers: dict, data: FaceCrops, out: Path, utility_tta: bool) -> np.ndarray:
+    """[N, 2] targets cached in the run directory ``out``: utility (the 10-view mean when ``utility_tta``), perceptual."""
+    targets = cached_teacher_targets(teachers, data, out / "targets.npz")
+    if utility_tta:
+        targets[:, 0] = cached_tta_utility(teachers["utility"], data, out / "utility_tta.npz")
+    return targets
+
+
 def cached_teacher_targets(teachers: dict, data: FaceCrops, cache: Path) -> np.ndarray:
     """:func:`teacher_targets`, kept in ``cache`` (targets.npz) so a resumed run does not score again.
 
@@ -156,6 +194,10 @@ class DistillConfig:
     online_utility: bool = True   # score the utility teacher on each augmented batch (else: cached scores)
     feature_weight: float = 1.0   # weight of the teacher-feature hint loss (online utility only)
     augment: float = 0.5          # share of each batch re-aligned/re-lit/re-degraded (online utility only)
+    token_weight: float = 0.0     # weight of the patch-token hint: student map vs teacher tokens (online only)
+    embedding_weight: float = 0.0  # weight of the FR-embedding hint, 1 - cosine (online utility only)
+    ema: float = 0.0              # EMA decay of the saved weights (0 = off: the last weights are saved)
+    utility_tta: bool = True      # utility target = the teacher's mean over its 10 test-time views (teachers.tta_views)
 
 
 def _save(obj, path: Path) -> None:
@@ -172,11 +214,21 @@ def _predict(model, crops: np.ndarray, batch: int = 512) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros((0, 2), np.float32)
 
 
-class OnlineUtilityTeacher:
-    """The utility teacher run on a training batch: its z-scored score and its quality features.
+class TeacherBatch(NamedTuple):
+    """What the online utility teacher says about one batch (all float32, no grad)."""
 
-    The features are the input of the teacher's last linear layer (``head_qs[-1]``), whatever feeds it (the
-    quality token in "token" mode, the embedding in "full" mode): the score is a linear read-out of them.
+    score: torch.Tensor           # [B] z-scored utility
+    quality_features: torch.Tensor  # [B, D] input of the teacher's last linear layer
+    patch_tokens: torch.Tensor    # [B, dim, grid, grid] normalised patch tokens, quality token dropped
+    embedding: torch.Tensor       # [B, E] face-recognition embedding (not normalised)
+
+
+class OnlineUtilityTeacher:
+    """The utility teacher run on a training batch: its z-scored score and what it sees (:class:`TeacherBatch`).
+
+    The quality features are the input of the teacher's last linear layer (``head_qs[-1]``), whatever feeds it
+    (the quality token in "token" mode, the embedding in "full" mode): the score is a linear read-out of them.
+    The patch tokens are the output of the final LayerNorm laid out on the patch grid.
     """
 
     def __init__(self, teacher, mean: float, std: float):
@@ -187,22 +239,62 @@ class OnlineUtilityTeacher:
         self.teacher, self.mean, self.std = teacher, mean, std
         self.model = teacher.model.eval()
         self.dim = head[-1].in_features
+        cfg = self.model.cfg
+        self.token_dim, self.grid, self.embedding_dim = cfg.dim, cfg.grid, cfg.embedding_dim
         self._feat: torch.Tensor | None = None
-        self._hook = head[-1].register_forward_hook(self._keep)
+        self._tokens: torch.Tensor | None = None
+        self._hooks = [head[-1].register_forward_hook(self._keep_feat),
+                       self.model.norm.register_forward_hook(self._keep_tokens)]
 
-    def _keep(self, module, inputs, output) -> None:
+    def _keep_feat(self, module, inputs, output) -> None:
         self._feat = inputs[0]
+
+    def _keep_tokens(self, module, inputs, output) -> None:
+        self._tokens = output
 
     def close(self) -> None:
         """Detach from the teacher, so its later forward passes (verification, scoring) keep nothing."""
-        self._hook.remove()
-        self._feat = None
+        for h in self._hooks:
+            h.remove()
+        self._feat = self._tokens = None
 
     @torch.no_grad()
-    def __call__(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        raw = self.model(x).quality.float()
-        score = raw * self.teacher.std + self.teacher.mean
-        return (score - self.mean) / self.std, self._feat.float()
+    def __call__(self, x: torch.Tensor) -> TeacherBatch:
+        out = self.model(x)
+        score = out.quality.float() * self.teacher.std + self.teacher.mean
+        b = x.shape[0]
+        patches = self._tokens[:, -self.grid * self.grid:].float()
+        grid = patches.transpose(1, 2).reshape(b, self.token_dim, self.grid, self.grid)
+        return TeacherBatch((score - self.mean) / self.std, self._feat.float(), grid, out.embedding.float())
+
+
+class WeightAverage:
+    """Exponential moving average of a model's state (parameters and BatchNorm statistics).
+
+    Averaged weights generalise better than the last ones of a noisy run; the decay ramps up over the first
+    steps (``(1 + step) / (10 + step)``) so the average does not remember the start for long.
+    """
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"ema decay must be in (0, 1), got {decay}")
+        self.decay = decay
+        self.state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module, step: int) -> None:
+        d = min(self.decay, (1 + step) / (10 + step))
+        for k, v in model.state_dict().items():
+            if v.is_floating_point():
+                self.state[k].mul_(d).add_(v.detach(), alpha=1 - d)
+            else:
+                self.state[k].copy_(v)
+
+    def model_copy(self, model: torch.nn.Module) -> torch.nn.Module:
+        """A copy of ``model`` holding the averaged weights (for evaluation and saving)."""
+        m = copy.deepcopy(model)
+        m.load_state_dict(self.state)
+        return m
 
 
 def distill(data: FaceCrops, targets: np.ndarray, out: Path, cfg: DistillConfig, provenance: dict,
@@ -210,7 +302,9 @@ def distill(data: FaceCrops, targets: np.ndarray, out: Path, cfg: DistillConfig,
     """Train ``cfg.student`` on teacher ``targets``; write student.pt + student.json into ``out``.
 
     With ``cfg.online_utility`` the utility column of ``targets`` only sets the score scale and the held-out
-    check; training targets for utility come from ``utility_teacher`` on each augmented batch. ``init`` (a
+    check; training targets for utility come from ``utility_teacher`` on each augmented batch. With
+    ``cfg.utility_tta`` that column holds the teacher's test-time-view mean (:func:`cached_tta_utility`), which
+    is the target of crops that were not augmented; augmented ones are scored online over the same views. ``init`` (a
     student state_dict of the same architecture) is where a fresh run starts instead of random weights: a
     student already distilled keeps learning (a new learning-rate cycle) rather than starting over. A run that
     resumes from its own ``last.pt`` ignores it.
@@ -236,32 +330,51 @@ def distill(data: FaceCrops, targets: np.ndarray, out: Path, cfg: DistillConfig,
         if utility_teacher is None:
             raise ValueError("online utility distillation needs the utility teacher (utility_teacher=...)")
         online = OnlineUtilityTeacher(utility_teacher, float(mean[0]), float(std[0]))
-    # The hint head maps the student's embedding onto the teacher's quality features; it is not exported.
-    hint = torch.nn.Linear(model.cfg.embed_dim, online.dim) if online is not None and cfg.feature_weight > 0 else None
+    # Hint heads map the student's embedding / last map onto what the teacher sees; they are not exported.
+    hints: dict[str, torch.nn.Module] = {}
+    if online is not None and cfg.feature_weight > 0:
+        hints["hint"] = torch.nn.Linear(model.cfg.embed_dim, online.dim)
+    if online is not None and cfg.token_weight > 0:
+        hints["token_hint"] = torch.nn.Conv2d(model.cfg.feat_ch, online.token_dim, 1)
+    if online is not None and cfg.embedding_weight > 0:
+        hints["embedding_hint"] = torch.nn.Linear(model.cfg.embed_dim, online.embedding_dim)
     augment = AugmentConfig(fraction=cfg.augment) if online is not None and cfg.augment > 0 else None
-    params = list(model.parameters()) + (list(hint.parameters()) if hint is not None else [])
+    params = list(model.parameters()) + [p for h in hints.values() for p in h.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, len(train) // cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     warmup = min(200, total // 10)
 
+    ema = WeightAverage(model, cfg.ema) if cfg.ema > 0 else None
     last = out / "last.pt"
     step, history = 0, []
     if last.exists():
         ck = torch.load(last, map_location="cpu", weights_only=True)
+        # hint heads and the average belong to the settings: a run with other ones is refused, not mixed
+        kept = {k for k in ck if k in ("hint", "token_hint", "embedding_hint", "ema")}
+        wanted = set(hints) | ({"ema"} if ema is not None else set())
+        if kept != wanted:
+            raise ValueError(f"{last} was written with other hint/--ema settings (it holds {sorted(kept) or 'none'}, "
+                             f"this run needs {sorted(wanted) or 'none'}); use another --out")
         model.load_state_dict(ck["model"])
-        if hint is not None:
-            if "hint" not in ck:
-                raise ValueError(f"{last} was written without a feature hint head (other settings); use another --out")
-            hint.load_state_dict(ck["hint"])
+        for name, h in hints.items():
+            h.load_state_dict(ck[name])
+        if ema is not None:
+            ema.state = ck["ema"]
         opt.load_state_dict(ck["opt"])
         step, history = int(ck["step"]), json.loads(ck["history"])
         print(f"resumed distillation at step {step}/{total}", flush=True)
 
     def save_last() -> None:
         state = {k: v.contiguous() for k, v in model.state_dict().items()}
-        extra = {"hint": hint.state_dict()} if hint is not None else {}
+        extra = {name: h.state_dict() for name, h in hints.items()}
+        if ema is not None:
+            extra["ema"] = ema.state
         _save({"model": state, "opt": opt.state_dict(), "step": step, "history": json.dumps(history), **extra}, last)
+
+    def final_model() -> torch.nn.Module:
+        """What is evaluated and saved: the averaged weights when --ema is on, else the last ones."""
+        return ema.model_copy(model) if ema is not None else model
 
     t0, stopped = time.time(), False
     model.train()
@@ -278,15 +391,21 @@ def distill(data: FaceCrops, targets: np.ndarray, out: Path, cfg: DistillConfig,
             for g in opt.param_groups:
                 g["lr"] = warmup_cosine(step, cfg.lr, warmup, total)
             x = to_tensor(crops).contiguous(memory_format=torch.channels_last)
-            emb = model.features(x)
+            fmap = model.feature_map(x)
+            emb = model.pool(fmap)
             pred = model.head(emb)
             t = torch.from_numpy(z[rows])
             loss = pred.new_zeros(())
             if online is not None:
-                t_util, t_feat = online(x)
+                seen = online(x)
+                t_util = seen.score
+                if cfg.utility_tta:  # cached view mean where the crop is a data crop (or its mirror), else online
+                    t_util = t[:, 0].clone()
+                    if augmented.any():
+                        tta = utility_teacher.score(crops[augmented], tta=True)
+                        t_util[torch.from_numpy(augmented)] = torch.from_numpy((tta - mean[0]) / std[0]).float()
                 t = torch.stack((t_util, t[:, 1]), 1)
-                if hint is not None:
-                    loss = loss + cfg.feature_weight * F.mse_loss(hint(emb), t_feat)
+                loss = loss + hint_loss(hints, cfg, fmap, emb, seen)
             # the cached perceptual target only holds for crops that were not augmented
             keep = torch.from_numpy(~augmented)
             for i, rows_i, w in ((0, slice(None), cfg.utility_weight), (1, keep, 1.0)):
@@ -297,6 +416,8 @@ def distill(data: FaceCrops, targets: np.ndarray, out: Path, cfg: DistillConfig,
             loss.backward()
             opt.step()
             step += 1
+            if ema is not None:
+                ema.update(model, step)
             pbar.update(1)
             pbar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
             if step % cfg.checkpoint_every == 0:
@@ -305,17 +426,25 @@ def distill(data: FaceCrops, targets: np.ndarray, out: Path, cfg: DistillConfig,
                 stopped = True
                 break
         if not stopped:
-            p = _predict(model, data.crop[held])
+            p = _predict(final_model(), data.crop[held])
             srcc = {n: float(spearmanr(p[:, i], z[held, i]).statistic) for i, n in enumerate(SCORE_NAMES)}
-            history.append({"epoch": epoch + 1, "step": step, **{f"srcc_{k}": v for k, v in srcc.items()}})
+            entry = {"epoch": epoch + 1, "step": step, **{f"srcc_{k}": v for k, v in srcc.items()}}
+            if ema is not None:  # the raw weights too, so a run shows what averaging bought
+                p_raw = _predict(model, data.crop[held])
+                entry.update({f"raw_srcc_{n}": float(spearmanr(p_raw[:, i], z[held, i]).statistic)
+                              for i, n in enumerate(SCORE_NAMES)})
+            history.append(entry)
             print(f"epoch {epoch + 1}/{cfg.epochs}: held-out SRCC vs teachers "
-                  + "  ".join(f"{k} {v:.4f}" for k, v in srcc.items()), flush=True)
+                  + "  ".join(f"{k} {v:.4f}" for k, v in srcc.items())
+                  + (f" (raw weights: utility {entry['raw_srcc_utility']:.4f})" if ema is not None else ""),
+                  flush=True)
             save_last()
     pbar.close()
     if online is not None:
         online.close()
     save_last()
     weights = out / "student.pt"
+    model = final_model()
     _save({k: v.contiguous() for k, v in model.state_dict().items()}, weights)
     p = _predict(model, data.crop[held]) * std + mean
     lo = np.percentile(targets[train], 1, axis=0)
@@ -332,6 +461,22 @@ def distill(data: FaceCrops, targets: np.ndarray, out: Path, cfg: DistillConfig,
     (out / "student.json").write_text(json.dumps(info, indent=2))
     np.save(out / "held_out_rows.npy", held)
     return info
+
+
+def hint_loss(hints: dict[str, torch.nn.Module], cfg: DistillConfig, fmap: torch.Tensor, emb: torch.Tensor,
+              seen: TeacherBatch) -> torch.Tensor:
+    """The weighted sum of the hint losses that are on: quality features, patch tokens, FR embedding."""
+    loss = emb.new_zeros(())
+    if "hint" in hints:
+        loss = loss + cfg.feature_weight * F.mse_loss(hints["hint"](emb), seen.quality_features)
+    if "token_hint" in hints:
+        grid = seen.patch_tokens.shape[-2:]
+        mapped = F.interpolate(hints["token_hint"](fmap), size=grid, mode="bilinear", align_corners=False)
+        loss = loss + cfg.token_weight * F.mse_loss(mapped, seen.patch_tokens)
+    if "embedding_hint" in hints:
+        cos = F.cosine_similarity(hints["embedding_hint"](emb), seen.embedding, dim=1)
+        loss = loss + cfg.embedding_weight * (1 - cos).mean()
+    return loss
 
 
 def load_init(path: Path, student: str, flag: str, arch_flag: str) -> tuple[dict, dict]:
@@ -405,7 +550,7 @@ def _main(argv: list[str] | None) -> int:
         init, provenance["init"] = load_init(args.init, cfg.student, "--init", "--student")
     args.out.mkdir(parents=True, exist_ok=True)
     data = crops_from_labels(args.crops) if args.crops else crops_from_folder(args.faces, args.versions, args.seed)
-    targets = cached_teacher_targets(teachers, data, args.out / "targets.npz")
+    targets = distillation_targets(teachers, data, args.out, cfg.utility_tta)
     info = distill(data, targets, args.out, cfg, provenance, utility_teacher=teachers["utility"], init=init)
     print(json.dumps({k: info[k] for k in ("student", "samples", "held_out_srcc", "complete", "sha256")}, indent=2))
     return 0

@@ -90,7 +90,8 @@ def write_report(files: Path, *, target, verify, teacher_scores, student_scale, 
              f"**Student:** {student_origin}", "",
              f"**Verification:** {len(verify.crops)} held-out faces of {data['verification_faces']['people']} people "
              f"({verify.source}). **Calibration:** {len(calib)} faces, {len(calib.strata())} strata, "
-             f"{opts.calibration_method} ranges.", ""]
+             f"{opts.calibration_method} ranges. **Utility teacher:** the mean of its 10 test-time views (the "
+             "face and its mirror, as is and shifted 2 px four ways; one view is not repeatable at that scale).", ""]
     if opts.calibration is None:
         lines += [f"> {DEFAULT_CALIBRATION_ADVICE}", ""]
     lines += ["## Stages", "", "| stage | seconds | result |", "|---|---:|---|"]

@@ -2,7 +2,8 @@
 
 Specs (``fiqa-eval --method``):
 
-* ``teacher:DIR``        a trained teacher (``teacher.json`` + ``teacher.pt``), on its label scale
+* ``teacher:DIR``        a trained teacher (``teacher.json`` + ``teacher.pt``), on its label scale;
+                         ``teacher:DIR#tta`` for a utility teacher's mean over its 10 test-time views
 * ``bundle:DIR``         a compiled bundle's student through :class:`fiqa_sdk.Scorer`; ``bundle:DIR#perceptual``
                          for its perceptual output (default ``#utility``)
 * ``baseline:sharpness`` variance of the Laplacian of the aligned face (blur detector, Pech-Pacheco et al.)
@@ -26,7 +27,7 @@ import numpy as np
 from fiqa_compile.eval.pairs import chain_downscale
 
 BASELINES = ("sharpness", "face_size", "random")
-SPEC_HELP = "teacher:DIR, bundle:DIR[#utility|#perceptual], baseline:" + "|".join(BASELINES)
+SPEC_HELP = "teacher:DIR[#tta], bundle:DIR[#utility|#perceptual], baseline:" + "|".join(BASELINES)
 
 
 class MethodSpecError(ValueError):
@@ -100,9 +101,14 @@ def _baseline(kind: str, spec: str) -> QualityMethod:
 
 
 # ---------------------------------------------------------------------------------------- teachers / bundles
-def _teacher(path: Path, spec: str) -> QualityMethod:
+def _teacher(target: str, spec: str) -> QualityMethod:
     from fiqa_compile.teachers import TeacherError, load_teacher
 
+    path_text, _, mode = target.partition("#")
+    path = Path(path_text)
+    if mode not in ("", "tta"):
+        raise MethodSpecError(f"--method {spec!r}: unknown teacher mode {mode!r}; use teacher:{path_text} or "
+                              f"teacher:{path_text}#tta")
     if not path.exists():
         raise MethodSpecError(f"--method {spec!r}: {path} does not exist; give a teacher run directory "
                               "(teacher.json + teacher.pt, made by fiqa-train)")
@@ -110,8 +116,12 @@ def _teacher(path: Path, spec: str) -> QualityMethod:
         teacher = load_teacher(path)
     except TeacherError as e:
         raise MethodSpecError(f"--method {spec!r}: {e}") from e
-    name = f"{teacher.task} teacher ({teacher.info.get('model', path.name)})"
-    return QualityMethod(spec, name, lambda v, _s: teacher.score(v.crops, v.lm68))
+    if mode == "tta" and teacher.task != "utility":
+        raise MethodSpecError(f"--method {spec!r}: #tta is for the utility teacher; {path} is a {teacher.task} "
+                              "teacher (it averages its own crops already)")
+    tta = mode == "tta"
+    name = f"{teacher.task} teacher ({teacher.info.get('model', path.name)}{', 10-view mean' if tta else ''})"
+    return QualityMethod(spec, name, lambda v, _s: teacher.score(v.crops, v.lm68, tta=tta))
 
 
 def _bundle(target: str, spec: str, backend: str) -> QualityMethod:
@@ -146,7 +156,7 @@ def parse_method(spec: str, bundle_backend: str = "auto") -> QualityMethod:
     if kind == "baseline":
         return _baseline(value, spec)
     if kind == "teacher":
-        return _teacher(Path(value), spec)
+        return _teacher(value, spec)
     if kind == "bundle":
         return _bundle(value, spec, bundle_backend)
     raise MethodSpecError(f"unknown method kind {kind!r} in --method {spec!r}; use one of {SPEC_HELP}")

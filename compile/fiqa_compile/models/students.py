@@ -156,11 +156,17 @@ class FIQAStudent(nn.Module):
             if isinstance(b, Bottleneck) and b.use_skip:
                 nn.init.zeros_(b.project.bn.weight)
 
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The last spatial map [B, feat_ch, final_size, final_size] (distillation matches it to teacher tokens)."""
+        return self.conv_feat(self.blocks(self.stem(x)))
+
+    def pool(self, fmap: torch.Tensor) -> torch.Tensor:
+        """:meth:`feature_map` -> the shared embedding [B, embed_dim] that both scores read."""
+        return self.embed_act(self.embed(torch.flatten(self.gdc(fmap), 1)))
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The shared embedding [B, embed_dim] that both scores read."""
-        x = self.conv_feat(self.blocks(self.stem(x)))
-        x = torch.flatten(self.gdc(x), 1)
-        return self.embed_act(self.embed(x))
+        return self.pool(self.feature_map(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
