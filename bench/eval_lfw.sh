@@ -8,7 +8,8 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 LABELS=${1:-runs/labels/lfw-dev}
 W=compile/fiqa_compile/weights
 B=sdk/fiqa_sdk/bundles
-fiqa-eval --labels "$LABELS" --method "teacher:$W/vit_fiqa_mini" --method "teacher:$W/dsl_fiqa_tiny" \
+fiqa-eval --labels "$LABELS" --method "teacher:$W/vit_fiqa_mini" --method "teacher:$W/vit_fiqa_mini#tta" \
+  --method "teacher:$W/dsl_fiqa_tiny" \
   --method "bundle:$B/default-cpu" --method "bundle:$B/default-android-arm64" --method baseline:sharpness \
   --method baseline:face_size --method baseline:random --out bench/results/eval_lfw_int8 --force
 fiqa-eval --labels "$LABELS" --method "bundle:$B/default-cpu" --method baseline:random --bundle-backend opencv \

@@ -78,6 +78,11 @@ def _teacher_args(args: argparse.Namespace) -> list[str]:
     return out + (["--ladder-faces", "16", "--random-seeds", "2"] if args.quick else [])
 
 
+def _label_set_missing(a) -> str | None:
+    return None if (Path(a.labels) / "labels.npz").is_file() else \
+        f"no label set at {a.labels} (make it with fiqa-labels, or pass --labels)"
+
+
 BENCHES: tuple[Bench, ...] = (
     Bench("detector", "bench_detector.py", ("detector.json",), quick=("--runs", "10", "--warmup", "2")),
     Bench("teachers", "bench_teachers.py", ("teachers.json",), quick=("--runs", "1")),
@@ -89,8 +94,9 @@ BENCHES: tuple[Bench, ...] = (
     Bench("eval_teachers", "eval_teachers.py", ("teachers_eval.json",), args=_teacher_args,
           inputs=_teacher_inputs_missing),
     Bench("eval_student", "eval_student.py", ("student_eval.json",), args=lambda a: ["--labels", str(a.labels)],
-          inputs=lambda a: None if (Path(a.labels) / "labels.npz").is_file() else
-          f"no label set at {a.labels} (make it with fiqa-labels, or pass --labels)"),
+          inputs=_label_set_missing),
+    Bench("teacher_repeatability", "teacher_repeatability.py", ("teacher_repeatability.json",),
+          args=lambda a: ["--labels", str(a.labels)], inputs=_label_set_missing),
 )
 
 
@@ -274,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--quick", action="store_true", help="pass the scripts' smaller run counts (smoke numbers)")
     ap.add_argument("--results", type=Path, default=RESULTS, help="results folder (default bench/results)")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds one script may run (default 3600)")
-    ap.add_argument("--labels", type=Path, default=ROOT / "runs/labels/lfw-dev", help="eval_teachers / eval_student: label set")
+    ap.add_argument("--labels", type=Path, default=ROOT / "runs/labels/lfw-dev", help="eval_teachers / eval_student / teacher_repeatability: label set")
     ap.add_argument("--utility", type=Path, default=ROOT / "runs/teachers/vit_fiqa_tiny",
                     help="eval_teachers: utility teacher run directory")
     ap.add_argument("--perceptual", type=Path, default=ROOT / "runs/teachers/dsl_fiqa_tiny",

@@ -266,6 +266,13 @@ def test_distillation_with_hints_and_ema_saves_the_average_and_resumes(teachers,
     assert "other hint/--ema settings" in capsys.readouterr().err
 
 
+def test_every_distill_option_is_explained_in_help():
+    from fiqa_compile.distill import build_parser
+
+    unexplained = [a.option_strings[0] for a in build_parser()._actions if a.option_strings and not a.help]
+    assert unexplained == []
+
+
 def test_tta_views_are_shifted_and_mirrored_copies():
     from fiqa_compile.teachers import TTA_SHIFTS, tta_views
 

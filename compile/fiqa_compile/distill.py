@@ -495,6 +495,28 @@ def load_init(path: Path, student: str, flag: str, arch_flag: str) -> tuple[dict
     return model.state_dict(), record
 
 
+OPTION_HELP = {
+    "student": "student architecture (student_mfn, student_mfn_full, student_nano)",
+    "epochs": "passes over the training crops",
+    "batch_size": "crops per step",
+    "lr": "peak learning rate of the warm-up + cosine schedule (halve it with --init)",
+    "weight_decay": "AdamW weight decay",
+    "rank_weight": "weight of the pairwise ranking loss next to MSE",
+    "utility_weight": "weight of the utility score's losses next to the perceptual one's",
+    "held_out": "share of people (photo folders) held out to report SRCC with the teachers",
+    "checkpoint_every": "steps between checkpoints (last.pt; re-running the command resumes)",
+    "max_minutes": "stop after this many minutes with a checkpoint (re-run to continue)",
+    "online_utility": "run the utility teacher on every batch (exact targets for augmented crops, feature hints)",
+    "feature_weight": "weight of the hint loss on the teacher's quality features",
+    "augment": "share of each batch re-aligned, re-lit and freshly degraded (needs --online-utility)",
+    "token_weight": "weight of the hint loss on the teacher's patch tokens (0 = off)",
+    "embedding_weight": "weight of the hint loss on the teacher's face-recognition embedding (0 = off)",
+    "ema": "decay of an exponential moving average of the weights, saved instead of the last ones (0 = off)",
+    "utility_tta": "utility target = the teacher's mean over its 10 test-time views (face + mirror, shifted 2 px); "
+                   "--no-utility-tta: one view",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="fiqa-distill", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -511,13 +533,14 @@ def build_parser() -> argparse.ArgumentParser:
     for f in dataclasses.fields(DistillConfig):
         if f.name in ("seed",):
             continue
+        flag, what = "--" + f.name.replace("_", "-"), OPTION_HELP.get(f.name, "")
         if isinstance(f.default, bool):
-            ap.add_argument("--" + f.name.replace("_", "-"), action=argparse.BooleanOptionalAction, default=f.default)
+            ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=what)
             continue
-        ap.add_argument("--" + f.name.replace("_", "-"), type=type(f.default) if f.default is not None else float,
-                        default=f.default)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=None)
+        ap.add_argument(flag, type=type(f.default) if f.default is not None else float, default=f.default,
+                        help=f"{what} (default {f.default})" if what else f"default {f.default}")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the split, batches, augmentation and degradations")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     return ap
 
 
