@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import platform
+from pathlib import Path
 
 
 def cpu_name() -> str:
@@ -12,6 +13,12 @@ def cpu_name() -> str:
             return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         return platform.processor() or platform.machine()
+
+
+def label_set_missing(labels) -> str | None:
+    """Why a ``fiqa-labels`` directory cannot be used (None when it can): the benches that need one say this."""
+    return None if (Path(labels) / "labels.npz").is_file() else \
+        f"no label set at {labels} (make it with fiqa-labels, or pass --labels)"
 
 
 def machine_basics() -> dict:

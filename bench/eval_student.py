@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_basics  # noqa: E402
+from common import label_set_missing, machine_basics  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,9 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     from fiqa_compile.teachers import embedded_teacher_dirs, load_teacher
     from fiqa_compile.train.data import LabelSet
 
-    if not (args.labels / "labels.npz").is_file():
-        print(f"eval_student: no label set at {args.labels} (make it with fiqa-labels, or pass --labels)",
-              file=sys.stderr)
+    if (why := label_set_missing(args.labels)) is not None:
+        print(f"eval_student: {why}", file=sys.stderr)
         return 2
     torch.manual_seed(0)
     labels = LabelSet.load(args.labels)

@@ -26,6 +26,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import label_set_missing  # noqa: E402
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 RESULTS = BENCH / "results"
@@ -78,11 +81,6 @@ def _teacher_args(args: argparse.Namespace) -> list[str]:
     return out + (["--ladder-faces", "16", "--random-seeds", "2"] if args.quick else [])
 
 
-def _label_set_missing(a) -> str | None:
-    return None if (Path(a.labels) / "labels.npz").is_file() else \
-        f"no label set at {a.labels} (make it with fiqa-labels, or pass --labels)"
-
-
 BENCHES: tuple[Bench, ...] = (
     Bench("detector", "bench_detector.py", ("detector.json",), quick=("--runs", "10", "--warmup", "2")),
     Bench("teachers", "bench_teachers.py", ("teachers.json",), quick=("--runs", "1")),
@@ -94,9 +92,9 @@ BENCHES: tuple[Bench, ...] = (
     Bench("eval_teachers", "eval_teachers.py", ("teachers_eval.json",), args=_teacher_args,
           inputs=_teacher_inputs_missing),
     Bench("eval_student", "eval_student.py", ("student_eval.json",), args=lambda a: ["--labels", str(a.labels)],
-          inputs=_label_set_missing),
+          inputs=lambda a: label_set_missing(a.labels)),
     Bench("teacher_repeatability", "teacher_repeatability.py", ("teacher_repeatability.json",),
-          args=lambda a: ["--labels", str(a.labels)], inputs=_label_set_missing),
+          args=lambda a: ["--labels", str(a.labels)], inputs=lambda a: label_set_missing(a.labels)),
 )
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import machine_basics  # noqa: E402
+from common import label_set_missing, machine_basics  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -31,9 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--student", type=Path, default=None, help="student directory (default: the embedded one)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
-    if not (args.labels / "labels.npz").is_file():
-        print(f"teacher_repeatability: no label set at {args.labels} (make it with fiqa-labels, or pass --labels)",
-              file=sys.stderr)
+    if (why := label_set_missing(args.labels)) is not None:
+        print(f"teacher_repeatability: {why}", file=sys.stderr)
         return 2
 
     from scipy.stats import spearmanr

@@ -266,6 +266,17 @@ def test_distillation_with_hints_and_ema_saves_the_average_and_resumes(teachers,
     assert "other hint/--ema settings" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flag, value, message", [("--ema", "1.5", "the decay must be in [0, 1)"),
+                                                  ("--augment", "-0.1", "share of each batch must be in [0, 1]")])
+def test_distill_refuses_out_of_range_options_before_any_work(flag, value, message, tmp_path, capsys):
+    from fiqa_compile.distill import main
+
+    out = tmp_path / "student"
+    assert main(["--crops", str(tmp_path / "no-labels"), "--out", str(out), flag, value]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
 def test_every_distill_option_is_explained_in_help():
     from fiqa_compile.distill import build_parser
 

@@ -132,6 +132,23 @@ def teacher_targets(teachers: dict, data: FaceCrops) -> np.ndarray:
     return out
 
 
+def _cached_scores(cache: Path, key: str, data: FaceCrops, compute) -> np.ndarray:
+    """``compute()`` kept in ``cache`` under ``key`` so a resumed run does not score again.
+
+    A cache of another size belongs to other data; it is refused rather than replaced, because the run
+    directory's checkpoint was trained on that data too.
+    """
+    if cache.exists():
+        scores = np.load(cache)[key]
+        if len(scores) != len(data):
+            raise ValueError(f"{cache} holds teacher scores for {len(scores)} crops, not the {len(data)} of "
+                             f"{data.source}: it belongs to another data set; use another run directory")
+        return scores
+    scores = compute()
+    np.savez(cache, **{key: scores})
+    return scores
+
+
 def cached_tta_utility(teacher, data: FaceCrops, cache: Path) -> np.ndarray:
     """[N] utility teacher scores averaged over its test-time views, kept in ``cache`` (utility_tta.npz).
 
@@ -139,18 +156,14 @@ def cached_tta_utility(teacher, data: FaceCrops, cache: Path) -> np.ndarray:
     """
     from tqdm import tqdm
 
-    if cache.exists():
-        scores = np.load(cache)["utility_tta"]
-        if len(scores) != len(data):
-            raise ValueError(f"{cache} holds scores for {len(scores)} crops, not the {len(data)} of {data.source}: "
-                             "it belongs to another data set; use another run directory")
-        return scores
-    out = np.zeros(len(data), np.float32)
-    chunk = 512
-    for k in tqdm(range(0, len(data), chunk), desc="utility teacher, 10 views", file=sys.stdout, mininterval=5):
-        out[k:k + chunk] = teacher.score(data.crop[k:k + chunk], tta=True)
-    np.savez(cache, utility_tta=out)
-    return out
+    def compute() -> np.ndarray:
+        out = np.zeros(len(data), np.float32)
+        chunk = 512
+        for k in tqdm(range(0, len(data), chunk), desc="utility teacher, 10 views", file=sys.stdout, mininterval=5):
+            out[k:k + chunk] = teacher.score(data.crop[k:k + chunk], tta=True)
+        return out
+
+    return _cached_scores(cache, "utility_tta", data, compute)
 
 
 def distillation_targets(teachers: dict, data: FaceCrops, out: Path, utility_tta: bool) -> np.ndarray:
@@ -162,20 +175,8 @@ def distillation_targets(teachers: dict, data: FaceCrops, out: Path, utility_tta
 
 
 def cached_teacher_targets(teachers: dict, data: FaceCrops, cache: Path) -> np.ndarray:
-    """:func:`teacher_targets`, kept in ``cache`` (targets.npz) so a resumed run does not score again.
-
-    A cache of another size belongs to other data; it is refused rather than replaced, because the run
-    directory's checkpoint was trained on that data too.
-    """
-    if cache.exists():
-        targets = np.load(cache)["targets"]
-        if len(targets) != len(data):
-            raise ValueError(f"{cache} holds teacher scores for {len(targets)} crops, not the {len(data)} of "
-                             f"{data.source}: it belongs to another data set; use another run directory")
-        return targets
-    targets = teacher_targets(teachers, data)
-    np.savez(cache, targets=targets)
-    return targets
+    """:func:`teacher_targets`, kept in ``cache`` (targets.npz; see :func:`_cached_scores`)."""
+    return _cached_scores(cache, "targets", data, lambda: teacher_targets(teachers, data))
 
 
 @dataclass
@@ -198,6 +199,13 @@ class DistillConfig:
     embedding_weight: float = 0.0  # weight of the FR-embedding hint, 1 - cosine (online utility only)
     ema: float = 0.0              # EMA decay of the saved weights (0 = off: the last weights are saved)
     utility_tta: bool = True      # utility target = the teacher's mean over its 10 test-time views (teachers.tta_views)
+
+    def __post_init__(self) -> None:
+        # checked when the options are read, not minutes later when training starts
+        if not 0.0 <= self.ema < 1.0:
+            raise ValueError(f"--ema {self.ema}: the decay must be in [0, 1) (0 = off; e.g. 0.998)")
+        if not 0.0 <= self.augment <= 1.0:
+            raise ValueError(f"--augment {self.augment}: the share of each batch must be in [0, 1]")
 
 
 def _save(obj, path: Path) -> None:

@@ -28,18 +28,15 @@ TTA_SHIFTS: tuple[tuple[int, int], ...] = ((0, 0), (2, 0), (-2, 0), (0, 2), (0, 
 def tta_views(crops: np.ndarray, shifts: tuple[tuple[int, int], ...] = TTA_SHIFTS) -> list[np.ndarray]:
     """The crops ([N,H,W,3] uint8) shifted by each (dx, dy) and mirrored: 2 * len(shifts) arrays of the same shape.
 
-    Shifted-in borders are reflected (as the training augmentation does), so no black edge is scored.
+    Shifted-in borders are reflected (as the training augmentation does: OpenCV's BORDER_REFLECT_101 is numpy's
+    "reflect"), so no black edge is scored. Whole-pixel shifts are slices of one padded batch.
     """
-    import cv2
-
+    h, w = crops.shape[1:3]
+    m = max((max(abs(dx), abs(dy)) for dx, dy in shifts), default=0)
+    padded = np.pad(crops, ((0, 0), (m, m), (m, m), (0, 0)), mode="reflect")
     views = []
-    for dx, dy in shifts:
-        if (dx, dy) == (0, 0):
-            moved = crops
-        else:
-            m = np.float32([[1, 0, dx], [0, 1, dy]])
-            moved = np.stack([cv2.warpAffine(c, m, (c.shape[1], c.shape[0]), flags=cv2.INTER_NEAREST,
-                                             borderMode=cv2.BORDER_REFLECT_101) for c in crops])
+    for dx, dy in shifts:  # pixel x of the view shows pixel x - dx of the crop
+        moved = padded[:, m - dy:m - dy + h, m - dx:m - dx + w]
         views += [np.ascontiguousarray(moved), np.ascontiguousarray(moved[:, :, ::-1])]
     return views
 
