@@ -7,7 +7,7 @@ from torch import nn
 
 from fiqa_compile.models import create_model, get_config, list_models
 from fiqa_compile.models.profile import profile_model
-from fiqa_compile.models.students import OUTPUT_NAMES, FIQAStudent, StudentConfig, export_ready
+from fiqa_compile.models.students import OUTPUT_NAMES, FIQAStudent, StudentConfig, deepen_state_dict, export_ready
 
 
 STUDENTS = ("student_mfn", "student_mfn_full", "student_nano")
@@ -27,6 +27,59 @@ def test_budgets_at_112():
     assert full.macs == pytest.approx(221e6, rel=0.02)  # the paper's layout, as published
     assert mfn.macs < 0.6 * full.macs                  # the default is re-balanced for the 2 ms INT8 budget
     assert nano.params < mfn.params / 3 and nano.macs < mfn.macs / 2, (nano, mfn)
+
+
+def test_deep_variant_fits_the_budget_and_only_adds_repeats():
+    mfn, deep = profile_model("student_mfn"), profile_model("student_mfn_deep")
+    assert 0.7e6 <= deep.params <= 1.3e6 and deep.macs < 0.5e9, deep
+    assert mfn.macs < deep.macs < 1.4 * mfn.macs, (mfn, deep)
+    small, large = get_config("student_mfn"), get_config("student_mfn_deep")
+    assert [s[:2] + s[3:] for s in small.stages] == [s[:2] + s[3:] for s in large.stages]
+
+
+def _trained_like(model: nn.Module, seed: int) -> nn.Module:
+    """Non-trivial BatchNorm statistics and affine parameters everywhere, as training leaves them."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                m.bias.copy_(torch.rand(m.bias.shape, generator=g) * 0.4 - 0.2)
+                m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=g) * 0.2)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+    return model.eval()
+
+
+def test_deepen_starts_the_deeper_student_exactly_where_the_small_one_is():
+    small = StudentConfig(stem_ch=16, stages=((2, 16, 1, 2), (2, 24, 2, 2)), feat_ch=32, embed_dim=16, head_hidden=8)
+    large = StudentConfig(stem_ch=16, stages=((2, 16, 3, 2), (2, 24, 4, 2)), feat_ch=32, embed_dim=16, head_hidden=8)
+    a = _trained_like(FIQAStudent(small), 0)
+    b = FIQAStudent(large)
+    b.load_state_dict(deepen_state_dict(a.state_dict(), small, large))
+    x = torch.randn(2, 3, 112, 112)
+    assert torch.allclose(a(x), b.eval()(x), atol=1e-5)
+    # the kept blocks carry the small student's weights in order; stage 0's added blocks sit before stage 1's
+    assert torch.equal(b.blocks[3].expand.conv.weight, a.blocks[1].expand.conv.weight)
+    assert torch.equal(b.blocks[4].expand.conv.weight, a.blocks[2].expand.conv.weight)
+    assert torch.all(b.blocks[1].project.bn.weight == 0) and torch.all(b.blocks[6].project.bn.weight == 0)
+    # and it can learn: the added blocks are not frozen at zero
+    b.train()
+    b(x).sum().backward()
+    assert b.blocks[1].project.bn.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("other, why", [
+    (StudentConfig(stem_ch=16, stages=((2, 16, 1, 2), (2, 32, 2, 2)), feat_ch=32, embed_dim=16, head_hidden=8),
+     "stage 1"),
+    (StudentConfig(stem_ch=16, stages=((2, 16, 1, 2), (2, 24, 1, 2)), feat_ch=32, embed_dim=16, head_hidden=8),
+     "stage 1"),
+    (StudentConfig(stem_ch=16, stages=((2, 16, 1, 2), (2, 24, 2, 2)), feat_ch=64, embed_dim=16, head_hidden=8),
+     "only the repeats"),
+])
+def test_deepen_refuses_what_is_not_a_deeper_copy(other, why):
+    small = StudentConfig(stem_ch=16, stages=((2, 16, 1, 2), (2, 24, 2, 2)), feat_ch=32, embed_dim=16, head_hidden=8)
+    with pytest.raises(ValueError, match=why):
+        deepen_state_dict(FIQAStudent(small).state_dict(), small, other)
 
 
 def test_two_scores_from_one_pass():

@@ -171,6 +171,26 @@ def test_distillation_starts_from_an_earlier_student(teachers, label_dir, tmp_pa
     assert "init" not in json.loads((fresh / "student.json").read_text())
 
 
+def test_distillation_grows_a_student_into_its_deeper_variant(teachers, label_dir, tmp_path):
+    """--init of a student_mfn for --student student_mfn_deep: its blocks are carried over, the grown-from recorded."""
+    from fiqa_compile.compiler import load_student
+    from fiqa_compile.distill import main
+
+    common = ["--crops", str(label_dir), "--utility-teacher", str(teachers / "utility"), "--perceptual-teacher",
+              str(teachers / "perceptual"), "--epochs", "1", "--batch-size", "8", "--held-out", "0.2",
+              "--threads", "1", "--lr", "1e-12"]
+    first, deep = tmp_path / "first", tmp_path / "deep"
+    assert main([*common, "--out", str(first), "--student", "student_mfn"]) == 0
+    assert main([*common, "--out", str(deep), "--student", "student_mfn_deep", "--init", str(first)]) == 0
+    small, _ = load_student(first)
+    grown, info = load_student(deep)
+    assert info["student"] == "student_mfn_deep" and info["init"]["grown_from"] == "student_mfn"
+    # student_mfn's stage 2 (blocks 3-5) keeps its place; its stage 3 (block 6) moves behind two added blocks
+    w0, w1 = small.state_dict(), grown.state_dict()
+    for a, b in ((0, 0), (5, 5), (6, 8), (9, 11)):
+        assert torch.allclose(w0[f"blocks.{a}.expand.conv.weight"], w1[f"blocks.{b}.expand.conv.weight"], atol=1e-6)
+
+
 def test_distillation_refuses_an_init_of_another_architecture(teachers, label_dir, tmp_path, capsys):
     from fiqa_compile.distill import main
 
@@ -179,7 +199,7 @@ def test_distillation_refuses_an_init_of_another_architecture(teachers, label_di
     first = tmp_path / "first"
     assert main([*common, "--out", str(first), "--student", "student_nano"]) == 0
     assert main([*common, "--out", str(tmp_path / "b"), "--student", "student_mfn", "--init", str(first)]) == 2
-    assert "is a student_nano, not the --student student_mfn" in capsys.readouterr().err
+    assert "is a student_nano, which cannot start the --student student_mfn" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()  # refused before any scoring or writing
     (first / "student.pt").write_bytes(b"not a checkpoint")
     assert main([*common, "--out", str(tmp_path / "c"), "--student", "student_nano", "--init", str(first)]) == 2
@@ -399,24 +419,27 @@ def test_compile_with_faces_can_start_from_a_distilled_student(face_folder, teac
 
     common = ["--target", "cpu", "--utility-teacher", str(teachers / "utility"), "--perceptual-teacher",
               str(teachers / "perceptual"), "--calibration-method", "minmax", "--calibration-size", "100",
-              "--min-srcc-teacher", "-1", "--min-srcc-fp32", "-1", "--threads", "1", "--student-arch",
-              "student_nano", "--distill-epochs", "1"]
+              "--min-srcc-teacher", "-1", "--min-srcc-fp32", "-1", "--threads", "1", "--distill-epochs", "1"]
     first, second = tmp_path / "first", tmp_path / "second"
-    assert main([*common, "--out", str(tmp_path / "b1"), "--faces", str(face_folder), "--distill-dir", str(first)]) == 0
+    assert main([*common, "--out", str(tmp_path / "b1"), "--faces", str(face_folder), "--distill-dir", str(first),
+                 "--student-arch", "student_nano"]) == 0
+    # no --student-arch: the student starts as what --distill-init holds (a student_nano, not the default mfn)
     assert main([*common, "--out", str(tmp_path / "b2"), "--faces", str(face_folder), "--distill-dir", str(second),
                  "--distill-init", str(first)]) == 0
     start = json.loads((first / "student.json").read_text())
     info = json.loads((second / "student.json").read_text())
+    assert info["student"] == "student_nano" == start["student"]
     assert info["init"]["sha256"] == start["sha256"] and info["init"]["path"] == str(first)
     assert info["config"]["lr"] == start["config"]["lr"] / 2
     assert json.loads((second / "settings.json").read_text())["init"] == start["sha256"]
     assert f"starting from the student in {first}" in (tmp_path / "b2" / "report.md").read_text()
     capsys.readouterr()
-    # the embedded student is a student_mfn: starting a student_nano from it is refused before any work
+    # the embedded student is a student_mfn(_deep): starting a student_nano from it is refused before any work
+    embedded = json.loads((EMBEDDED_STUDENT / "student.json").read_text())["student"]
     assert main([*common, "--out", str(tmp_path / "b3"), "--faces", str(face_folder), "--distill-dir",
-                 str(tmp_path / "third"), "--distill-init", "default"]) == 2
+                 str(tmp_path / "third"), "--distill-init", "default", "--student-arch", "student_nano"]) == 2
     err = capsys.readouterr().err
-    assert f"--distill-init {EMBEDDED_STUDENT} is a student_mfn" in err and "--student-arch" in err
+    assert f"--distill-init {EMBEDDED_STUDENT} is a {embedded}, which cannot start" in err and "--student-arch" in err
     assert not (tmp_path / "b3").exists()
     assert main(["--target", "cpu", "--distill-init", "default", "--out", str(tmp_path / "b4")]) == 2
     assert "--distill-init only applies with --faces" in capsys.readouterr().err

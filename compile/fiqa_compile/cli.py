@@ -38,15 +38,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an already distilled student directory (student.pt + student.json) to quantise")
     g.add_argument("--faces", type=Path, default=None,
                    help="distil a NEW student on these unlabelled face photos first (folder, sub-folders = people)")
-    g.add_argument("--student-arch", default="student_mfn", help="student architecture for --faces (default student_mfn)")
+    g.add_argument("--student-arch", default=None,
+                   help="student architecture for --faces (default: that of the --distill-init student, else "
+                        "student_mfn; student_mfn_deep, student_mfn_full and student_nano are the others)")
     g.add_argument("--distill-epochs", type=int, default=6, help="epochs of distillation with --faces (default 6)")
     g.add_argument("--distill-versions", type=int, default=2,
                    help="degraded versions of each --faces photo scored by the teachers (default 2; more versions "
                         "cost teacher time, and training already re-degrades faces on the fly)")
     g.add_argument("--distill-init", default=None, metavar="DIR|default",
                    help="with --faces: start from this distilled student's weights instead of random ones "
-                        "('default' = the embedded student; same --student-arch), at half the learning rate: "
-                        "fine-tunes it to your photos rather than starting over")
+                        "('default' = the embedded student; --student-arch may name a deeper variant of its "
+                        "architecture), at half the learning rate: fine-tunes it to your photos rather than "
+                        "starting over")
     g.add_argument("--distill-dir", type=Path, default=None,
                    help="where --faces distils (default ./fiqa-student-FACESNAME): kept, so re-running resumes "
                         "and --student DIR reuses it for other targets")

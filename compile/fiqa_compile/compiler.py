@@ -21,6 +21,7 @@ from fiqa_compile.distill import SCORE_NAMES
 from fiqa_compile.targets import ARTIFACTS, Target, get_target
 
 EMBEDDED_STUDENT = Path(__file__).resolve().parent / "weights" / "student_mfn"
+DEFAULT_STUDENT_ARCH = "student_mfn"  # what --faces distils from scratch: fits the hour on 2 CPU cores
 
 
 class CompileError(RuntimeError):
@@ -35,7 +36,7 @@ class CompileOptions:
     utility_teacher: Path | None = None
     perceptual_teacher: Path | None = None
     student: Path | None = None
-    student_arch: str = "student_mfn"
+    student_arch: str | None = None      # None: the --distill-init student's, else DEFAULT_STUDENT_ARCH
     distill_epochs: int = 6
     distill_versions: int = 2
     distill_dir: Path | None = None
@@ -97,6 +98,14 @@ def refuse_existing_output(opts: CompileOptions) -> None:
                            "new one is complete) or choose another --out")
     if out.exists() and not out.is_dir():
         raise CompileError(f"--out {out} is a file, not a directory")
+
+
+def student_arch_of(path: Path) -> str:
+    """The architecture a distilled student directory records (read before its weights are checked and loaded)."""
+    try:
+        return str(json.loads((Path(path) / "student.json").read_text())["student"])
+    except (OSError, ValueError, KeyError) as e:
+        raise CompileError(f"{path} is not a distilled student (student.json with its architecture): {e}") from e
 
 
 def load_student(path: Path) -> tuple[torch.nn.Module, dict]:
@@ -233,13 +242,16 @@ def distil_on_faces(opts: CompileOptions, teachers: dict):
     from fiqa_compile.distill import DistillConfig, crops_from_folder, distill, distillation_targets, load_init
 
     sdir = opts.student_dir()
-    settings = {"faces": str(Path(opts.faces).resolve()), "versions": opts.distill_versions, "seed": opts.seed,
-                "student": opts.student_arch, "epochs": opts.distill_epochs,
-                "teachers": {k: v.info["sha256"] for k, v in teachers.items()}, "utility_target": "10-view mean"}
-    init, init_record = None, None
+    init_dir = None
     if opts.distill_init is not None:
         init_dir = EMBEDDED_STUDENT if opts.distill_init == "default" else Path(opts.distill_init)
-        init, init_record = load_init(init_dir, opts.student_arch, "--distill-init", "--student-arch")
+    arch = opts.student_arch or (student_arch_of(init_dir) if init_dir is not None else DEFAULT_STUDENT_ARCH)
+    settings = {"faces": str(Path(opts.faces).resolve()), "versions": opts.distill_versions, "seed": opts.seed,
+                "student": arch, "epochs": opts.distill_epochs,
+                "teachers": {k: v.info["sha256"] for k, v in teachers.items()}, "utility_target": "10-view mean"}
+    init, init_record = None, None
+    if init_dir is not None:
+        init, init_record = load_init(init_dir, arch, "--distill-init", "--student-arch")
         settings["init"] = init_record["sha256"]
     stamp = sdir / "settings.json"
     if stamp.exists():
@@ -258,7 +270,7 @@ def distil_on_faces(opts: CompileOptions, teachers: dict):
     # The 10-view utility target is scored once per crop and cached; augmented crops would need it online
     # (10 teacher passes each), which would take this command past an hour on lfw-dev: the compile does not augment.
     targets = distillation_targets(teachers, data, sdir, utility_tta=True)
-    cfg = DistillConfig(student=opts.student_arch, epochs=opts.distill_epochs, seed=opts.seed, utility_tta=True,
+    cfg = DistillConfig(student=arch, epochs=opts.distill_epochs, seed=opts.seed, utility_tta=True,
                         augment=0.0)
     provenance = {"command": "fiqa-compile " + " ".join(sys.argv[1:]) + " (its distillation stage)",
                   "teachers": {k: {"model": v.info["model"], "sha256": v.info["sha256"]} for k, v in teachers.items()},
@@ -274,7 +286,7 @@ def distil_on_faces(opts: CompileOptions, teachers: dict):
                    (data.version[held] > 0).astype(float), lm68=data.lm68[held],
                    source=f"held-out people of {opts.faces}")
     started = f", starting from the student in {opts.distill_init}" if init is not None else ""
-    origin = (f"distilled now from {len(data)} crops of {opts.faces} ({opts.student_arch}{started}); kept in {sdir} "
+    origin = (f"distilled now from {len(data)} crops of {opts.faces} ({arch}{started}); kept in {sdir} "
               f"(reuse it for other targets with --student {sdir})")
     return student, sinfo, verify, origin
 

@@ -490,21 +490,33 @@ def hint_loss(hints: dict[str, torch.nn.Module], cfg: DistillConfig, fmap: torch
 def load_init(path: Path, student: str, flag: str, arch_flag: str) -> tuple[dict, dict]:
     """Weights of a distilled student to start from, and what to record of it (its own chain of starts too).
 
-    Its sha256 is checked; another architecture than ``student`` is refused, naming ``flag``/``arch_flag``.
+    Its sha256 is checked. A student of the same family with fewer blocks per stage is grown into ``student``
+    (:func:`~fiqa_compile.models.students.deepen_state_dict`: the added blocks start as identities); any other
+    architecture is refused, naming ``flag``/``arch_flag``.
     """
     from fiqa_compile.compiler import load_student
+    from fiqa_compile.models.registry import get_config
+    from fiqa_compile.models.students import StudentConfig, deepen_state_dict
 
     model, info = load_student(path)
-    if info["student"] != student:
-        raise ValueError(f"{flag} {path} is a {info['student']}, not the {arch_flag} {student}: "
-                         f"pass {arch_flag} {info['student']} or another {flag}")
+    state = model.state_dict()
     record = {"path": str(path), "sha256": info["sha256"], "command": info.get("command"), "data": info.get("data"),
               "epochs": info.get("config", {}).get("epochs"), "init": info.get("init")}
-    return model.state_dict(), record
+    if info["student"] != student:
+        small, large = get_config(info["student"]), get_config(student)
+        try:
+            if not isinstance(large, StudentConfig):
+                raise ValueError(f"{student} is not a student")
+            state = deepen_state_dict(state, small, large)
+        except ValueError as e:
+            raise ValueError(f"{flag} {path} is a {info['student']}, which cannot start the {arch_flag} {student} "
+                             f"({e}): pass {arch_flag} {info['student']} or another {flag}") from e
+        record["grown_from"] = info["student"]
+    return state, record
 
 
 OPTION_HELP = {
-    "student": "student architecture (student_mfn, student_mfn_full, student_nano)",
+    "student": "student architecture (student_mfn, student_mfn_deep, student_mfn_full, student_nano)",
     "epochs": "passes over the training crops",
     "batch_size": "crops per step",
     "lr": "peak learning rate of the warm-up + cosine schedule (halve it with --init)",
