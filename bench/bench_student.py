@@ -1,9 +1,9 @@
 """Student cost: parameters, MACs, artifact sizes and per-face latency of every deployable form.
 
-For each student (default ``student_mfn``, ``student_mfn_full``, ``student_nano``) this exports and converts exactly as the compile
-does -- fp32 ONNX (dynamo + onnxsim), Q/DQ INT8 ONNX (percentile calibration), float TFLite, full-INT8 TFLite
-(PT2E) -- calibrating on a 300-face stratified set built from the pip-shipped sample photos, then times batch-1
-inference of one 112x112 face through each runtime at 1 and 2 threads:
+For each student (default ``student_mfn``, ``student_mfn_deep``, ``student_mfn_full``, ``student_nano``) this
+exports and converts exactly as the compile does -- fp32 ONNX (dynamo + onnxsim), Q/DQ INT8 ONNX (percentile
+calibration), float TFLite, full-INT8 TFLite (PT2E) -- calibrating on a 300-face stratified set built from the
+pip-shipped sample photos, then times batch-1 inference of one 112x112 face through each runtime at 1 and 2 threads:
 
 torch fp32 (eval, BN folded) | ONNX Runtime fp32 | ONNX Runtime Q/DQ INT8 | LiteRT fp32 | LiteRT INT8
 
@@ -13,7 +13,7 @@ BatchNorm given trained-like affine parameters and statistics from real faces: a
 residual BNs fold into all-zero convs, which the TFLite writer de-duplicates and which would understate file sizes.
 Writes ``bench/results/student.{json,md}``.
 
-Usage:  python bench/bench_student.py [--models student_mfn student_mfn_full student_nano] [--runs 200]
+Usage:  python bench/bench_student.py [--models student_mfn student_mfn_deep ...] [--runs 200]
 """
 from __future__ import annotations
 
@@ -164,7 +164,7 @@ def markdown(results: list[dict], info: dict) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", nargs="+", default=["student_mfn", "student_mfn_full", "student_nano"])
+    ap.add_argument("--models", nargs="+", default=["student_mfn", "student_mfn_deep", "student_mfn_full", "student_nano"])
     ap.add_argument("--runs", type=int, default=200)
     ap.add_argument("--warmup", type=int, default=20)
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")

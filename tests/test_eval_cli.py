@@ -378,7 +378,7 @@ def test_eval_student_scores_the_embedded_student_against_the_teachers(tmp_path,
     held = held_out_rows(labels)
     assert doc["held_out"]["crops"] == len(held) and doc["held_out"]["degraded"] > 0
     (row,) = doc["students"]
-    assert row["arch"] == "student_mfn" and len(row["sha256"]) == 64
+    assert row["arch"] in ("student_mfn", "student_mfn_deep") and len(row["sha256"]) == 64
     assert set(row["srcc"]) == {"all", "clean", "degraded"}
     # blur is the one thing that varies here, and both scores fall with it for teacher and student alike
     assert row["srcc"]["all"]["perceptual"] > 0.8 and row["srcc"]["all"]["utility"] > 0.5
@@ -400,6 +400,12 @@ def test_teacher_repeatability_scores_every_view_set_under_jitter(tmp_path, alig
     # a 2 px re-alignment keeps the order of blurred and sharp faces: every view set agrees with itself
     assert all(0.5 < v["self_srcc_under_jitter"] <= 1.0 for v in doc["views"].values())
     assert "| 10 views |" in (out / "teacher_repeatability.md").read_text()
+    # the student against the 10-view teacher, on training and held-out people, as aligned and re-aligned
+    gen = doc["student_vs_10_view_teacher"]
+    assert set(gen) == {"training people", "held-out people"}
+    assert all(set(v) == {"as aligned", "re-aligned"} and all(0.5 < x <= 1.0 for x in v.values()) for v in gen.values())
+    assert gen["held-out people"]["as aligned"] == doc["views"]["10 views"]["student_srcc"]
+    assert "| training people |" in (out / "teacher_repeatability.md").read_text()
     assert mod.main(["--labels", str(tmp_path / "none"), "--out", str(out)]) == 2
     assert "no label set" in capsys.readouterr().err
 
