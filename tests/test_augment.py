@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fiqa_compile.train.augment import AugmentConfig, augment_batch
+from fiqa_compile.train.augment import AugmentConfig, augment_batch, mix_faces
 from fiqa_sdk import create_detector, load_sample
 from fiqa_sdk.align import align_face
 
@@ -35,3 +35,30 @@ def test_augment_fraction_bounds(crops):
     assert augment_batch(crops, AugmentConfig(fraction=1.0), np.random.default_rng(0))[1].all()
     with pytest.raises(ValueError, match="fraction"):
         AugmentConfig(fraction=1.5)
+
+
+def test_mix_faces_blends_picked_rows_with_another_face_of_the_batch():
+    crops = np.random.default_rng(0).integers(0, 256, (8, 112, 112, 3), dtype=np.uint8)
+    out, mask = mix_faces(crops, 0.5, np.random.default_rng([0, 1, 2, 1]))
+    again, mask_again = mix_faces(crops, 0.5, np.random.default_rng([0, 1, 2, 1]))
+    assert np.array_equal(out, again) and np.array_equal(mask, mask_again)
+    assert 0 < mask.sum() < len(crops)
+    assert np.array_equal(out[~mask], crops[~mask])
+    f = crops.astype(np.float64)
+    for i in np.where(mask)[0]:
+        # each mixed row is (1 - lam) * its own face + lam * one other face of the batch, to rounding
+        fits = []
+        for j in (k for k in range(len(crops)) if k != i):
+            d = f[j] - f[i]
+            lam = float(((out[i] - f[i]) * d).sum() / (d * d).sum())
+            fits.append(np.abs(f[i] + lam * d - out[i]).max() <= 1.0 and 0.0 <= lam <= 1.0)
+        assert sum(fits) == 1
+
+
+def test_mix_faces_bounds():
+    crops = np.zeros((4, 8, 8, 3), np.uint8)
+    assert not mix_faces(crops, 0.0, np.random.default_rng(0))[1].any()
+    assert mix_faces(crops, 1.0, np.random.default_rng(0))[1].all()
+    assert not mix_faces(crops[:1], 1.0, np.random.default_rng(0))[1].any()   # nothing to blend with
+    with pytest.raises(ValueError, match="mixup share"):
+        mix_faces(crops, 1.5, np.random.default_rng(0))

@@ -269,7 +269,7 @@ def test_distillation_with_hints_and_ema_saves_the_average_and_resumes(teachers,
     args = ["--crops", str(label_dir), "--out", str(out), "--utility-teacher", str(teachers / "utility"),
             "--perceptual-teacher", str(teachers / "perceptual"), "--student", "student_nano", "--epochs", "2",
             "--batch-size", "8", "--held-out", "0.2", "--threads", "1", "--token-weight", "1",
-            "--embedding-weight", "0.5", "--ema", "0.9"]
+            "--embedding-weight", "0.5", "--ema", "0.9", "--mixup", "0.5"]
     assert main(args) == 0
     ck = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
     assert {"hint", "token_hint", "embedding_hint", "ema"} <= set(ck)
@@ -277,7 +277,7 @@ def test_distillation_with_hints_and_ema_saves_the_average_and_resumes(teachers,
     for k, v in saved.state_dict().items():  # the saved student is the average, not the last weights
         torch.testing.assert_close(v, ck["ema"][k].to(v.dtype))
     assert any(not torch.equal(ck["model"][k], ck["ema"][k]) for k in ck["model"] if ck["model"][k].is_floating_point())
-    assert info["config"]["token_weight"] == 1.0 and info["config"]["ema"] == 0.9
+    assert info["config"]["token_weight"] == 1.0 and info["config"]["ema"] == 0.9 and info["config"]["mixup"] == 0.5
     assert all("raw_srcc_utility" in h for h in info["history"])
     # a rerun of a finished run resumes (nothing left to train); one without --ema is refused, not mixed
     assert main(args) == 0
@@ -286,13 +286,15 @@ def test_distillation_with_hints_and_ema_saves_the_average_and_resumes(teachers,
     assert "other hint/--ema settings" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("flag, value, message", [("--ema", "1.5", "the decay must be in [0, 1)"),
-                                                  ("--augment", "-0.1", "share of each batch must be in [0, 1]")])
-def test_distill_refuses_out_of_range_options_before_any_work(flag, value, message, tmp_path, capsys):
+@pytest.mark.parametrize("flags, message", [(["--ema", "1.5"], "the decay must be in [0, 1)"),
+                                            (["--augment", "-0.1"], "share of each batch must be in [0, 1]"),
+                                            (["--mixup", "1.5"], "share of each batch must be in [0, 1]"),
+                                            (["--mixup", "0.3", "--no-online-utility"], "needs --online-utility")])
+def test_distill_refuses_out_of_range_options_before_any_work(flags, message, tmp_path, capsys):
     from fiqa_compile.distill import main
 
     out = tmp_path / "student"
-    assert main(["--crops", str(tmp_path / "no-labels"), "--out", str(out), flag, value]) == 2
+    assert main(["--crops", str(tmp_path / "no-labels"), "--out", str(out), *flags]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
 

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fiqa_compile.train.augment import AugmentConfig, augment_batch
+from fiqa_compile.train.augment import AugmentConfig, augment_batch, mix_faces
 from fiqa_compile.train.data import to_tensor
 from fiqa_compile.train.schedule import epoch_batches, warmup_cosine
 from fiqa_compile.train.tasks import pairwise_rank_loss
@@ -197,6 +197,7 @@ class DistillConfig:
     augment: float = 0.5          # share of each batch re-aligned/re-lit/re-degraded (online utility only)
     token_weight: float = 0.0     # weight of the patch-token hint: student map vs teacher tokens (online only)
     embedding_weight: float = 0.0  # weight of the FR-embedding hint, 1 - cosine (online utility only)
+    mixup: float = 0.0            # share of each batch blended with another face of it (online utility only)
     ema: float = 0.0              # EMA decay of the saved weights (0 = off: the last weights are saved)
     utility_tta: bool = True      # utility target = the teacher's mean over its 10 test-time views (teachers.tta_views)
 
@@ -206,6 +207,10 @@ class DistillConfig:
             raise ValueError(f"--ema {self.ema}: the decay must be in [0, 1) (0 = off; e.g. 0.998)")
         if not 0.0 <= self.augment <= 1.0:
             raise ValueError(f"--augment {self.augment}: the share of each batch must be in [0, 1]")
+        if not 0.0 <= self.mixup <= 1.0:
+            raise ValueError(f"--mixup {self.mixup}: the share of each batch must be in [0, 1]")
+        if self.mixup > 0 and not self.online_utility:
+            raise ValueError("--mixup needs --online-utility: a blend of two faces has no cached teacher score")
 
 
 def _save(obj, path: Path) -> None:
@@ -396,6 +401,9 @@ def distill(data: FaceCrops, targets: np.ndarray, out: Path, cfg: DistillConfig,
             augmented = np.zeros(len(rows), bool)
             if augment is not None:
                 crops, augmented = augment_batch(crops, augment, np.random.default_rng([cfg.seed, epoch, b]))
+            if online is not None and cfg.mixup > 0:
+                crops, mixed = mix_faces(crops, cfg.mixup, np.random.default_rng([cfg.seed, epoch, b, 1]))
+                augmented |= mixed
             for g in opt.param_groups:
                 g["lr"] = warmup_cosine(step, cfg.lr, warmup, total)
             x = to_tensor(crops).contiguous(memory_format=torch.channels_last)
@@ -531,6 +539,8 @@ OPTION_HELP = {
     "augment": "share of each batch re-aligned, re-lit and freshly degraded (needs --online-utility)",
     "token_weight": "weight of the hint loss on the teacher's patch tokens (0 = off)",
     "embedding_weight": "weight of the hint loss on the teacher's face-recognition embedding (0 = off)",
+    "mixup": "share of each batch blended with another face of the batch and scored by the online teacher "
+             "(function matching off the photos; needs --online-utility; 0 = off)",
     "ema": "decay of an exponential moving average of the weights, saved instead of the last ones (0 = off)",
     "utility_tta": "utility target = the teacher's mean over its 10 test-time views (face + mirror, shifted 2 px); "
                    "--no-utility-tta: one view",

@@ -4,6 +4,10 @@ When a teacher scores the very crop the student sees, any augmentation keeps its
 student can see far more distinct faces than the photos hold: a small re-alignment (the jitter a device's
 detector and landmarks add anyway), a photometric change, and a fresh seeded degradation chain.
 Every draw comes from ``np.random.default_rng([seed, epoch, batch])`` so a resumed run replays it.
+
+:func:`mix_faces` goes further off the photos (Beyer et al. 2022, "a good teacher is patient and consistent":
+function matching on mixup images): two aligned faces blended pixel by pixel are not a photo of anyone, but
+the teacher still scores them, and matching it there too shapes the student's function between the photos.
 """
 from __future__ import annotations
 
@@ -56,4 +60,24 @@ def augment_batch(crops: np.ndarray, cfg: AugmentConfig, rng: np.random.Generato
         if rng.random() < cfg.degrade_p:
             img = sample_chain(rng, max_steps=2).apply(img)
         out[i] = img
+    return out, mask
+
+
+def mix_faces(crops: np.ndarray, share: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Blend a ``share`` of ``crops`` with another crop of the same batch; returns (crops, mixed mask).
+
+    The weight of the other face is uniform in [0, 1) per crop (mixup with Beta(1, 1)). The crops are aligned
+    to one template, so the eyes and mouth of both faces coincide and the blend stays face-shaped.
+    """
+    if not 0.0 <= share <= 1.0:
+        raise ValueError(f"mixup share must be in [0, 1], got {share}")
+    out = crops.copy()
+    mask = rng.random(len(crops)) < share
+    if len(crops) < 2:
+        return out, np.zeros(len(crops), bool)
+    for i in np.where(mask)[0]:
+        j = (i + rng.integers(1, len(crops))) % len(crops)   # any other row
+        lam = rng.random()
+        out[i] = np.clip((1.0 - lam) * crops[i].astype(np.float32) + lam * crops[j].astype(np.float32) + 0.5,
+                         0, 255).astype(np.uint8)
     return out, mask
