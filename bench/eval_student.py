@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from scipy.stats import spearmanr
 
-    from fiqa_compile.compiler import EMBEDDED_STUDENT, load_student
+    from fiqa_compile.student_store import EMBEDDED_STUDENT, load_student
     from fiqa_compile.distill import SCORE_NAMES, _predict
     from fiqa_compile.teachers import embedded_teacher_dirs, load_teacher
     from fiqa_compile.train.data import LabelSet

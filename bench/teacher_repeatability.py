@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from scipy.stats import spearmanr
 
-    from fiqa_compile.compiler import EMBEDDED_STUDENT, load_student
+    from fiqa_compile.student_store import EMBEDDED_STUDENT, load_student
     from fiqa_compile.distill import _predict
     from fiqa_compile.teachers import embedded_teacher_dirs, load_teacher, tta_views
     from fiqa_compile.train.augment import AugmentConfig, augment_batch

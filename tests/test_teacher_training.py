@@ -145,7 +145,7 @@ def test_distillation_learns_from_teacher_scores(teachers, label_dir, tmp_path):
 
 def test_distillation_starts_from_an_earlier_student(teachers, label_dir, tmp_path):
     """--init: a new run starts from a distilled student's weights (recorded), not from random ones."""
-    from fiqa_compile.compiler import load_student
+    from fiqa_compile.student_store import load_student
     from fiqa_compile.distill import main
 
     common = ["--crops", str(label_dir), "--utility-teacher", str(teachers / "utility"), "--perceptual-teacher",
@@ -173,7 +173,7 @@ def test_distillation_starts_from_an_earlier_student(teachers, label_dir, tmp_pa
 
 def test_distillation_grows_a_student_into_its_deeper_variant(teachers, label_dir, tmp_path):
     """--init of a student_mfn for --student student_mfn_deep: its blocks are carried over, the grown-from recorded."""
-    from fiqa_compile.compiler import load_student
+    from fiqa_compile.student_store import load_student
     from fiqa_compile.distill import main
 
     common = ["--crops", str(label_dir), "--utility-teacher", str(teachers / "utility"), "--perceptual-teacher",
@@ -262,7 +262,7 @@ def test_weight_average_follows_the_model_with_a_ramped_decay():
 
 def test_distillation_with_hints_and_ema_saves_the_average_and_resumes(teachers, label_dir, tmp_path, capsys):
     """--token-weight/--embedding-weight add their hint heads to the checkpoint; --ema saves averaged weights."""
-    from fiqa_compile.compiler import load_student
+    from fiqa_compile.student_store import load_student
     from fiqa_compile.distill import main
 
     out = tmp_path / "student"
@@ -417,7 +417,7 @@ def test_compile_with_faces_keeps_resumes_and_reuses_the_student(face_folder, te
 def test_compile_with_faces_can_start_from_a_distilled_student(face_folder, teachers, tmp_path, capsys):
     """--distill-init: the --faces distillation fine-tunes a given student (recorded), at half the rate."""
     from fiqa_compile.cli import main
-    from fiqa_compile.compiler import EMBEDDED_STUDENT
+    from fiqa_compile.student_store import EMBEDDED_STUDENT
 
     common = ["--target", "cpu", "--utility-teacher", str(teachers / "utility"), "--perceptual-teacher",
               str(teachers / "perceptual"), "--calibration-method", "minmax", "--calibration-size", "100",

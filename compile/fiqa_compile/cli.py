@@ -75,7 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from fiqa_compile.compiler import CompileError, CompileOptions, compile_bundle
+    from fiqa_compile.compiler import CompileOptions, compile_bundle
+    from fiqa_compile.errors import CompileError
     from fiqa_compile.teachers import TeacherError
 
     if args.faces is not None and args.student is not None:

@@ -18,14 +18,11 @@ import numpy as np
 import torch
 
 from fiqa_compile.distill import SCORE_NAMES
+from fiqa_compile.errors import CompileError
+from fiqa_compile.student_store import EMBEDDED_STUDENT, load_student, student_arch_of
 from fiqa_compile.targets import ARTIFACTS, Target, get_target
 
-EMBEDDED_STUDENT = Path(__file__).resolve().parent / "weights" / "student_mfn"
 DEFAULT_STUDENT_ARCH = "student_mfn"  # what --faces distils from scratch: fits the hour on 2 CPU cores
-
-
-class CompileError(RuntimeError):
-    """A stage failed a check; the message names the stage, the numbers and what to try."""
 
 
 @dataclass
@@ -98,37 +95,6 @@ def refuse_existing_output(opts: CompileOptions) -> None:
                            "new one is complete) or choose another --out")
     if out.exists() and not out.is_dir():
         raise CompileError(f"--out {out} is a file, not a directory")
-
-
-def student_arch_of(path: Path) -> str:
-    """The architecture a distilled student directory records (read before its weights are checked and loaded)."""
-    try:
-        return str(json.loads((Path(path) / "student.json").read_text())["student"])
-    except (OSError, ValueError, KeyError) as e:
-        raise CompileError(f"{path} is not a distilled student (student.json with its architecture): {e}") from e
-
-
-def load_student(path: Path) -> tuple[torch.nn.Module, dict]:
-    import hashlib
-
-    from fiqa_compile.models.registry import create_model
-
-    meta_path, weights = path / "student.json", path / "student.pt"
-    if not meta_path.is_file() or not weights.is_file():
-        raise CompileError(f"student at {path} needs student.json and student.pt (made by fiqa-distill); "
-                           "the embedded default is missing from this install" if path == EMBEDDED_STUDENT else
-                           f"student at {path} needs student.json and student.pt (made by fiqa-distill)")
-    info = json.loads(meta_path.read_text())
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
-    if digest != info.get("sha256"):
-        raise CompileError(f"{weights} has sha256 {digest[:12]}..., student.json records {str(info.get('sha256'))[:12]}"
-                           "...: the file is corrupt or was replaced; re-run fiqa-distill or restore it")
-    model = create_model(info["student"])
-    try:
-        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    except Exception as e:  # noqa: BLE001
-        raise CompileError(f"cannot load {weights} into {info['student']}: {e}") from e
-    return model.eval(), info
 
 
 def faces_from_pool(pool, source: str) -> Faces:

@@ -502,7 +502,7 @@ def load_init(path: Path, student: str, flag: str, arch_flag: str) -> tuple[dict
     (:func:`~fiqa_compile.models.students.deepen_state_dict`: the added blocks start as identities); any other
     architecture is refused, naming ``flag``/``arch_flag``.
     """
-    from fiqa_compile.compiler import load_student
+    from fiqa_compile.student_store import load_student
     from fiqa_compile.models.registry import get_config
     from fiqa_compile.models.students import StudentConfig, deepen_state_dict
 
@@ -575,7 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from fiqa_compile.compiler import CompileError
+    from fiqa_compile.errors import CompileError
     from fiqa_compile.teachers import TeacherError
 
     try:
