@@ -247,3 +247,55 @@ def test_tflite_int8_smaller_and_tracks_fp32(tflite, data):
     for j in range(2):
         assert spearmanr(ref[:, j], got[:, j])[0] > 0.9, j
     assert np.abs(got - ref).max() < 0.25 * np.ptp(ref, axis=0).min()
+
+
+def test_score_output_range_spans_every_score_with_a_margin():
+    from fiqa_compile.export.tflite import score_output_range
+
+    scores = [{"mean": 0.5, "std": 0.01, "teacher_p01": 0.47, "teacher_p99": 0.51},     # z -3 .. +1
+              {"mean": 90.0, "std": 40.0, "teacher_p01": 10.0, "teacher_p99": 170.0}]  # z -2 .. +2
+    assert score_output_range(scores) == pytest.approx((-4.0, 3.0))
+    assert score_output_range(scores, margin_std=0.0) == pytest.approx((-3.0, 2.0))
+    with pytest.raises(ValueError, match="no scores"):
+        score_output_range([])
+
+
+def test_pinned_output_range_keeps_scores_the_calibration_never_reached():
+    """Calibrated only on the lower-scoring faces, the int8 output clips the rest; pinned, it holds them."""
+    import torch
+
+    from fiqa_compile.export.tflite import quantize_pt2e
+    from fiqa_compile.models.students import export_ready
+
+    model = fitted_student()
+    x = faces_to_tensor(face_pool().faces)
+    with torch.no_grad():
+        ref = export_ready(model)(torch.from_numpy(x)).numpy()
+    top = ref.max(1)
+    low, high = x[top < np.quantile(top, 0.4)], x[top > np.quantile(top, 0.8)]
+    with torch.no_grad():
+        ref_high = export_ready(model)(torch.from_numpy(high)).numpy()
+    span = (float(ref.min()) - 0.5, float(ref.max()) + 0.5)
+    errors = {}
+    for name, pinned in (("calibration only", None), ("pinned", span)):
+        q, _ = quantize_pt2e(model, low, output_range=pinned)
+        with torch.no_grad():
+            got = q(torch.from_numpy(high)).numpy()
+        errors[name] = float(np.abs(got - ref_high).max())
+    # clipped at what the low faces reached vs an int8 step or two of the wider range plus int8 noise
+    assert errors["calibration only"] > 2 * errors["pinned"], errors
+    assert errors["pinned"] < 0.25 * np.ptp(ref), errors
+
+
+def test_pinning_never_narrows_what_the_calibration_saw():
+    import torch
+
+    from fiqa_compile.export.tflite import pin_output_range, quantize_pt2e
+
+    x = faces_to_tensor(face_pool().faces[:48])
+    q_wide, _ = quantize_pt2e(fitted_student(), x)
+    q_tiny, _ = quantize_pt2e(fitted_student(), x, output_range=(-1e-3, 1e-3))  # inside the seen range
+    with torch.no_grad():
+        assert np.allclose(q_wide(torch.from_numpy(x)).numpy(), q_tiny(torch.from_numpy(x)).numpy(), atol=0.05)
+    with pytest.raises(ValueError, match="lo < hi"):
+        pin_output_range(torch.fx.GraphModule(torch.nn.Module(), torch.fx.Graph()), (1.0, 0.0))

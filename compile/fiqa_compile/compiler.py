@@ -347,12 +347,16 @@ def compile_bundle(opts: CompileOptions) -> Path:
 
                 tensorrt = TensorRTArtifact(model="onnx_qdq", calibration_cache=cache)
         if "tflite_int8" in want:
-            from fiqa_compile.export.tflite import convert_int8
+            from fiqa_compile.export.tflite import convert_int8, score_output_range
 
             t = _timer()
             tfl_path = files / ARTIFACTS["tflite_int8"][0]
-            convert_int8(student, tfl_path, calib_x, check_inputs=check_x, min_srcc=None)
-            log.add("tflite int8", f"{tfl_path.name} {tfl_path.stat().st_size / 1e6:.2f} MB (full INT8, PT2E)", t())
+            # the int8 output holds the student's whole score span, not only what the calibration faces reach
+            out_lo, out_hi = score_output_range(sinfo["scores"])
+            convert_int8(student, tfl_path, calib_x, check_inputs=check_x, min_srcc=None,
+                         output_range=(out_lo, out_hi))
+            log.add("tflite int8", f"{tfl_path.name} {tfl_path.stat().st_size / 1e6:.2f} MB (full INT8, PT2E, "
+                    f"output range {out_lo:+.2f}..{out_hi:+.2f} z)", t())
 
         # 5. verification with the device runtimes against the fp32 student and the teachers
         t = _timer()
