@@ -401,7 +401,7 @@ def distill(data: FaceCrops, targets: np.ndarray, out: Path, cfg: DistillConfig,
             augmented = np.zeros(len(rows), bool)
             if augment is not None:
                 crops, augmented = augment_batch(crops, augment, np.random.default_rng([cfg.seed, epoch, b]))
-            if online is not None and cfg.mixup > 0:
+            if cfg.mixup > 0:  # DistillConfig refuses it without the online teacher
                 crops, mixed = mix_faces(crops, cfg.mixup, np.random.default_rng([cfg.seed, epoch, b, 1]))
                 augmented |= mixed
             for g in opt.param_groups:

@@ -32,9 +32,8 @@ def load_student(path: Path) -> tuple[torch.nn.Module, dict]:
     path = Path(path)
     meta_path, weights = path / "student.json", path / "student.pt"
     if not meta_path.is_file() or not weights.is_file():
-        raise CompileError(f"student at {path} needs student.json and student.pt (made by fiqa-distill); "
-                           "the embedded default is missing from this install" if path == EMBEDDED_STUDENT else
-                           f"student at {path} needs student.json and student.pt (made by fiqa-distill)")
+        missing = "; the embedded default is missing from this install" if path == EMBEDDED_STUDENT else ""
+        raise CompileError(f"student at {path} needs student.json and student.pt (made by fiqa-distill){missing}")
     info = json.loads(meta_path.read_text())
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()
     if digest != info.get("sha256"):

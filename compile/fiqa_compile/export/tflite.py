@@ -18,8 +18,9 @@ TRANSPOSE inside; every CONV_2D / DEPTHWISE_CONV_2D / FULLY_CONNECTED / ADD is i
 The int8 *output* range is not left to the calibration faces alone (``output_range``): its histogram observer
 is affine and fits what the faces reach, so a calibration set without the very best faces clips the top of the
 score range -- the pip-shipped group photo clipped the perceptual score at +0.90 z, below the +1.2 z the device's
-0-100 scale still resolves, and full-INT8 perceptual SRCC with fp32 fell to 0.983 on unseen LFW people (0.9995
-with the range pinned). The compile pins it to the span the student was distilled on (:func:`score_output_range`).
+0-100 scale still resolves, and full-INT8 perceptual SRCC with fp32 on unseen LFW people was 0.986 (0.998 with the
+range pinned; ``bench/eval_student.py``). The compile pins it to the span the student was distilled on
+(:func:`score_output_range`).
 
 ``fiqa_runtimes.litert_backend.LiteRTBackend`` quantises the float input and dequantises the output with the
 tensors' own scale and zero point, so callers keep feeding ``faces_to_tensor`` output. Models are converted at
@@ -204,9 +205,9 @@ def score_output_range(scores: list[dict], margin_std: float = 1.0) -> tuple[flo
     return float(lo), float(hi)
 
 
-def pin_output_range(prepared: torch.fx.GraphModule, output_range: tuple[float, float]) -> tuple[float, float]:
+def pin_output_range(prepared: torch.fx.GraphModule, output_range: tuple[float, float]) -> None:
     """Replace the observer on the graph's output with a min-max one holding ``output_range`` and what the
-    calibration reached (the union: pinning never narrows); returns the calibration's own (min, max)."""
+    calibration reached (the union: pinning never narrows)."""
     from torchao.quantization.pt2e import MinMaxObserver
 
     lo, hi = output_range
@@ -217,12 +218,10 @@ def pin_output_range(prepared: torch.fx.GraphModule, output_range: tuple[float, 
     old = getattr(prepared, str(node.target), None) if node.op == "call_module" else None
     if old is None or not hasattr(old, "min_val"):
         raise ValueError("the prepared graph's output has no activation observer to pin (quantizer config changed?)")
-    seen = (float(old.min_val), float(old.max_val))
     pinned = MinMaxObserver(dtype=old.dtype, qscheme=old.qscheme, quant_min=old.quant_min, quant_max=old.quant_max,
                             eps=float(old.eps))
-    pinned(torch.tensor([min(lo, seen[0]), max(hi, seen[1])]))
+    pinned(torch.tensor([min(lo, float(old.min_val)), max(hi, float(old.max_val))]))
     setattr(prepared, str(node.target), pinned)
-    return seen
 
 
 def quantize_pt2e(model: torch.nn.Module, calibration: np.ndarray, batch_size: int = 32,
