@@ -41,8 +41,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bundle", type=Path, action="append", default=None,
                     help="bundle whose INT8 models to check on the same crops, repeatable (default: the SDK's "
                          "default-cpu and default-android-arm64)")
+    ap.add_argument("--ensemble", action="store_true",
+                    help="add a row for the mean of the students' scores (a diagnostic: how much of the gap to the "
+                         "teacher is one student's variance, which averaging removes; not a deployable model)")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
+    if args.ensemble and len(args.student or []) < 2:
+        print("eval_student: --ensemble needs two or more --student directories", file=sys.stderr)
+        return 2
 
     import torch
     from scipy.stats import spearmanr
@@ -86,6 +92,13 @@ def main(argv: list[str] | None = None) -> int:
                      "srcc": {sub: srcc_by_score(pred[m], target[m]) for sub, m in subsets.items()},
                      "srcc_utility_single_view": {sub: round(float(spearmanr(pred[m, 0], single_view[m]).statistic), 4)
                                                   for sub, m in subsets.items()}})
+    if args.ensemble:
+        mean = np.mean(preds, 0)  # students all predict z-scored teacher scores, so their scales agree
+        rows.append({"student": f"mean of the {len(preds)} students above", "arch": "ensemble", "data": None,
+                     "how": "diagnostic, not deployable", "command": None, "sha256": None,
+                     "srcc": {sub: srcc_by_score(mean[m], target[m]) for sub, m in subsets.items()},
+                     "srcc_utility_single_view": {sub: round(float(spearmanr(mean[m, 0], single_view[m]).statistic), 4)
+                                                  for sub, m in subsets.items()}})
     bundles = []
     for bdir in args.bundle or sorted((ROOT / "sdk/fiqa_sdk/bundles").glob("default-*")):
         bundles.extend(int8_rows(bdir, crops, target, {r["sha256"]: p for r, p in zip(rows, preds)}))
@@ -106,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         s = r["srcc"]
-        lines.append(f"| `{r['student']}` | {r['how']} | " + " | ".join(f"{s[sub][n]:.4f}" for sub in subsets
+        name = f"`{r['student']}`" if r["sha256"] else r["student"]
+        lines.append(f"| {name} | {r['how']} | " + " | ".join(f"{s[sub][n]:.4f}" for sub in subsets
                                                              for n in SCORE_NAMES)
                      + f" | {r['srcc_utility_single_view']['all']:.4f} |")
     if bundles:

@@ -387,6 +387,23 @@ def test_eval_student_scores_the_embedded_student_against_the_teachers(tmp_path,
     assert "| student |" in (out / "student_eval.md").read_text()
     assert mod.main(["--labels", str(tmp_path / "none"), "--out", str(out)]) == 2
     assert "no label set" in capsys.readouterr().err
+    assert mod.main(["--labels", str(labels_dir), "--ensemble", "--out", str(out)]) == 2
+    assert "--ensemble needs two or more" in capsys.readouterr().err
+
+
+def test_eval_student_ensemble_row_is_the_mean_of_the_students(tmp_path, aligned_faces):
+    """Two copies of one student average to that student: the ensemble row must reproduce its SRCC exactly."""
+    from fiqa_compile.student_store import EMBEDDED_STUDENT
+
+    labels_dir = write_label_set(tmp_path / "labels", aligned_faces, n_ids=40, seed=3)
+    mod = _bench_module("eval_student")
+    out = tmp_path / "results"
+    assert mod.main(["--labels", str(labels_dir), "--student", str(EMBEDDED_STUDENT), "--student",
+                     str(EMBEDDED_STUDENT), "--ensemble", "--out", str(out)]) == 0
+    single, _, mean = json.loads((out / "student_eval.json").read_text())["students"]
+    assert mean["arch"] == "ensemble" and mean["sha256"] is None
+    assert mean["srcc"] == single["srcc"]
+    assert "mean of the 2 students above" in (out / "student_eval.md").read_text()
 
 
 def test_teacher_repeatability_scores_every_view_set_under_jitter(tmp_path, aligned_faces, capsys):
