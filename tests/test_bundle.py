@@ -236,7 +236,7 @@ def test_manifest_path_is_accepted_for_the_folder(built):
 
 def test_existing_bundle_is_refused_without_force_and_replaced_with_it(copy, models, tmp_path):
     before = load_bundle(copy)
-    with pytest.raises(BundleExistsError, match="already holds a bundle; pass force=True"):
+    with pytest.raises(BundleExistsError, match="already holds a bundle; pass --force"):
         write_test_bundle(copy, models["onnx"])
     assert load_bundle(copy).bundle_id == before.bundle_id
     write_test_bundle(copy, models["onnx"], force=True)
@@ -259,6 +259,18 @@ def test_failed_forced_write_leaves_the_old_bundle_intact(copy, models, tmp_path
     assert after == before
     load_bundle(copy)
     assert not [p.name for p in copy.parent.iterdir() if p.name.startswith(".copy.")]
+
+
+def test_forced_write_never_deletes_files_the_bundle_does_not_list(copy, models):
+    """--force replaces a bundle, not a user's captures or notes kept beside it."""
+    before = load_bundle(copy).bundle_id
+    (copy / "captures").mkdir()
+    (copy / "captures" / "p1.jpg").write_bytes(b"jpeg")
+    (copy / "notes.txt").write_text("mine")
+    with pytest.raises(BundleExistsError, match=r"2 file\(s\) its manifest does not list \(captures/p1.jpg, notes.txt\)"):
+        write_test_bundle(copy, models["onnx"], force=True)
+    assert (copy / "captures" / "p1.jpg").read_bytes() == b"jpeg" and (copy / "notes.txt").read_text() == "mine"
+    assert load_bundle(copy).bundle_id == before
 
 
 def test_non_bundle_folder_is_never_replaced(tmp_path, models):

@@ -6,6 +6,7 @@ insightface group photo and the portraits becomes one identity with two differen
 from __future__ import annotations
 
 import json
+import shutil
 
 import cv2
 import numpy as np
@@ -71,11 +72,29 @@ def test_labels_are_measured_and_reproducible(label_dir, face_folder, tmp_path):
     assert json.loads((again / "labels.json").read_text())["labels_npz_sha256"] == meta["labels_npz_sha256"]
 
 
-def test_label_settings_change_is_refused(label_dir, face_folder):
+def test_label_settings_change_is_refused(label_dir, face_folder, tmp_path, capsys):
     from fiqa_compile.labels.build import main
 
     with pytest.raises(SystemExit):
         main(["--faces", str(face_folder), "--out", str(label_dir), "--versions", "3", "--workers", "1"])
+    # the folder is part of the settings: another one's photos are never filed under these shards
+    assert json.loads((label_dir / "settings.json").read_text())["faces"] == str(face_folder.resolve())
+    other = tmp_path / "other"
+    shutil.copytree(face_folder, other)
+    with pytest.raises(SystemExit):
+        main(["--faces", str(other), "--out", str(label_dir), "--workers", "1"])
+    assert "other settings" in capsys.readouterr().err
+
+
+def test_labels_of_a_folder_without_faces_is_an_error(tmp_path, capsys):
+    from fiqa_compile.labels.build import main
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "faces" / "someone").mkdir(parents=True)
+    for i in range(2):
+        cv2.imwrite(str(tmp_path / "faces" / "someone" / f"{i}.png"), rng.integers(0, 256, (200, 200, 3), np.uint8))
+    assert main(["--faces", str(tmp_path / "faces"), "--out", str(tmp_path / "labels"), "--workers", "1"]) == 2
+    assert "no face was found in any of the 2 photos" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +128,18 @@ def test_teacher_run_with_other_settings_is_refused(teachers, label_dir):
 
     with pytest.raises(SystemExit, match="other settings"):
         main(["utility", "--out", str(teachers / "utility"), "--labels", str(label_dir), "--lr", "0.5"])
+
+
+def test_teacher_run_refuses_what_would_train_nothing_or_the_wrong_model(label_dir, tmp_path):
+    from fiqa_compile.train.teacher import main
+
+    with pytest.raises(SystemExit, match="do not fill one batch of --batch-size 100000"):
+        main(["perceptual", "--labels", str(label_dir), "--out", str(tmp_path / "p"), "--batch-size", "100000"])
+    assert not (tmp_path / "p" / "teacher.pt").exists()
+    with pytest.raises(SystemExit, match="'dsl_fiqa_tiny' is not a utility teacher"):
+        main(["utility", "--labels", str(label_dir), "--out", str(tmp_path / "u"), "--model", "dsl_fiqa_tiny"])
+    with pytest.raises(SystemExit, match="no label set|labels.npz"):
+        main(["utility", "--labels", str(tmp_path / "none"), "--out", str(tmp_path / "u")])
 
 
 def test_teacher_loading_verifies_hash(teachers, tmp_path):
@@ -284,12 +315,20 @@ def test_distillation_with_hints_and_ema_saves_the_average_and_resumes(teachers,
     assert "resumed distillation" in capsys.readouterr().out
     assert main([a for a in args if a not in ("--ema", "0.9")]) == 2
     assert "other hint/--ema settings" in capsys.readouterr().err
+    # other options are refused too: the learning rate and the data would be mixed into the run
+    lr_changed = args + ["--lr", "0.01"]
+    assert main(lr_changed) == 2
+    assert "is a run with other settings (lr)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("flags, message", [(["--ema", "1.5"], "the decay must be in [0, 1)"),
                                             (["--augment", "-0.1"], "share of each batch must be in [0, 1]"),
                                             (["--mixup", "1.5"], "share of each batch must be in [0, 1]"),
-                                            (["--mixup", "0.3", "--no-online-utility"], "needs --online-utility")])
+                                            (["--mixup", "0.3", "--no-online-utility"], "needs --online-utility"),
+                                            (["--epochs", "0"], "--epochs 0: need 1 or more"),
+                                            (["--batch-size", "0"], "--batch-size 0: need 1 or more"),
+                                            (["--held-out", "1.2"], "held-out share must be between 0 and 1"),
+                                            (["--student", "bogus"], "'bogus' is not a student architecture")])
 def test_distill_refuses_out_of_range_options_before_any_work(flags, message, tmp_path, capsys):
     from fiqa_compile.distill import main
 
@@ -297,6 +336,19 @@ def test_distill_refuses_out_of_range_options_before_any_work(flags, message, tm
     assert main(["--crops", str(tmp_path / "no-labels"), "--out", str(out), *flags]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_distill_refuses_a_file_as_out_and_a_teacher_of_the_other_role(tmp_path, capsys):
+    from fiqa_compile.distill import main
+    from fiqa_compile.teachers import embedded_teacher_dirs
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main(["--crops", str(tmp_path / "no-labels"), "--out", str(afile)]) == 2
+    assert "is a file" in capsys.readouterr().err and afile.read_text() == "x"
+    swapped = ["--utility-teacher", str(embedded_teacher_dirs()["perceptual"])]
+    assert main(["--crops", str(tmp_path / "no-labels"), "--out", str(tmp_path / "s"), *swapped]) == 2
+    assert "is a perceptual teacher" in capsys.readouterr().err and not (tmp_path / "s").exists()
 
 
 def test_every_distill_option_is_explained_in_help():

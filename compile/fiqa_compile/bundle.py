@@ -185,6 +185,44 @@ def _holds_bundle(path: Path) -> bool:
     return (path / MANIFEST).exists()
 
 
+def _files_outside_bundle(path: Path) -> list[str]:
+    """Files under ``path`` that its manifest does not list (a user's notes, captures...): --force must not
+    delete them with the old bundle. An unreadable manifest lists nothing, so every file counts."""
+    try:
+        manifest = json.loads((path / MANIFEST).read_text(encoding="utf-8"))
+        listed = {MANIFEST, *(m["file"] for m in manifest.get("models", [])), *manifest.get("files", {})}
+        if manifest.get("tensorrt") and manifest["tensorrt"].get("calibration_cache"):
+            listed.add(manifest["tensorrt"]["calibration_cache"])
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        listed = set()
+    present = {f.relative_to(path).as_posix() for f in path.rglob("*") if not f.is_dir()}
+    return sorted(present - listed)
+
+
+def output_dir_problem(out: Path, force: bool) -> str | None:
+    """Why a new bundle cannot be written to ``out`` (None when it can). ``force`` replaces an existing bundle,
+    but only one whose folder holds nothing else: it can never delete files the bundle does not list."""
+    out = Path(out)
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        return f"{out} exists and is not a folder; choose another --out"
+    if not _holds_bundle(out):
+        if any(out.iterdir()):
+            return (f"{out} is a non-empty folder that is not a bundle; refusing to replace its contents, even with "
+                    "--force. Choose an empty or new --out")
+        return None
+    if not force:
+        return (f"{out} already holds a bundle; pass --force to replace it (the old one is kept until the new one is "
+                "complete) or choose another --out")
+    foreign = _files_outside_bundle(out)
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        return (f"{out} holds a bundle and also {len(foreign)} file(s) its manifest does not list ({shown}); --force "
+                "replaces a bundle only when nothing else is in its folder, so move them out or choose another --out")
+    return None
+
+
 # -- the writer -------------------------------------------------------------------------------------------------------
 
 def write_bundle(out_dir: str | os.PathLike, target: str, models: Sequence[ModelArtifact],
@@ -203,16 +241,8 @@ def write_bundle(out_dir: str | os.PathLike, target: str, models: Sequence[Model
     out = Path(out_dir).absolute()
     if target not in TARGETS:
         raise ValueError(f"target must be one of {list(TARGETS)}, got {target!r}")
-    if out.exists():
-        if not out.is_dir():
-            raise BundleExistsError(f"{out} exists and is not a folder; choose another --out")
-        if _holds_bundle(out):
-            if not force:
-                raise BundleExistsError(f"{out} already holds a bundle; pass force=True (--force) to replace it, "
-                                        "or choose another --out")
-        elif any(out.iterdir()):
-            raise BundleExistsError(f"{out} is a non-empty folder that is not a bundle; refusing to replace its "
-                                    "contents, even with force. Choose an empty or new --out")
+    if (problem := output_dir_problem(out, force)) is not None:
+        raise BundleExistsError(problem)
 
     # Validate everything that needs no copying first: a bad argument should fail before any I/O.
     if not models:

@@ -5,6 +5,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from fiqa_calibration.calibration_set import MIN_SIZE as MIN_CALIBRATION_FACES
+from fiqa_compile.cli_args import correlation, non_negative_int, positive_int
 from fiqa_compile.targets import TARGETS
 
 EPILOG = """targets:
@@ -41,8 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--student-arch", default=None,
                    help="student architecture for --faces (default: that of the --distill-init student, else "
                         "student_mfn; student_mfn_deep, student_mfn_full and student_nano are the others)")
-    g.add_argument("--distill-epochs", type=int, default=6, help="epochs of distillation with --faces (default 6)")
-    g.add_argument("--distill-versions", type=int, default=2,
+    g.add_argument("--distill-epochs", type=positive_int, default=6, help="epochs of distillation with --faces (default 6)")
+    g.add_argument("--distill-versions", type=non_negative_int, default=2,
                    help="degraded versions of each --faces photo scored by the teachers (default 2; more versions "
                         "cost teacher time, and training already re-degrades faces on the fly)")
     g.add_argument("--distill-init", default=None, metavar="DIR|default",
@@ -58,18 +60,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="int8 (default): INT8 artifacts for the target; fp32: ship only the float ONNX")
     g.add_argument("--calibration", type=Path, default=None,
                    help="face folder for INT8 calibration (default: faces in photos that pip packages ship)")
-    g.add_argument("--calibration-size", type=int, default=400, help="faces in the calibration set (default 400)")
+    g.add_argument("--calibration-size", type=positive_int, default=400,
+                   help=f"faces in the calibration set (default 400, at least {MIN_CALIBRATION_FACES})")
     g.add_argument("--calibration-method", choices=["auto", "minmax", "percentile", "entropy"], default="auto",
                    help="activation range selection; auto (default) tries each on held-out faces and keeps the one "
                         "whose INT8 ranking agrees best with fp32")
     g.add_argument("--keep-head-float", action="store_true", help="keep the final score head in float")
     g = ap.add_argument_group("verification")
-    g.add_argument("--min-srcc-fp32", type=float, default=0.98,
-                   help="fail if an INT8 artifact ranks faces differently from the fp32 student (default 0.98)")
-    g.add_argument("--min-srcc-teacher", type=float, default=0.80,
-                   help="fail if an artifact ranks faces differently from the teachers (default 0.80)")
+    g.add_argument("--min-srcc-fp32", type=correlation, default=0.98,
+                   help="fail if an INT8 artifact ranks faces differently from the fp32 student (default 0.98; -1: off)")
+    g.add_argument("--min-srcc-teacher", type=correlation, default=0.80,
+                   help="fail if an artifact ranks faces differently from the teachers (default 0.80; -1: off)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: all)")
+    ap.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch (default: all)")
     return ap
 
 
@@ -86,16 +89,14 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, flag) is not None and args.faces is None:
             print(f"fiqa-compile: error: --{flag.replace('_', '-')} only applies with --faces", file=sys.stderr)
             return 2
-    if args.distill_versions < 0 or args.distill_epochs < 1:
-        print("fiqa-compile: error: --distill-versions must be >= 0 and --distill-epochs >= 1", file=sys.stderr)
-        return 2
-    if args.calibration_size < 1:
-        print("fiqa-compile: error: --calibration-size must be positive", file=sys.stderr)
+    if args.calibration_size < MIN_CALIBRATION_FACES:
+        print(f"fiqa-compile: error: --calibration-size {args.calibration_size}: an INT8 calibration set needs at "
+              f"least {MIN_CALIBRATION_FACES} faces (fewer let single images set the ranges)", file=sys.stderr)
         return 2
     opts = CompileOptions(**{k: v for k, v in vars(args).items()})
     try:
         compile_bundle(opts)
-    except (CompileError, TeacherError, FileNotFoundError, ValueError) as e:
+    except (CompileError, TeacherError, OSError, ValueError) as e:  # OSError: unreadable input, full disk
         print(f"fiqa-compile: error: {e}", file=sys.stderr)
         return 2
     return 0

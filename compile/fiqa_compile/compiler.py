@@ -6,6 +6,7 @@ verifies every artifact right after it is written, and collects what the report 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 import sys
@@ -17,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fiqa_compile.bundle import output_dir_problem
 from fiqa_compile.distill import SCORE_NAMES
 from fiqa_compile.errors import CompileError
 from fiqa_compile.student_store import EMBEDDED_STUDENT, load_student, student_arch_of
@@ -88,13 +90,35 @@ def _timer():
 
 
 # ---------------------------------------------------------------------------------------------- inputs
+def check_options(opts: CompileOptions, target: Target) -> None:
+    """Options that cannot work, refused before any teacher is loaded (CLI and Python callers alike)."""
+    from fiqa_compile.models.registry import list_models
+
+    if opts.precision not in ("int8", "fp32"):
+        raise CompileError(f"--precision {opts.precision!r}: choose int8 (default) or fp32")
+    if opts.precision == "fp32" and "onnx_fp32" not in target.artifacts:
+        raise CompileError(f"--precision fp32 ships only the float ONNX, which --target {target.name} does not run "
+                           f"(it gets {', '.join(target.artifacts)}); leave --precision int8, or use --target cpu "
+                           "for an fp32 bundle")
+    students = [m for m in list_models() if m.startswith("student_")]
+    if opts.student_arch is not None and opts.student_arch not in students:
+        raise CompileError(f"--student-arch {opts.student_arch!r} is not a student architecture; choose one of "
+                           f"{', '.join(students)}")
+    for flag, folder in (("--faces", opts.faces), ("--calibration", opts.calibration)):
+        if folder is not None and not Path(folder).is_dir():
+            raise CompileError(f"{flag} {folder} is not a folder of face photos")
+    if opts.threads is not None and opts.threads < 1:
+        raise CompileError(f"--threads {opts.threads}: need 1 or more")
+
+
 def refuse_existing_output(opts: CompileOptions) -> None:
+    """The bundle writer's own refusals, checked before minutes of work rather than after them."""
     out = opts.out_dir()
-    if out.exists() and (out / "manifest.json").exists() and not opts.force:
-        raise CompileError(f"{out} already holds a bundle; pass --force to replace it (the old one is kept until the "
-                           "new one is complete) or choose another --out")
-    if out.exists() and not out.is_dir():
-        raise CompileError(f"--out {out} is a file, not a directory")
+    if (problem := output_dir_problem(out, opts.force)) is not None:
+        raise CompileError(problem)
+    parent = next(p for p in out.absolute().parents if p.exists())  # the bundle is renamed into place there
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise CompileError(f"cannot write --out {out}: {parent} is not writable; choose another --out")
 
 
 def faces_from_pool(pool, source: str) -> Faces:
@@ -262,12 +286,11 @@ def compile_bundle(opts: CompileOptions) -> Path:
     from fiqa_calibration.calibration_set import build_calibration_set
     from fiqa_compile import report as report_mod
     from fiqa_compile.eval.metrics import correlation_report
-    from fiqa_compile.teachers import embedded_teacher_dirs, load_teacher
+    from fiqa_compile.teachers import embedded_teacher_dirs, load_teacher_pair
     from fiqa_sdk.preprocess import faces_to_tensor
 
     target: Target = get_target(opts.target)
-    if opts.precision not in ("int8", "fp32"):
-        raise CompileError(f"--precision {opts.precision!r}: choose int8 (default) or fp32")
+    check_options(opts, target)
     refuse_existing_output(opts)
     if opts.threads:
         torch.set_num_threads(opts.threads)
@@ -278,8 +301,7 @@ def compile_bundle(opts: CompileOptions) -> Path:
         # 1. teachers
         t = _timer()
         defaults = embedded_teacher_dirs()
-        teachers = {"utility": load_teacher(opts.utility_teacher or defaults["utility"]),
-                    "perceptual": load_teacher(opts.perceptual_teacher or defaults["perceptual"])}
+        teachers = load_teacher_pair(opts.utility_teacher, opts.perceptual_teacher)
         log.add("teachers", ", ".join(f"{k}: {v.info['model']} ({'embedded' if v.path in defaults.values() else v.path})"
                                       for k, v in teachers.items()), t())
 

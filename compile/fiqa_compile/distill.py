@@ -40,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from fiqa_compile.cli_args import non_negative_int, positive_int
 from fiqa_compile.train.augment import AugmentConfig, augment_batch, mix_faces
 from fiqa_compile.train.data import to_tensor
 from fiqa_compile.train.schedule import epoch_batches, warmup_cosine
@@ -203,6 +204,25 @@ class DistillConfig:
 
     def __post_init__(self) -> None:
         # checked when the options are read, not minutes later when training starts
+        from fiqa_compile.models.registry import list_models
+
+        students = [m for m in list_models() if m.startswith("student_")]
+        if self.student not in students:
+            raise ValueError(f"--student {self.student!r} is not a student architecture; choose one of "
+                             f"{', '.join(students)}")
+        for name in ("epochs", "batch_size", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)}: need 1 or more")
+        if not self.lr > 0:
+            raise ValueError(f"--lr {self.lr}: the learning rate must be positive")
+        if not 0.0 < self.held_out < 1.0:
+            raise ValueError(f"--held-out {self.held_out}: the held-out share must be between 0 and 1")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise ValueError(f"--max-minutes {self.max_minutes}: must be positive (leave it out for no limit)")
+        for name in ("weight_decay", "rank_weight", "utility_weight", "feature_weight", "token_weight",
+                     "embedding_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be 0 or more")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"--ema {self.ema}: the decay must be in [0, 1) (0 = off; e.g. 0.998)")
         if not 0.0 <= self.augment <= 1.0:
@@ -360,6 +380,9 @@ def distill(data: FaceCrops, targets: np.ndarray, out: Path, cfg: DistillConfig,
 
     ema = WeightAverage(model, cfg.ema) if cfg.ema > 0 else None
     last = out / "last.pt"
+    # what a resumed run must share with the one that wrote last.pt (the time limit and checkpoint rate may change)
+    run_settings = {**{k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("max_minutes", "checkpoint_every")},
+                    "samples": int(len(data.crop))}
     step, history = 0, []
     if last.exists():
         ck = torch.load(last, map_location="cpu", weights_only=True)
@@ -369,6 +392,10 @@ def distill(data: FaceCrops, targets: np.ndarray, out: Path, cfg: DistillConfig,
         if kept != wanted:
             raise ValueError(f"{last} was written with other hint/--ema settings (it holds {sorted(kept) or 'none'}, "
                              f"this run needs {sorted(wanted) or 'none'}); use another --out")
+        if "settings" in ck and (was := json.loads(ck["settings"])) != run_settings:
+            diff = sorted(k for k in {**was, **run_settings} if was.get(k) != run_settings.get(k))
+            raise ValueError(f"{last} is a run with other settings ({', '.join(diff)}); resuming would mix them. "
+                             "Pass the same options again to resume, or use another --out")
         model.load_state_dict(ck["model"])
         for name, h in hints.items():
             h.load_state_dict(ck[name])
@@ -383,7 +410,8 @@ def distill(data: FaceCrops, targets: np.ndarray, out: Path, cfg: DistillConfig,
         extra = {name: h.state_dict() for name, h in hints.items()}
         if ema is not None:
             extra["ema"] = ema.state
-        _save({"model": state, "opt": opt.state_dict(), "step": step, "history": json.dumps(history), **extra}, last)
+        _save({"model": state, "opt": opt.state_dict(), "step": step, "history": json.dumps(history),
+               "settings": json.dumps(run_settings), **extra}, last)
 
     def final_model() -> torch.nn.Module:
         """What is evaluated and saved: the averaged weights when --ema is on, else the last ones."""
@@ -554,9 +582,10 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--faces", type=Path, help="folder of the user's own unlabelled face photos")
     src.add_argument("--crops", type=Path, help="a fiqa-labels directory whose aligned crops to reuse")
     ap.add_argument("--out", type=Path, required=True, help="run directory (student.pt, student.json, checkpoints)")
-    ap.add_argument("--utility-teacher", type=Path, default=None, help="teacher dir (default: embedded ViT-FIQA tiny)")
+    ap.add_argument("--utility-teacher", type=Path, default=None, help="teacher dir (default: embedded ViT-FIQA mini)")
     ap.add_argument("--perceptual-teacher", type=Path, default=None, help="teacher dir (default: embedded DSL-FIQA tiny)")
-    ap.add_argument("--versions", type=int, default=2, help="--faces: degraded versions per photo (default 2)")
+    ap.add_argument("--versions", type=non_negative_int, default=2,
+                    help="--faces: degraded versions per photo (default 2)")
     ap.add_argument("--init", type=Path, default=None,
                     help="student directory (student.pt + student.json) to start from instead of random weights, "
                          "e.g. compile/fiqa_compile/weights/student_mfn: a new learning-rate cycle on top of it")
@@ -570,7 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
         ap.add_argument(flag, type=type(f.default) if f.default is not None else float, default=f.default,
                         help=f"{what} (default {f.default})" if what else f"default {f.default}")
     ap.add_argument("--seed", type=int, default=0, help="seed of the split, batches, augmentation and degradations")
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     return ap
 
 
@@ -580,21 +609,22 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return _main(argv)
-    except (TeacherError, CompileError, FileNotFoundError, ValueError) as e:
+    except (TeacherError, CompileError, OSError, ValueError) as e:  # OSError: unreadable input, --out a file
         print(f"fiqa-distill: error: {e}", file=sys.stderr)
         return 2
 
 
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
-    from fiqa_compile.teachers import embedded_teacher_dirs, load_teacher
+    from fiqa_compile.errors import CompileError
+    from fiqa_compile.teachers import load_teacher_pair
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    defaults = embedded_teacher_dirs()
-    teachers = {"utility": load_teacher(args.utility_teacher or defaults["utility"]),
-                "perceptual": load_teacher(args.perceptual_teacher or defaults["perceptual"])}
+    if args.out.exists() and not args.out.is_dir():
+        raise CompileError(f"--out {args.out} is a file; pass a folder for the run")
     cfg = DistillConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DistillConfig)})
+    teachers = load_teacher_pair(args.utility_teacher, args.perceptual_teacher)
     provenance = {"command": "fiqa-distill " + " ".join(sys.argv[1:] if argv is None else argv),
                   "teachers": {k: {"model": t.info["model"], "sha256": t.info["sha256"], "path": str(t.path)}
                                for k, t in teachers.items()}, "torch": torch.__version__}

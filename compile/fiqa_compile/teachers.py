@@ -107,5 +107,19 @@ def load_teacher(path: str | Path) -> Teacher:
     return Teacher(task=info["task"], model=model, info=info, path=path)
 
 
+def load_teacher_pair(utility: str | Path | None = None, perceptual: str | Path | None = None) -> dict[str, Teacher]:
+    """Both teachers by role (None: the embedded one). A teacher passed for the other role is refused here, not
+    after minutes of scoring with the wrong model."""
+    defaults = embedded_teacher_dirs()
+    teachers = {}
+    for role, path in (("utility", utility), ("perceptual", perceptual)):
+        teacher = load_teacher(path or defaults[role])
+        if teacher.task != role:
+            raise TeacherError(f"--{role}-teacher {teacher.path} is a {teacher.task} teacher "
+                               f"({teacher.info.get('model')}); pass one made by `fiqa-train {role}`")
+        teachers[role] = teacher
+    return teachers
+
+
 def embedded_teacher_dirs() -> dict[str, Path]:
     return {"utility": EMBEDDED_TEACHERS / "vit_fiqa_mini", "perceptual": EMBEDDED_TEACHERS / "dsl_fiqa_tiny"}

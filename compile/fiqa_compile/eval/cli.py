@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fiqa_compile.cli_args import non_negative_int, positive_int
 from fiqa_compile.eval.edc import EDC, edc
 from fiqa_compile.eval.pairs import (HELD_OUT, IMPOSTORS_PER_FMR, SPLIT_SEED, PairError, Pairs, build_pairs,
                                      held_out_rows, impostors_for_fmr, samples_from_faces)
@@ -123,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="fiqa-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Method specs: " + SPEC_HELP + ". Without --method: the embedded teachers (when this install has "
                "them) and every baseline; a default method whose inputs are missing is listed as skipped.\n\n"
-               "Example: fiqa-eval --labels runs/labels/lfw-dev --method teacher:runs/teachers/vit_fiqa_tiny "
+               "Example: fiqa-eval --labels runs/labels/lfw-dev --method teacher:runs/teachers/vit_fiqa_mini "
                "--method baseline:sharpness --method baseline:random --out runs/eval")
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--labels", type=Path, help="label set made by fiqa-labels (uses its degraded versions and "
@@ -142,19 +143,19 @@ def build_parser() -> argparse.ArgumentParser:
                          f"{SPLIT_SEED}, as fiqa-train); all: every identity (an external test set)")
     ap.add_argument("--degraded-share", type=float, default=0.5,
                     help="share of genuine and of impostor pairs whose side b is a degraded version (default 0.5)")
-    ap.add_argument("--impostors", type=int, default=None,
+    ap.add_argument("--impostors", type=positive_int, default=None,
                     help=f"impostor comparisons (default {IMPOSTORS_PER_FMR}/FMR)")
-    ap.add_argument("--max-genuine-per-identity", type=int, default=50,
+    ap.add_argument("--max-genuine-per-identity", type=non_negative_int, default=50,
                     help="cap on one person's genuine pairs, sampled (default 50; 0 = all)")
     ap.add_argument("--pair-quality", choices=("min", "mean"), default="min",
                     help="how two samples' qualities combine (default min, ISO/IEC 29794-1)")
-    ap.add_argument("--random-seeds", type=int, default=5, help="seeds the random baseline is averaged over")
+    ap.add_argument("--random-seeds", type=positive_int, default=5, help="seeds the random baseline is averaged over")
     ap.add_argument("--seed", type=int, default=0, help="seed of the pair sampling")
     ap.add_argument("--photos", type=Path, default=None,
                     help="with --labels: the photo folder fiqa-labels read (for baseline:face_size; default: "
                          "the --faces recorded in labels.json)")
-    ap.add_argument("--versions", type=int, default=1, help="with --faces: degraded versions per photo (default 1)")
-    ap.add_argument("--limit", type=int, default=None, help="with --faces: a seeded subset of N photos")
+    ap.add_argument("--versions", type=non_negative_int, default=1, help="with --faces: degraded versions per photo (default 1)")
+    ap.add_argument("--limit", type=positive_int, default=None, help="with --faces: a seeded subset of N photos")
     ap.add_argument("--bundle-backend", default="auto", help="runtime backend for bundle: methods (default auto)")
     return ap
 
@@ -276,6 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.fmr <= 0 or args.fmr >= 1 or not math.isfinite(args.fmr):
         ap.error(f"--fmr must be in (0, 1), got {args.fmr}")
+    if args.out.exists() and not args.out.is_dir():
+        ap.error(f"--out {args.out} is a file; pass a folder for eval.json and edc.png")
+    if not 0.0 <= args.degraded_share <= 1.0:
+        ap.error(f"--degraded-share must be in [0, 1], got {args.degraded_share}")
     held = [n for n in ("eval.json", "edc.png") if (args.out / n).exists()]
     if held and not args.force:
         print(f"fiqa-eval: error: {args.out} already holds {' and '.join(held)} from an earlier evaluation; pass "
@@ -283,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         run(args)
-    except (MethodSpecError, PairError, ValueError) as e:
+    except (MethodSpecError, PairError, ValueError, OSError) as e:  # OSError: unreadable input, unwritable --out
         print(f"fiqa-eval: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -28,9 +28,11 @@ import cv2
 import numpy as np
 
 from fiqa_calibration.crops import CANVAS, MARGIN, chain_json, face_versions
+from fiqa_compile.cli_args import non_negative_int, positive_int
 from fiqa_sdk.preprocess import SPEC
 
 LABELS_VERSION = 1
+EMBEDDING_DIM = 128  # dlib's ResNet face descriptor
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,8 @@ def _run_shard(job: Job) -> tuple[int, int, list[str]]:
     np.savez(tmp, photo=np.asarray(rows["photo"], np.int32), version=np.asarray(rows["version"], np.int16),
              crop=np.asarray(rows["crop"], np.uint8).reshape(n, SPEC.size, SPEC.size, 3),
              lm68=np.asarray(rows["lm68"], np.float32).reshape(n, 68, 2),
-             emb=np.asarray(rows["emb"], np.float32).reshape(n, -1), mos=np.asarray(rows["mos"], np.float32),
+             emb=np.asarray(rows["emb"], np.float32).reshape(n, -1) if n else np.zeros((0, EMBEDDING_DIM), np.float32),
+             mos=np.asarray(rows["mos"], np.float32),
              chain=np.asarray(rows["chain"], dtype=object).astype(str), severity=np.asarray(rows["severity"], np.float32),
              failures=np.asarray(failures, dtype=str))
     os.replace(tmp, out)
@@ -150,26 +153,38 @@ def main(argv: list[str] | None = None) -> int:
                     "over clean and seeded degraded versions. Resumable: re-run the same command to continue.")
     ap.add_argument("--faces", required=True, type=Path, help="face folder, e.g. ../shared/data/lfw-dev")
     ap.add_argument("--out", required=True, type=Path, help="output directory (shards/, labels.npz, labels.csv, labels.json)")
-    ap.add_argument("--versions", type=int, default=4, help="degraded versions per photo of multi-photo identities (default 4)")
-    ap.add_argument("--max-steps", type=int, default=2, help="max degradations chained per version (default 2)")
+    ap.add_argument("--versions", type=non_negative_int, default=4, help="degraded versions per photo of multi-photo identities (default 4)")
+    ap.add_argument("--max-steps", type=positive_int, default=2, help="max degradations chained per version (default 2)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--workers", type=int, default=max(1, (os.cpu_count() or 1)), help="processes (default: all cores)")
-    ap.add_argument("--shard-size", type=int, default=100)
-    ap.add_argument("--limit", type=int, default=None, help="label only a seeded random subset of N photos (smoke runs)")
+    ap.add_argument("--workers", type=positive_int, default=max(1, (os.cpu_count() or 1)), help="processes (default: all cores)")
+    ap.add_argument("--shard-size", type=positive_int, default=100)
+    ap.add_argument("--limit", type=positive_int, default=None, help="label only a seeded random subset of N photos (smoke runs)")
     args = ap.parse_args(argv)
     if not args.faces.is_dir():
         ap.error(f"--faces {args.faces} is not a directory")
+    if args.out.exists() and not args.out.is_dir():
+        ap.error(f"--out {args.out} is a file; pass a folder for the label set")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "shards").mkdir(exist_ok=True)
+    # the folder belongs to the settings: shards of other photos must never be relabelled as these
     settings = {"versions": args.versions, "max_steps": args.max_steps, "seed": args.seed, "limit": args.limit,
-                "shard_size": args.shard_size, "labels_version": LABELS_VERSION}
+                "shard_size": args.shard_size, "labels_version": LABELS_VERSION, "faces": str(args.faces.resolve())}
     settings_path = args.out / "settings.json"
     has_shards = any((args.out / "shards").glob("shard_*.npz"))
-    if has_shards and settings_path.exists() and json.loads(settings_path.read_text()) != settings:
-        ap.error(f"{args.out} holds shards made with other settings ({settings_path.read_text().strip()}); "
-                 "use another --out or delete it")
+    if has_shards and settings_path.exists():
+        old = json.loads(settings_path.read_text())
+        if "faces" not in old:  # label sets made before the folder was recorded
+            old["faces"] = settings["faces"]
+        if old != settings:
+            ap.error(f"{args.out} holds shards made with other settings ({settings_path.read_text().strip()}); "
+                     "use another --out or delete it")
+    try:
+        items, jobs = plan_jobs(args.faces, args.out, args.versions, args.seed, args.shard_size, args.max_steps,
+                                args.limit)
+    except ValueError as e:  # no photos, no identities
+        print(f"fiqa-labels: error: {e}", file=sys.stderr)
+        return 2
     settings_path.write_text(json.dumps(settings))
-    items, jobs = plan_jobs(args.faces, args.out, args.versions, args.seed, args.shard_size, args.max_steps, args.limit)
     todo = [j for j in jobs if not (args.out / "shards" / f"shard_{j.shard:05d}.npz").exists()]
     print(f"{len(items)} photos, {len(jobs)} shards, {len(jobs) - len(todo)} already done", flush=True)
     t0 = time.time()
@@ -196,6 +211,11 @@ def main(argv: list[str] | None = None) -> int:
     meta = assemble(args.out, items, args.faces, meta)
     print(json.dumps({k: v for k, v in meta.items() if k != "failures"}, indent=2))
     print(f"{len(meta['failures'])} photos skipped (see labels.json)")
+    if meta["samples"] == 0:
+        print(f"fiqa-labels: error: no face was found in any of the {len(items)} photos of {args.faces} (first: "
+              f"{meta['failures'][0] if meta['failures'] else '-'}); the label set in {args.out} is empty",
+              file=sys.stderr)
+        return 2
     return 0
 
 

@@ -1,6 +1,6 @@
 """``fiqa-train``: train a small teacher on measured labels, with checkpoints, resume and a held-out split.
 
-    fiqa-train utility    --labels runs/labels/lfw-dev --out runs/teachers/vit_fiqa_tiny
+    fiqa-train utility    --labels runs/labels/lfw-dev --out runs/teachers/vit_fiqa_mini
     fiqa-train perceptual --labels runs/labels/lfw-dev --out runs/teachers/dsl_fiqa_tiny
 
 The held-out split is identity-disjoint and fixed by ``--seed``. ``last.pt`` is written every
@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fiqa_compile.cli_args import non_negative_int, positive_int
 from fiqa_compile.train.data import LabelSet, make_batch
 from fiqa_compile.train.schedule import epoch_batches, warmup_cosine
 from fiqa_compile.train.tasks import TASKS
@@ -64,16 +65,16 @@ def build_parser() -> argparse.ArgumentParser:
                                                         "perceptual = DSL-FIQA on the pseudo-MOS")
     ap.add_argument("--labels", required=True, type=Path, help="directory made by fiqa-labels (labels.npz)")
     ap.add_argument("--out", required=True, type=Path, help="run directory (checkpoints, teacher.pt, teacher.json)")
-    ap.add_argument("--model", default=None, help="registered model name (default: vit_fiqa_tiny / dsl_fiqa_tiny)")
-    ap.add_argument("--epochs", type=int, default=12)
-    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--model", default=None, help="registered model name (default: vit_fiqa_mini for utility / dsl_fiqa_tiny for perceptual)")
+    ap.add_argument("--epochs", type=positive_int, default=12)
+    ap.add_argument("--batch-size", type=positive_int, default=64)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--weight-decay", type=float, default=0.05)
-    ap.add_argument("--warmup-steps", type=int, default=200)
+    ap.add_argument("--warmup-steps", type=non_negative_int, default=200)
     ap.add_argument("--held-out", type=float, default=0.15, help="share of identities held out (default 0.15)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    ap.add_argument("--checkpoint-every", type=int, default=100, help="steps between last.pt saves")
+    ap.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--checkpoint-every", type=positive_int, default=100, help="steps between last.pt saves")
     ap.add_argument("--max-minutes", type=float, default=None,
                     help="stop cleanly (checkpoint saved, teacher exported) after this wall time; re-run to continue")
     ap.add_argument("--margin", default="cosface", choices=["cosface", "arcface"], help="utility task: FR margin head")
@@ -82,13 +83,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from fiqa_compile.models.registry import create_model, get_config
+    from fiqa_compile.models.registry import create_model, get_config, list_models
     from tqdm import tqdm
 
     if args.threads:
         torch.set_num_threads(args.threads)
     model_name = args.model or DEFAULT_MODEL[args.task]
-    labels = LabelSet.load(args.labels)
+    family = "vit_fiqa" if args.task == "utility" else "dsl_fiqa"
+    if not model_name.startswith(family) or model_name not in list_models():
+        names = ", ".join(m for m in list_models() if m.startswith(family))
+        raise SystemExit(f"fiqa-train: --model {model_name!r} is not a {args.task} teacher; choose one of {names}")
+    if not 0.0 < args.held_out < 1.0 or not args.lr > 0:
+        raise SystemExit(f"fiqa-train: --held-out must be between 0 and 1 and --lr positive "
+                         f"(got {args.held_out}, {args.lr})")
+    if args.out.exists() and not args.out.is_dir():
+        raise SystemExit(f"fiqa-train: --out {args.out} is a file; pass a folder for the run")
+    try:
+        labels = LabelSet.load(args.labels)
+    except (OSError, ValueError) as e:  # LabelSetError is a ValueError
+        raise SystemExit(f"fiqa-train: {e}") from None
     args.out.mkdir(parents=True, exist_ok=True)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                 if k not in ("out", "threads", "max_minutes", "checkpoint_every", "epochs")}
@@ -111,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
     params = list(model.parameters()) + list(task.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = len(train_rows) // args.batch_size
+    if steps_per_epoch == 0:  # no step would run and an untrained model would be written as complete
+        raise SystemExit(f"fiqa-train: {len(train_rows)} training rows do not fill one batch of --batch-size "
+                         f"{args.batch_size}; label more photos or pass a smaller --batch-size")
     total = steps_per_epoch * args.epochs
 
     step, best, history = 0, -2.0, []
