@@ -152,6 +152,8 @@ def run(frames: Iterable[Frame], pipeline: CapturePipeline, max_frames: int | No
     except KeyboardInterrupt:
         stats.stopped_by = "Ctrl-C"
     except SourceError as e:
+        if stats.frames + stats.bad_frames == 0:
+            raise  # it never delivered a frame: a wrong index/URL, not a lost source (main says so, exit 1)
         stats.stopped_by = f"source lost: {e}"
     finally:
         stats.seconds = time.perf_counter() - t0

@@ -77,6 +77,23 @@ def test_align_face_warps_pixels_where_the_matrix_says():
     assert crop[5, 5].max() == 0
 
 
+@pytest.mark.parametrize("fmt", ["gray", "bgra", "float"])
+def test_align_face_gives_a_bgr_uint8_crop_from_any_frame_format_the_detector_takes(fmt):
+    """The crop feeds faces_to_tensor, which takes only 112x112x3 uint8: the frame's format must not leak into it."""
+    rng = np.random.default_rng(0)
+    frame = cv2.GaussianBlur(rng.integers(0, 256, (300, 400, 3), np.uint8), (0, 0), 3)
+    landmarks = ARCFACE_TEMPLATE_112 * 1.5 + [120.0, 60.0]
+    reference = align_face(frame, landmarks)
+    given = {"gray": cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY), "bgra": cv2.cvtColor(frame, cv2.COLOR_BGR2BGRA),
+             "float": frame.astype(np.float32) / 255.0}[fmt]
+    crop = align_face(given, landmarks)
+    assert crop.shape == (112, 112, 3) and crop.dtype == np.uint8
+    if fmt == "gray":
+        assert np.array_equal(crop[..., 0], crop[..., 2])
+    else:
+        assert np.abs(crop.astype(int) - reference).max() <= 1
+
+
 def _redetect(detector, crop: np.ndarray):
     """Detect again on the aligned crop, upscaled x2 and padded so the face is not cut by the frame edge."""
     big = cv2.copyMakeBorder(cv2.resize(crop, (224, 224), interpolation=cv2.INTER_CUBIC), 112, 112, 112, 112,

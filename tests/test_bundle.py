@@ -73,9 +73,16 @@ def copy(built, tmp_path) -> Path:
     return Path(shutil.copytree(built, tmp_path / "copy"))
 
 
-def _edit_manifest(path: Path, edit) -> None:
+def _edit_manifest(path: Path, edit, restamp: bool = True) -> None:
+    """Edit the manifest; ``restamp`` recomputes its bundle_id (as a compile would), so a test reaches the check
+    it is about rather than the id check that refuses any hand edit."""
     m = json.loads((path / MANIFEST).read_text())
     edit(m)
+    if restamp:
+        try:
+            m["bundle_id"] = bundle_id_for({**{e["file"]: e["sha256"] for e in m["models"]}, **m["files"]}, m)
+        except (KeyError, TypeError, ValueError):
+            pass  # malformed beyond hashing: the loader refuses it before it looks at the id
     (path / MANIFEST).write_text(json.dumps(m))
 
 
@@ -105,7 +112,9 @@ def test_round_trip_keeps_every_field_and_hashes_every_file(built, models, extra
     listed = {**{m.file: m.sha256 for m in b.models}, **b.files}
     assert listed == on_disk
     lines = "".join(f"{k}\t{v}\n" for k, v in sorted(on_disk.items()))
-    assert b.bundle_id == hashlib.sha256(lines.encode()).hexdigest()[:16] == bundle_id_for(on_disk)
+    content = {k: v for k, v in json.loads((built / MANIFEST).read_text()).items() if k != "bundle_id"}
+    lines += "manifest\t" + hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest() + "\n"
+    assert b.bundle_id == hashlib.sha256(lines.encode()).hexdigest()[:16] == bundle_id_for(on_disk, b.manifest)
     assert b.scores == tuple(score_specs())
     assert b.thresholds == THRESHOLDS
     assert b.gate_config().perceptual_accept == THRESHOLDS["perceptual_accept"]
@@ -175,8 +184,27 @@ def test_swapped_model_with_updated_hash_is_refused_by_the_bundle_id(copy, model
     # Someone replaces the model and "fixes" its hash: the id no longer matches the file list.
     (copy / "student.tflite").write_bytes(models["onnx"].read_bytes())
     new = hashlib.sha256(models["onnx"].read_bytes()).hexdigest()
-    _edit_manifest(copy, lambda m: m["models"][0].update(sha256=new))
+    _edit_manifest(copy, lambda m: m["models"][0].update(sha256=new), restamp=False)
     with pytest.raises(BundleIntegrityError, match="bundle_id .* does not match"):
+        load_bundle(copy)
+
+
+@pytest.mark.parametrize("edit", [lambda m: m["thresholds"].update(utility_accept=m["thresholds"]["utility_accept"] - 5),
+                                  lambda m: m["scores"][0].update(lo=-1e9),
+                                  lambda m: m["tensorrt"]["build"].update(max_batch=64)])
+def test_hand_edited_settings_are_refused_by_the_bundle_id(copy, edit):
+    """The id covers the manifest's content: a gate opened by editing a threshold does not load."""
+    _edit_manifest(copy, edit, restamp=False)
+    with pytest.raises(BundleIntegrityError, match="the manifest was edited after it was compiled"):
+        load_bundle(copy)
+
+
+def test_an_id_over_the_files_alone_says_the_bundle_is_older(copy):
+    def file_only_id(m):
+        m["bundle_id"] = bundle_id_for({**{e["file"]: e["sha256"] for e in m["models"]}, **m["files"]})
+
+    _edit_manifest(copy, file_only_id, restamp=False)
+    with pytest.raises(BundleIntegrityError, match="older fiqa-compile.*rebuild it"):
         load_bundle(copy)
 
 
@@ -209,6 +237,11 @@ def test_unknown_keys_are_tolerated(copy):
     (lambda m: m["models"][0].update(file="../student.tflite"), "plain relative path"),
     (lambda m: m["tensorrt"].update(onnx="student.tflite"), "not one of the bundle's ONNX models"),
     (lambda m: m["models"][0].pop("sha256"), "lacks the required key 'sha256'"),
+    (lambda m: m["scores"][0].update(range=None), "range=None: schema 1 defines"),
+    (lambda m: m["scores"][0].update(range=100), "range=100: schema 1 defines"),
+    (lambda m: m.update(preprocessing=["mean"]), "preprocessing spec must be a JSON object"),
+    (lambda m: m["thresholds"].update(window_s=None), "'thresholds' are not a valid gate configuration"),
+    (lambda m: m["thresholds"].update(utility_acept=50), "not a valid gate configuration: unknown manifest"),
 ])
 def test_malformed_manifests_are_refused(copy, edit, match):
     _edit_manifest(copy, edit)
@@ -371,3 +404,12 @@ def test_default_bundle_path_prefers_android_tflite_when_litert_is_installed(tmp
     monkeypatch.setattr(sdk_bundle, "BUNDLES_DIR", tmp_path / "empty")
     with pytest.raises(BundleError, match="no embedded default bundle"):
         default_bundle_path()
+
+
+def test_tensorrt_on_a_bundle_without_its_build_section_says_how_to_get_one():
+    from fiqa_sdk.bundle import BUNDLES_DIR, DEFAULT_BUNDLES
+
+    cpu = load_bundle(BUNDLES_DIR / DEFAULT_BUNDLES["cpu"])
+    assert cpu.tensorrt is None
+    with pytest.raises(BundleError, match="no TensorRT build section.*fiqa-compile --target jetson-orin"):
+        cpu.candidates("tensorrt")

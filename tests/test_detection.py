@@ -282,3 +282,13 @@ def test_auto_backend_never_hands_the_detector_to_tensorrt(monkeypatch):
     monkeypatch.setattr(base, "_installed", lambda module: True)  # pretend tensorrt (and everything) is importable
     assert base.available_backends("onnx")[0] == "tensorrt"
     assert RetinaFaceDetector(backend="auto").backend_name == "onnxruntime"
+
+
+@pytest.mark.parametrize("options, match", [({"max_side": 0}, "max_side=0: need an integer >= 32"),
+                                            ({"max_side": 320.5}, "max_side=320.5"),
+                                            ({"threads": 0}, "threads must be a positive integer"),
+                                            ({"threads": 2.5}, "threads must be a positive integer"),
+                                            ({"score_threshold": 1.5}, "must be in \\(0, 1\\)")])
+def test_retinaface_refuses_options_that_would_silently_find_nothing(options, match):
+    with pytest.raises(ValueError, match=match):
+        create_detector("retinaface", **options)

@@ -241,3 +241,25 @@ def test_example_loop_survives_a_bad_frame(scorer, clip):
     stats = ex.run(stream, CapturePipeline(scorer), out=out)
     assert (stats.frames, stats.bad_frames, stats.stopped_by) == (3, 2, "end of source")
     assert stats.fps > 0
+
+
+def test_example_tells_a_source_that_never_started_from_one_that_was_lost(scorer, clip):
+    """No frame at all is an error for main (wrong camera index or URL); a drop after frames ends the run."""
+    from fiqa_sdk.sources import SourceError
+
+    frames, _ = clip
+    ex = _example()
+
+    def dead():
+        raise SourceError("cannot open camera 7")
+        yield  # a generator that fails on its first frame
+
+    with pytest.raises(SourceError, match="cannot open camera 7"):
+        ex.run(dead(), CapturePipeline(scorer), out=io.StringIO())
+
+    def drops():
+        yield Frame(0, 0.0, frames[0])
+        raise SourceError("unplugged")
+
+    stats = ex.run(drops(), CapturePipeline(scorer), out=io.StringIO())
+    assert stats.frames == 1 and stats.stopped_by == "source lost: unplugged"

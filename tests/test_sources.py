@@ -160,6 +160,30 @@ def test_gives_up_after_bounded_attempts_with_a_clear_error():
     assert len(got) == 1 and clock.sleeps == [1.0, 3.0, 5.0]
 
 
+def test_a_device_that_opens_but_never_delivers_still_exhausts_the_backoff():
+    """A camera held by another process, or a stream that connects and sends nothing: each reopen succeeds, but
+    only a good frame ends the episode, so the delays keep growing and the attempts stay bounded."""
+    photo = face_photos()[0]
+    clock = FakeClock()
+    caps = [FakeCapture([photo])] + [FakeCapture([]) for _ in range(4)]  # open fine, every read fails
+    src = live(caps, clock, max_bad_reads=2, backoff=Backoff(0.5, 2.0, 10.0, 4))
+    got = []
+    with pytest.raises(SourceError, match="did not come back after 4 reconnect attempt"):
+        for f in src:
+            got.append(f)
+    assert len(got) == 1 and clock.sleeps == [0.5, 1.0, 2.0, 4.0]
+    assert all(c.released for c in src.opened)
+
+
+def test_a_good_frame_ends_the_reconnection_episode():
+    photo = face_photos()[0]
+    clock = FakeClock()
+    caps = [FakeCapture([photo]), FakeCapture([photo]), FakeCapture([photo]), FakeCapture([photo])]
+    src = live(caps, clock, max_bad_reads=1, backoff=Backoff(0.5, 2.0, 10.0, 2))
+    assert len(list(zip(range(4), src))) == 4
+    assert clock.sleeps == [0.5, 0.5, 0.5]  # each drop starts a fresh episode at the first delay
+
+
 def test_initial_open_fails_fast_unless_asked_to_wait():
     photo = face_photos()[0]
     clock = FakeClock()

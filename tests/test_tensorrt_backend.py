@@ -232,20 +232,20 @@ def fake_pycuda(name="Orin", cc=(8, 7)):
     return pkg, drv
 
 
-def fake_cuda_python(fail_malloc=False):
+def fake_cuda_python(fail_malloc=False, no_device=False):
     cuda, bindings, rt = (types.ModuleType(n) for n in ("cuda", "cuda.bindings", "cuda.bindings.runtime"))
     cuda.bindings, bindings.runtime = bindings, rt
-    err = enum.IntEnum("cudaError_t", {"cudaSuccess": 0, "cudaErrorMemoryAllocation": 2})
+    err = enum.IntEnum("cudaError_t", {"cudaSuccess": 0, "cudaErrorMemoryAllocation": 2, "cudaErrorNoDevice": 100})
     rt.cudaError_t = err
     rt.cudaMemcpyKind = enum.IntEnum("cudaMemcpyKind", {"cudaMemcpyHostToDevice": 1, "cudaMemcpyDeviceToHost": 2})
     buffers = {}
     ok = err.cudaSuccess
-    rt.cudaSetDevice = lambda d: (ok,)
+    rt.cudaSetDevice = lambda d: (err.cudaErrorNoDevice if no_device else ok,)
     rt.cudaGetDeviceProperties = lambda d: (ok, types.SimpleNamespace(name=b"NVIDIA Jetson AGX Orin\0\0", major=8,
                                                                       minor=7))
     rt.cudaStreamCreate = lambda: (ok, 99)
     rt.cudaStreamSynchronize = lambda s: (ok,)
-    rt.cudaGetErrorName = lambda e: (ok, b"cudaErrorMemoryAllocation")
+    rt.cudaGetErrorName = lambda e: (ok, err(e).name.encode())
 
     def malloc(n):
         if fail_malloc:
@@ -468,6 +468,23 @@ def test_cuda_python_when_pycuda_is_absent(tmp_path, monkeypatch):
     failing = TensorRTBackend(onnx_model(), cache_dir=tmp_path)
     with pytest.raises(RuntimeError, match="cudaErrorMemoryAllocation"):
         failing.run1(x)
+
+
+def test_bindings_without_a_usable_gpu_make_auto_fall_back_to_onnxruntime(tmp_path, monkeypatch):
+    """TensorRT and cuda-python installed, no GPU visible (a container, a driver problem): BackendUnavailable,
+    so load_backend("auto") and a bundle's auto load go on to ONNX Runtime instead of raising a CUDA error."""
+    from fiqa_sdk.bundle import BUNDLES_DIR, DEFAULT_BUNDLES
+
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt("10.3.0"))
+    monkeypatch.setitem(sys.modules, "pycuda", None)
+    monkeypatch.setitem(sys.modules, "pycuda.driver", None)
+    for name, module in fake_cuda_python(no_device=True).items():
+        monkeypatch.setitem(sys.modules, name, module)
+    with pytest.raises(BackendUnavailable, match="GPU 0 cannot be used.*cudaErrorNoDevice"):
+        TensorRTBackend(onnx_model(), cache_dir=tmp_path)
+    fp32 = BUNDLES_DIR / DEFAULT_BUNDLES["cpu"] / "student_fp32.onnx"
+    assert available_backends("onnx")[0] == "tensorrt"
+    assert load_backend(str(fp32), "onnx").name == "onnxruntime"
 
 
 def test_bundle_build_settings_reach_the_engine_build(tmp_path, trt10):

@@ -301,8 +301,7 @@ def write_bundle(out_dir: str | os.PathLike, target: str, models: Sequence[Model
                             "output": out_name})
         hashed = {name: _copy_hashed(src, tmp / name) for name, src in sorted(extras.items())}
         manifest = {
-            "schema_version": SCHEMA_VERSION, "kind": KIND,
-            "bundle_id": bundle_id_for({**{e["file"]: e["sha256"] for e in entries}, **hashed}),
+            "schema_version": SCHEMA_VERSION, "kind": KIND, "bundle_id": None,
             "target": target,
             "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
             "models": entries, "backend_preference": list(backend_preference),
@@ -316,6 +315,10 @@ def write_bundle(out_dir: str | os.PathLike, target: str, models: Sequence[Model
             text = json.dumps(manifest, indent=2, allow_nan=False)
         except (TypeError, ValueError) as e:
             raise ValueError(f"bundle manifest is not plain JSON (check provenance values): {e}") from e
+        # the id covers the manifest as the device will read it back (tuples as lists, numpy floats as floats)
+        manifest["bundle_id"] = bundle_id_for({**{e["file"]: e["sha256"] for e in entries}, **hashed},
+                                              json.loads(text))
+        text = json.dumps(manifest, indent=2, allow_nan=False)
         (tmp / MANIFEST).write_text(text + "\n", encoding="utf-8")
         load_bundle(tmp)  # the device loader must accept exactly what we publish
         _publish(tmp, out)

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import logging
 from abc import ABC, abstractmethod
 from enum import Enum
 from typing import Callable
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 class ModelFormat(str, Enum):
@@ -112,13 +115,20 @@ def _factory(name: str) -> Callable[..., Backend]:
 def load_backend(model: bytes | str, fmt: ModelFormat | str, backend: str = "auto", **options) -> Backend:
     """Load ``model`` (bytes or a path) with the named backend, or the best installed one for ``fmt``."""
     fmt = ModelFormat(fmt)
-    if backend == "auto":
+    if backend == "auto":  # the best installed one that can actually start (TensorRT without a GPU cannot)
         candidates = available_backends(fmt)
         if not candidates:
             wanted = {ModelFormat.ONNX: "onnxruntime (pip install 'fiqa-sdk[onnx]')",
                       ModelFormat.TFLITE: "ai-edge-litert (pip install 'fiqa-sdk[tflite]')"}[fmt]
             raise BackendUnavailable(f"no runtime installed that runs {fmt.value} models; install {wanted}")
-        backend = candidates[0]
+        reasons = []
+        for name in candidates:
+            try:
+                return load_backend(model, fmt, name, **options)
+            except BackendUnavailable as e:
+                log.warning("backend %s unavailable (%s); trying the next one", name, e)
+                reasons.append(f"{name}: {e}")
+        raise BackendUnavailable(f"no installed backend could load the {fmt.value} model: {'; '.join(reasons)}")
     if backend not in _REGISTRY:
         raise ValueError(f"unknown backend {backend!r}; known: {sorted(_REGISTRY)}")
     requires, _, formats = _REGISTRY[backend]

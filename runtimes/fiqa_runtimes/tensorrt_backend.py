@@ -275,12 +275,23 @@ class _CudaPython:
 
 
 def _cuda(device: int) -> _PyCuda | _CudaPython:
-    """pycuda when installed (JetPack's usual companion), else cuda-python; neither -> BackendUnavailable."""
-    for cls, module in ((_PyCuda, "pycuda.driver"), (_CudaPython, "cuda")):
+    """pycuda when installed (JetPack's usual companion), else cuda-python; neither -> BackendUnavailable.
+
+    Bindings that import but find no usable GPU (no driver, no device ``device``, a container without the GPU)
+    are also BackendUnavailable, so ``backend="auto"`` falls back to the next runtime instead of failing."""
+    failures = []
+    for cls, module in ((_PyCuda, "pycuda"), (_CudaPython, "cuda-python")):
         try:
-            return cls(device)
+            cuda = cls(device)
+            cuda.device()  # the first call that needs the GPU itself
+            return cuda
         except ImportError as e:
             log.debug("%s unavailable: %s", module, e)
+        except Exception as e:  # noqa: BLE001 -- pycuda.driver.Error, RuntimeError from cuda-python, ...
+            failures.append(f"{module}: {type(e).__name__}: {e}")
+    if failures:
+        raise BackendUnavailable(f"CUDA bindings are installed but GPU {device} cannot be used ({'; '.join(failures)});"
+                                 " check the NVIDIA driver and that this process can see the GPU")
     raise BackendUnavailable(CUDA_HINT)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from fiqa_sdk.frames import to_bgr
 from fiqa_sdk.preprocess import ARCFACE_TEMPLATE_112, SPEC
 
 
@@ -65,9 +66,10 @@ def warp_to_crop(frame: np.ndarray, matrix: np.ndarray, size: int | tuple[int, i
                           borderValue=0)
 
 
-def align_face(frame_bgr: np.ndarray, landmarks: np.ndarray, size: int = SPEC.size) -> np.ndarray:
-    """Warp a face to the aligned crop. ``landmarks``: 5x2 (eyes, nose, mouth corners) in frame pixels."""
-    return warp_to_crop(frame_bgr, alignment_matrix(landmarks, size), size)
+def align_face(frame: np.ndarray, landmarks: np.ndarray, size: int = SPEC.size) -> np.ndarray:
+    """Warp a face to the aligned crop, size x size x 3 BGR uint8 whatever the frame's format (gray, BGR, BGRA,
+    float in [0, 1]: what the detector accepts). ``landmarks``: 5x2 (eyes, nose, mouth corners) in frame pixels."""
+    return warp_to_crop(to_bgr(frame), alignment_matrix(landmarks, size), size)
 
 
 def transform_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:

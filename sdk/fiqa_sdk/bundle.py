@@ -10,7 +10,8 @@ Manifest (``manifest.json``, ``schema_version`` 1)::
     {
       "schema_version": 1,                 # refused if newer than SCHEMA_VERSION (upgrade fiqa-sdk)
       "kind": "fiqa-bundle",
-      "bundle_id": "<16 hex>",             # bundle_id_for(): sha256 over the sorted (file, sha256) pairs, first 16 hex
+      "bundle_id": "<16 hex>",             # bundle_id_for(): sha256 over the (file, sha256) pairs and the rest of
+                                           # this manifest, first 16 hex: an edited threshold or scale is refused
       "target": "jetson-orin" | "android-arm64" | "raspberry-pi" | "cpu",
       "created_utc": "2025-01-31T12:00:00Z",
       "models": [                          # in the compiler's order of preference (the tie-break for pick_model)
@@ -101,13 +102,20 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def bundle_id_for(hashes: Mapping[str, str]) -> str:
-    """The bundle id: first 16 hex of sha256 over ``"<file>\\t<sha256>\\n"`` lines sorted by file name.
+def bundle_id_for(hashes: Mapping[str, str], manifest: Mapping[str, Any] | None = None) -> str:
+    """The bundle id: first 16 hex of sha256 over ``"<file>\\t<sha256>\\n"`` lines sorted by file name, then
+    (when ``manifest`` is given) a ``"manifest\\t<sha256>\\n"`` line over the manifest's canonical JSON without
+    its ``bundle_id``.
 
-    It names the exact set of bytes shipped, so capture sidecars and decision logs can say which models and
-    thresholds produced them.
+    It names the exact models *and* the score scales, thresholds and build settings shipped with them, so capture
+    sidecars and decision logs can say what produced them, and a hand-edited manifest is refused at load (tune
+    the gate in code instead: ``GateConfig.from_manifest(manifest, **overrides)``).
     """
     text = "".join(f"{name}\t{digest}\n" for name, digest in sorted(hashes.items()))
+    if manifest is not None:
+        content = {k: v for k, v in manifest.items() if k != "bundle_id"}
+        canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+        text += f"manifest\t{hashlib.sha256(canonical.encode('utf-8')).hexdigest()}\n"
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
@@ -187,7 +195,7 @@ class ScoreSpec:
         name = _string(d, "name", "scores[]")
         where = f"scores[{name!r}]"
         rng = d.get("range", [0, 100])
-        if list(rng) != [0, 100]:
+        if not isinstance(rng, list) or rng != [0, 100]:
             raise BundleError(f"{where}.range={rng!r}: schema 1 defines the device scale as [0, 100]")
         index = _need(d, "index", where)
         return cls(name=name, index=index, teacher=str(_need(d, "teacher", where)),
@@ -374,6 +382,10 @@ class Bundle:
                         out.append(self._choice(m, b))
             return out
         listed = [m for m in models if backend in m.backends and self._usable(m, backend)]
+        if not listed and backend == "tensorrt" and self.tensorrt is None:
+            raise BundleError(f"bundle {self.path} (target {self.target}) has no TensorRT build section, so no "
+                              "engine can be built from it; compile one with `fiqa-compile --target jetson-orin`, "
+                              "or use backend='auto'")
         if not listed:
             offered = sorted({b for m in models for b in m.backends})
             raise BundleError(f"no model in bundle {self.path} is meant for backend {backend!r}; its models list "
@@ -519,11 +531,6 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
         raise BundleError(f"{mpath}: model names must be unique, got {[e.name for e in models]}")
 
     bundle_id = _string(m, "bundle_id", "manifest")
-    if bundle_id != bundle_id_for(hashes):
-        raise BundleIntegrityError(f"{mpath}: bundle_id {bundle_id!r} does not match its file list "
-                                   f"(computed {bundle_id_for(hashes)!r}): the manifest was edited; {_REBUILD_HINT}")
-    _verify_files(root, hashes)
-
     try:
         check_spec(_need(m, "preprocessing", "manifest"))
     except ValueError as e:
@@ -555,6 +562,22 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
         if tensorrt.calibration_cache is not None and tensorrt.calibration_cache not in files:
             raise BundleError(f"{mpath}: tensorrt.calibration_cache={tensorrt.calibration_cache!r} is not listed "
                               "(and hashed) under 'files'")
+    if thresholds:
+        from fiqa_sdk.gate import GateConfig
+
+        try:  # a threshold the gate cannot use fails here, not on the first frame of a capture run
+            GateConfig.from_manifest(m)
+        except (TypeError, ValueError) as e:
+            raise BundleError(f"{mpath}: 'thresholds' are not a valid gate configuration: {e}") from e
+    # Last, after every field made sense: the id covers the file list and the manifest's content, then the files.
+    expected = bundle_id_for(hashes, m)
+    if bundle_id != expected:
+        why = ("it covers only the file list: the bundle was written by an older fiqa-compile, before the id covered "
+               "the scales and thresholds" if bundle_id == bundle_id_for(hashes) else
+               "the manifest was edited after it was compiled (models, scales, thresholds or settings)")
+        raise BundleIntegrityError(f"{mpath}: bundle_id {bundle_id!r} does not match its files and settings "
+                                   f"(computed {expected!r}): {why}; {_REBUILD_HINT}")
+    _verify_files(root, hashes)
     provenance = m.get("provenance", {})
     return Bundle(path=root, manifest=m, bundle_id=bundle_id,
                   target=_string(m, "target", "manifest", TARGETS), created_utc=str(m.get("created_utc", "")),

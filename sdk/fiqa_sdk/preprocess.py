@@ -41,6 +41,9 @@ SPEC = PreprocessSpec()
 
 def check_spec(recorded: dict) -> None:
     """Raise if a recorded spec (e.g. from a bundle manifest) disagrees with this code's spec."""
+    if not isinstance(recorded, dict):
+        raise ValueError(f"preprocessing spec must be a JSON object, got {type(recorded).__name__}; recompile the "
+                         "bundle with fiqa-compile")
     mine = SPEC.to_dict()
     diffs = [k for k in mine if k not in recorded or
              (np.asarray(recorded[k]).tolist() != np.asarray(mine[k]).tolist()

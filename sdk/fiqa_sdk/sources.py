@@ -184,6 +184,8 @@ class LiveSource(_CaptureSource):
         self._cap: CaptureLike | None = None
         self.reconnects = 0
         self.bad_reads = 0
+        self._episode: Iterator[float] | None = None  # back-off delays of the reconnection under way
+        self._episode_attempts = 0
 
     def _try_open(self) -> CaptureLike | None:
         try:
@@ -197,20 +199,27 @@ class LiveSource(_CaptureSource):
         return None
 
     def _reopen(self, why: str) -> CaptureLike:
-        attempts = 0
-        for delay in self.backoff.delays():
-            attempts += 1
-            log.warning("%s: %s; reconnect attempt %d in %.1f s", self.description, why, attempts, delay)
+        """Reopen within the current reconnection episode. An episode ends only with a good frame (see
+        ``__iter__``), not with a device that opens: one that opens but never delivers (a camera held by another
+        process, a stream that connects and sends nothing) keeps backing off until ``max_attempts``."""
+        if self._episode is None:
+            self._episode, self._episode_attempts = self.backoff.delays(), 0
+        for delay in self._episode:
+            self._episode_attempts += 1
+            log.warning("%s: %s; reconnect attempt %d in %.1f s", self.description, why, self._episode_attempts,
+                        delay)
             self._sleep(delay)
             cap = self._try_open()
             if cap is not None:
                 self.reconnects += 1
-                log.warning("%s: reconnected after %d attempt(s)", self.description, attempts)
+                log.warning("%s: reopened after %d attempt(s)", self.description, self._episode_attempts)
                 return cap
-        raise SourceError(f"{self.description}: {why}, and it did not come back after {attempts} reconnect "
-                          f"attempt(s); check the cable/network, or raise Backoff.max_attempts")
+        raise SourceError(f"{self.description}: {why}, and it did not come back after {self._episode_attempts} "
+                          f"reconnect attempt(s); check the cable/network and that no other process holds the "
+                          f"device, or raise Backoff.max_attempts")
 
     def __iter__(self) -> Iterator[Frame]:
+        self._episode = None
         cap = self._try_open()
         if cap is None:
             if not self.retry_initial_open:
@@ -237,6 +246,7 @@ class LiveSource(_CaptureSource):
                         bad = 0
                     continue
                 bad = 0
+                self._episode = None  # a good frame ends a reconnection episode
                 t = max(self._clock() - t0, last)
                 last = t
                 yield Frame(index, t, image)
