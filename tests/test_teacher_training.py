@@ -5,6 +5,7 @@ insightface group photo and the portraits becomes one identity with two differen
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -428,6 +429,15 @@ def test_cached_teacher_targets_refuse_another_data_set(teachers, label_dir, tmp
     with pytest.raises(ValueError, match="belongs to another data set"):
         cached_teacher_targets(pair, data, cache)
     assert len(np.load(cache)["targets"]) == len(data) + 1
+    # same size, other pixels or other teachers: the fingerprint tells them apart
+    good = tmp_path / "good.npz"
+    first = cached_teacher_targets(pair, data, good)
+    np.testing.assert_array_equal(cached_teacher_targets(pair, data, good), first)
+    mirrored = dataclasses.replace(data, crop=np.ascontiguousarray(data.crop[:, :, ::-1]))
+    swapped = {"utility": pair["perceptual"], "perceptual": pair["utility"]}
+    for other_data, other_pair in ((mirrored, pair), (data, swapped)):
+        with pytest.raises(ValueError, match="other crops or other teachers"):
+            cached_teacher_targets(other_pair, other_data, good)
 
 
 def test_online_utility_refuses_a_teacher_without_quality_head(teachers):
@@ -461,9 +471,13 @@ def test_compile_with_faces_keeps_resumes_and_reuses_the_student(face_folder, te
     assert "other settings (epochs)" in err and "--distill-dir" in err
     assert not (tmp_path / "b2").exists() and (sdir / "student.pt").exists()
 
+    # a student stopped early (--max-minutes) is still usable, but the compile says so
+    (sdir / "student.json").write_text(json.dumps({**info, "complete": False, "trained_steps": 1}))
     assert main([*common, "--out", str(tmp_path / "b3"), "--student", str(sdir)]) == 0
     manifest = json.loads((tmp_path / "b3" / "manifest.json").read_text())
-    assert manifest["target"] == "cpu" and f"given: {sdir}" in (tmp_path / "b3" / "report.md").read_text()
+    report = (tmp_path / "b3" / "report.md").read_text()
+    assert manifest["target"] == "cpu" and f"given: {sdir} (INCOMPLETE: 1 of" in report
+    assert "is incomplete" in capsys.readouterr().err
 
 
 def test_compile_with_faces_can_start_from_a_distilled_student(face_folder, teachers, tmp_path, capsys):

@@ -315,6 +315,11 @@ def compile_bundle(opts: CompileOptions) -> Path:
             verify = None
             student_origin = (f"embedded default ({sinfo['student']}, distilled on {sinfo.get('data', '?')})"
                               if spath == EMBEDDED_STUDENT else f"given: {spath}")
+            if not sinfo.get("complete", True):  # a --max-minutes stop: usable, but not the run that was asked for
+                student_origin += (f" (INCOMPLETE: {sinfo.get('trained_steps', '?')} of "
+                                   f"{sinfo.get('planned_steps', '?')} steps; re-run its fiqa-distill to finish)")
+                print(f"warning: student {spath} is incomplete; re-run the fiqa-distill that made it to finish it",
+                      file=sys.stderr, flush=True)
         log.add("student", student_origin, t())
 
         # 3. calibration set (and verification faces when no --faces split gave them)

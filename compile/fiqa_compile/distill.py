@@ -133,20 +133,30 @@ def teacher_targets(teachers: dict, data: FaceCrops) -> np.ndarray:
     return out
 
 
-def _cached_scores(cache: Path, key: str, data: FaceCrops, compute) -> np.ndarray:
+def _fingerprint(data: FaceCrops, *teachers) -> str:
+    """sha256 over the crops' pixels and the teachers' weights hashes: what a cached score depends on."""
+    h = hashlib.sha256(memoryview(np.ascontiguousarray(data.crop)).cast("B"))
+    for t in teachers:
+        h.update(str(getattr(t, "info", {}).get("sha256", "")).encode())
+    return h.hexdigest()
+
+
+def _cached_scores(cache: Path, key: str, data: FaceCrops, compute, fingerprint: str) -> np.ndarray:
     """``compute()`` kept in ``cache`` under ``key`` so a resumed run does not score again.
 
-    A cache of another size belongs to other data; it is refused rather than replaced, because the run
-    directory's checkpoint was trained on that data too.
+    A cache of other crops or other teachers (its ``fingerprint``: :func:`_fingerprint`) belongs to another run;
+    it is refused rather than replaced, because the run directory's checkpoint was trained on that data too.
+    Caches written before fingerprints were recorded are checked by their length only.
     """
     if cache.exists():
-        scores = np.load(cache)[key]
-        if len(scores) != len(data):
-            raise ValueError(f"{cache} holds teacher scores for {len(scores)} crops, not the {len(data)} of "
+        stored = np.load(cache)
+        scores = stored[key]
+        if len(scores) != len(data) or ("fingerprint" in stored.files and str(stored["fingerprint"]) != fingerprint):
+            raise ValueError(f"{cache} holds teacher scores of other crops or other teachers than the {len(data)} of "
                              f"{data.source}: it belongs to another data set; use another run directory")
         return scores
     scores = compute()
-    np.savez(cache, **{key: scores})
+    np.savez(cache, **{key: scores, "fingerprint": np.array(fingerprint)})
     return scores
 
 
@@ -164,7 +174,7 @@ def cached_tta_utility(teacher, data: FaceCrops, cache: Path) -> np.ndarray:
             out[k:k + chunk] = teacher.score(data.crop[k:k + chunk], tta=True)
         return out
 
-    return _cached_scores(cache, "utility_tta", data, compute)
+    return _cached_scores(cache, "utility_tta", data, compute, _fingerprint(data, teacher))
 
 
 def distillation_targets(teachers: dict, data: FaceCrops, out: Path, utility_tta: bool) -> np.ndarray:
@@ -177,7 +187,8 @@ def distillation_targets(teachers: dict, data: FaceCrops, out: Path, utility_tta
 
 def cached_teacher_targets(teachers: dict, data: FaceCrops, cache: Path) -> np.ndarray:
     """:func:`teacher_targets`, kept in ``cache`` (targets.npz; see :func:`_cached_scores`)."""
-    return _cached_scores(cache, "targets", data, lambda: teacher_targets(teachers, data))
+    return _cached_scores(cache, "targets", data, lambda: teacher_targets(teachers, data),
+                          _fingerprint(data, teachers["utility"], teachers["perceptual"]))
 
 
 @dataclass
