@@ -413,3 +413,12 @@ def test_tensorrt_on_a_bundle_without_its_build_section_says_how_to_get_one():
     assert cpu.tensorrt is None
     with pytest.raises(BundleError, match="no TensorRT build section.*fiqa-compile --target jetson-orin"):
         cpu.candidates("tensorrt")
+
+
+def test_a_score_column_the_model_does_not_have_fails_when_the_scorer_loads(copy):
+    """Caught by the Scorer's warm-up inference, not on every frame of a capture run."""
+    from fiqa_sdk import Scorer
+
+    _edit_manifest(copy, lambda m: m["scores"][0].update(index=5))
+    with pytest.raises(ValueError, match=r"the manifest reads columns \[5, 1\]"):
+        Scorer(copy, backend="onnxruntime", detector=None)

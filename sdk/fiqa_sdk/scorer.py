@@ -195,6 +195,9 @@ class Scorer:
             precision=choice.model.precision, detector=getattr(self.detector, "name", None),
             detector_backend=getattr(self.detector, "backend_name", None), threads=threads,
             skipped=tuple(f"{c.backend}/{c.model.file}: {why}" for c, why in self._loaded.skipped))
+        # One inference on a blank face: a model whose outputs do not fit the manifest fails here, at load, not on
+        # every frame of a capture run (and the engine's first-call set-up is paid before the first real face).
+        self.raw(np.zeros((1, 3, SPEC.size, SPEC.size), np.float32))
 
     @property
     def score_names(self) -> tuple[str, ...]:
@@ -213,9 +216,10 @@ class Scorer:
                 raise ValueError(f"model {self.info.model_file} returned {list(result)}, not the manifest's output "
                                  f"{self._output!r}; rebuild the bundle")
             y = np.asarray(result[self._output], dtype=np.float32)
-            if y.ndim != 2 or y.shape[0] != len(chunk):
+            if y.ndim != 2 or y.shape[0] != len(chunk) or y.shape[1] <= max(sc.index for sc in self.bundle.scores):
                 raise ValueError(f"model {self.info.model_file} returned shape {y.shape} for a batch of {len(chunk)}; "
-                                 f"expected [{len(chunk)}, {len(self.bundle.scores)}]")
+                                 f"the manifest reads columns {[sc.index for sc in self.bundle.scores]}: the manifest "
+                                 "does not match the model, rebuild the bundle")
             outs.append(y)
         return np.concatenate(outs)
 
