@@ -199,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if logger is not None:
             logger.close()
+        scorer.close()  # a TensorRT engine's device buffers go back now
         if show:
             cv2.destroyAllWindows()
     reasons = ", ".join(f"{k} {v}" for k, v in pipeline.reasons.most_common()) or "none"

@@ -193,3 +193,16 @@ def test_device_modules_import_nothing_heavy():
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout.strip().splitlines()[-1]) == []
+
+
+def test_closing_a_scorer_releases_its_engine_once_and_stops_scoring(bundle_path, faces):
+    closed = []
+    with Scorer(bundle_path, backend="onnxruntime", detector=None) as s:
+        engine = s._engine
+        engine.close = lambda: closed.append(True)
+        assert len(s.score(faces[:2])) == 2
+    assert closed == [True]
+    s.close()  # twice is fine
+    assert closed == [True]
+    with pytest.raises(RuntimeError, match="this Scorer was closed"):
+        s.score(faces[:1])

@@ -40,6 +40,10 @@ class Backend(ABC):
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run one batch. Inputs are float32 in the model's declared layout; outputs come back float32."""
 
+    def close(self) -> None:
+        """Release what the engine holds outside Python's memory (TensorRT's device buffers); a no-op for CPU
+        runtimes, whose memory the garbage collector frees."""
+
     def run1(self, x: np.ndarray) -> dict[str, np.ndarray]:
         """Run a single-input model."""
         if len(self.input_names) != 1:

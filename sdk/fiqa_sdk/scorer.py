@@ -199,12 +199,27 @@ class Scorer:
         # every frame of a capture run (and the engine's first-call set-up is paid before the first real face).
         self.raw(np.zeros((1, 3, SPEC.size, SPEC.size), np.float32))
 
+    def close(self) -> None:
+        """Release the inference engine now (TensorRT frees its device buffers) rather than at interpreter exit;
+        the Scorer cannot score afterwards. ``with Scorer(...) as scorer:`` calls it on leaving the block."""
+        if self._engine is not None:
+            self._engine.close()
+            self._engine = None
+
+    def __enter__(self) -> Scorer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     @property
     def score_names(self) -> tuple[str, ...]:
         return self.bundle.score_names
 
     def raw(self, tensor: np.ndarray) -> np.ndarray:
         """Run the model on a normalised NCHW float32 batch (any N); returns [N, K] raw outputs (z-scores)."""
+        if self._engine is None:
+            raise RuntimeError("this Scorer was closed; create a new one to score again")
         n = len(tensor)
         if n == 0:
             return np.zeros((0, len(self.bundle.scores)), np.float32)
