@@ -100,7 +100,7 @@ def check_options(opts: CompileOptions, target: Target) -> None:
         raise CompileError(f"--precision fp32 ships only the float ONNX, which --target {target.name} does not run "
                            f"(it gets {', '.join(target.artifacts)}); leave --precision int8, or use --target cpu "
                            "for an fp32 bundle")
-    students = [m for m in list_models() if m.startswith("student_")]
+    students = list_models("student_")
     if opts.student_arch is not None and opts.student_arch not in students:
         raise CompileError(f"--student-arch {opts.student_arch!r} is not a student architecture; choose one of "
                            f"{', '.join(students)}")
@@ -229,7 +229,8 @@ def distil_on_faces(opts: CompileOptions, teachers: dict):
     (teacher scores and the last checkpoint are kept there), and ``--student DIR`` reuses the finished student
     for other targets. A directory made with other settings is refused rather than mixed.
     """
-    from fiqa_compile.distill import DistillConfig, crops_from_folder, distill, distillation_targets, load_init
+    from fiqa_compile.distill import (DistillConfig, changed_keys, crops_from_folder, distill, distillation_targets,
+                                      load_init)
 
     sdir = opts.student_dir()
     init_dir = None
@@ -245,9 +246,7 @@ def distil_on_faces(opts: CompileOptions, teachers: dict):
         settings["init"] = init_record["sha256"]
     stamp = sdir / "settings.json"
     if stamp.exists():
-        old = json.loads(stamp.read_text())
-        if old != settings:
-            diff = sorted(k for k in {**old, **settings} if old.get(k) != settings.get(k))
+        if diff := changed_keys(json.loads(stamp.read_text()), settings):
             raise CompileError(f"--distill-dir {sdir} holds a distillation with other settings ({', '.join(diff)}); "
                                "pass another --distill-dir, or delete that directory to start over")
         print(f"resuming the distillation in {sdir}", flush=True)

@@ -217,7 +217,7 @@ class DistillConfig:
         # checked when the options are read, not minutes later when training starts
         from fiqa_compile.models.registry import list_models
 
-        students = [m for m in list_models() if m.startswith("student_")]
+        students = list_models("student_")
         if self.student not in students:
             raise ValueError(f"--student {self.student!r} is not a student architecture; choose one of "
                              f"{', '.join(students)}")
@@ -242,6 +242,12 @@ class DistillConfig:
             raise ValueError(f"--mixup {self.mixup}: the share of each batch must be in [0, 1]")
         if self.mixup > 0 and not self.online_utility:
             raise ValueError("--mixup needs --online-utility: a blend of two faces has no cached teacher score")
+
+
+def changed_keys(was: dict, now: dict) -> list[str]:
+    """The settings that differ between a run on disk and the one asked for (a key on one side only counts)."""
+    missing = object()
+    return sorted(k for k in {**was, **now} if was.get(k, missing) != now.get(k, missing))
 
 
 def _save(obj, path: Path) -> None:
@@ -403,8 +409,7 @@ def distill(data: FaceCrops, targets: np.ndarray, out: Path, cfg: DistillConfig,
         if kept != wanted:
             raise ValueError(f"{last} was written with other hint/--ema settings (it holds {sorted(kept) or 'none'}, "
                              f"this run needs {sorted(wanted) or 'none'}); use another --out")
-        if "settings" in ck and (was := json.loads(ck["settings"])) != run_settings:
-            diff = sorted(k for k in {**was, **run_settings} if was.get(k) != run_settings.get(k))
+        if "settings" in ck and (diff := changed_keys(json.loads(ck["settings"]), run_settings)):
             raise ValueError(f"{last} is a run with other settings ({', '.join(diff)}); resuming would mix them. "
                              "Pass the same options again to resume, or use another --out")
         model.load_state_dict(ck["model"])

@@ -9,6 +9,7 @@ from fiqa_runtimes.base import (
     BackendUnavailable,
     ModelFormat,
     available_backends,
+    check_threads,
     load_backend,
     register_backend,
 )
@@ -18,6 +19,7 @@ __all__ = [
     "BackendUnavailable",
     "ModelFormat",
     "available_backends",
+    "check_threads",
     "load_backend",
     "register_backend",
 ]

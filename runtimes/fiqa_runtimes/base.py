@@ -116,8 +116,15 @@ def _factory(name: str) -> Callable[..., Backend]:
     return getattr(importlib.import_module(module), cls)
 
 
+def check_threads(threads: object) -> None:
+    """``threads`` as every backend takes it: a positive integer, or None for the engine's own choice."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+
+
 def load_backend(model: bytes | str, fmt: ModelFormat | str, backend: str = "auto", **options) -> Backend:
     """Load ``model`` (bytes or a path) with the named backend, or the best installed one for ``fmt``."""
+    check_threads(options.get("threads"))
     fmt = ModelFormat(fmt)
     if backend == "auto":  # the best installed one that can actually start (TensorRT without a GPU cannot)
         candidates = available_backends(fmt)

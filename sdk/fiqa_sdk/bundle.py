@@ -562,11 +562,14 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
         if tensorrt.calibration_cache is not None and tensorrt.calibration_cache not in files:
             raise BundleError(f"{mpath}: tensorrt.calibration_cache={tensorrt.calibration_cache!r} is not listed "
                               "(and hashed) under 'files'")
+    provenance = m.get("provenance", {})
+    bundle = Bundle(path=root, manifest=m, bundle_id=bundle_id,
+                    target=_string(m, "target", "manifest", TARGETS), created_utc=str(m.get("created_utc", "")),
+                    models=models, backend_preference=tuple(pref), scores=scores, thresholds=dict(thresholds),
+                    tensorrt=tensorrt, files=files, provenance=provenance if isinstance(provenance, dict) else {})
     if thresholds:
-        from fiqa_sdk.gate import GateConfig
-
         try:  # a threshold the gate cannot use fails here, not on the first frame of a capture run
-            GateConfig.from_manifest(m)
+            bundle.gate_config()
         except (TypeError, ValueError) as e:
             raise BundleError(f"{mpath}: 'thresholds' are not a valid gate configuration: {e}") from e
     # Last, after every field made sense: the id covers the file list and the manifest's content, then the files.
@@ -578,11 +581,7 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
         raise BundleIntegrityError(f"{mpath}: bundle_id {bundle_id!r} does not match its files and settings "
                                    f"(computed {expected!r}): {why}; {_REBUILD_HINT}")
     _verify_files(root, hashes)
-    provenance = m.get("provenance", {})
-    return Bundle(path=root, manifest=m, bundle_id=bundle_id,
-                  target=_string(m, "target", "manifest", TARGETS), created_utc=str(m.get("created_utc", "")),
-                  models=models, backend_preference=tuple(pref), scores=scores, thresholds=dict(thresholds),
-                  tensorrt=tensorrt, files=files, provenance=provenance if isinstance(provenance, dict) else {})
+    return bundle
 
 
 # -- embedded defaults ------------------------------------------------------------------------------------------------

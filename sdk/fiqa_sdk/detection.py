@@ -132,8 +132,6 @@ class RetinaFaceDetector(Detector):
         if isinstance(max_side, bool) or not isinstance(max_side, numbers.Integral) or max_side < 32:
             raise ValueError(f"max_side={max_side!r}: need an integer >= 32 (the network's coarsest stride); "
                              "320 suits 640x480 frames, 640 finds smaller faces")
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1):
-            raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
         if not (0.0 < score_threshold < 1.0 and 0.0 < nms_threshold < 1.0):
             raise ValueError(f"score_threshold={score_threshold} and nms_threshold={nms_threshold} must be in (0, 1)")
         self.score_threshold = float(score_threshold)

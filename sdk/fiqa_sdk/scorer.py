@@ -15,6 +15,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
+from fiqa_runtimes import check_threads
 from fiqa_sdk.align import align_face
 from fiqa_sdk.bundle import Bundle, LoadedModel, default_bundle_path, load_bundle
 from fiqa_sdk.detection import Detection, Detector, create_detector
@@ -163,8 +164,7 @@ class Scorer:
     def __init__(self, bundle: str | os.PathLike | Bundle | None = None, backend: str = "auto",
                  detector: str | Detector | None = "retinaface", threads: int | None = None, max_batch: int = 16,
                  model: str | None = None, detector_options: dict[str, Any] | None = None):
-        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-            raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+        check_threads(threads)  # before the bundle's files are hashed
         if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
             raise ValueError(f"max_batch must be a positive integer, got {max_batch!r}")
         if isinstance(bundle, Bundle):

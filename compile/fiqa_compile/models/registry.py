@@ -29,9 +29,10 @@ def _load_all() -> None:
                 raise
 
 
-def list_models() -> list[str]:
+def list_models(prefix: str = "") -> list[str]:
+    """Registered names, sorted; ``prefix`` keeps one family ("student_", "vit_fiqa", "dsl_fiqa")."""
     _load_all()
-    return sorted(_MODELS)
+    return sorted(m for m in _MODELS if m.startswith(prefix))
 
 
 def get_config(name: str, **overrides: Any) -> Any:

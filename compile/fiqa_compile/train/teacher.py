@@ -90,9 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     model_name = args.model or DEFAULT_MODEL[args.task]
     family = "vit_fiqa" if args.task == "utility" else "dsl_fiqa"
-    if not model_name.startswith(family) or model_name not in list_models():
-        names = ", ".join(m for m in list_models() if m.startswith(family))
-        raise SystemExit(f"fiqa-train: --model {model_name!r} is not a {args.task} teacher; choose one of {names}")
+    if model_name not in list_models(family):
+        raise SystemExit(f"fiqa-train: --model {model_name!r} is not a {args.task} teacher; choose one of "
+                         f"{', '.join(list_models(family))}")
     if not 0.0 < args.held_out < 1.0 or not args.lr > 0:
         raise SystemExit(f"fiqa-train: --held-out must be between 0 and 1 and --lr positive "
                          f"(got {args.held_out}, {args.lr})")
