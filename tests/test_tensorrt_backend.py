@@ -9,6 +9,7 @@ import importlib.machinery
 import json
 import logging
 import sys
+import threading
 import types
 from pathlib import Path
 
@@ -33,6 +34,9 @@ def fake_tensorrt(version: str) -> types.ModuleType:
     major = int(version.split(".")[0])
     stats = trt.stats = {"builds": 0, "deserialized": 0, "network_flags": [], "builder_flags": [], "profiles": [],
                          "calibration_caches": []}
+    # Real TensorRT works on the calling thread's current CUDA context; install_fakes points this at the fake
+    # bindings' "is device N's context current?" so a call made outside it fails as it would on a second GPU.
+    trt.context_is_current = lambda: True
 
     class Logger:
         WARNING = 2
@@ -119,6 +123,7 @@ def fake_tensorrt(version: str) -> types.ModuleType:
         create_optimization_profile = lambda self: Profile()
 
         def build_serialized_network(self, network, config):
+            assert trt.context_is_current(), "TensorRT build outside the device's CUDA context"
             stats["builds"] += 1
             stats["builder_flags"].append(sorted(config.flags))
             calibrator = config.int8_calibrator
@@ -139,7 +144,9 @@ def fake_tensorrt(version: str) -> types.ModuleType:
         get_tensor_name = lambda self, i: self.names[i]
         get_tensor_mode = lambda self, n: trt.TensorIOMode.OUTPUT if n == "y" else trt.TensorIOMode.INPUT
         get_tensor_dtype = lambda self, n: trt.DataType.FLOAT
-        create_execution_context = lambda self: Context(self.desc)
+        def create_execution_context(self):
+            assert trt.context_is_current(), "execution context created outside the device's CUDA context"
+            return Context(self.desc)
 
     class Context:
         """Computes y = 2 * x + 1 from and into "device" pointers."""
@@ -165,6 +172,7 @@ def fake_tensorrt(version: str) -> types.ModuleType:
 
         def execute_async_v3(self, stream_handle):
             assert isinstance(stream_handle, int)
+            assert trt.context_is_current(), "execute_async_v3 outside the device's CUDA context"
             n = int(np.prod(self.shapes["x"]))
             x = np.frombuffer((ctypes.c_float * n).from_address(self.addresses["x"]), np.float32)
             y = (2 * x + 1).astype(np.float32)
@@ -176,6 +184,7 @@ def fake_tensorrt(version: str) -> types.ModuleType:
             pass
 
         def deserialize_cuda_engine(self, blob):
+            assert trt.context_is_current(), "engine deserialized outside the device's CUDA context"
             stats["deserialized"] += 1
             blob = bytes(blob)
             return Engine(json.loads(blob[len(MAGIC):])) if blob.startswith(MAGIC) else None
@@ -187,8 +196,9 @@ def fake_tensorrt(version: str) -> types.ModuleType:
 def fake_pycuda(name="Orin", cc=(8, 7)):
     pkg, drv = types.ModuleType("pycuda"), types.ModuleType("pycuda.driver")
     pkg.driver = drv
-    state = drv.state = {"stack": [], "live": {}, "freed": 0}
+    state = drv.state = {"stack": [], "live": {}, "freed": 0, "pinned": {}, "pinned_freed": 0}
     drv.init = lambda: None
+    drv.device_attribute = types.SimpleNamespace(MULTIPROCESSOR_COUNT="MULTIPROCESSOR_COUNT")
 
     class Ctx:
         def push(self):
@@ -206,6 +216,7 @@ def fake_pycuda(name="Orin", cc=(8, 7)):
         name = lambda self: name
         compute_capability = lambda self: cc
         retain_primary_context = lambda self: Ctx()
+        get_attribute = lambda self, attr: {"MULTIPROCESSOR_COUNT": 16}[attr]
 
     class Allocation:
         def __init__(self, nbytes):
@@ -217,49 +228,118 @@ def fake_pycuda(name="Orin", cc=(8, 7)):
             return ctypes.addressof(self.buf)
 
         def free(self):
+            assert state["stack"], "pycuda free outside a pushed context"
             state["live"].pop(int(self))
             state["freed"] += 1
 
     class Stream:
         handle = 4242
 
+        def __init__(self):
+            assert state["stack"], "stream created outside a pushed context"
+
         def synchronize(self):
             assert state["stack"]
 
+    def pagelocked_empty(shape, dtype):
+        """Like pycuda's: an array whose .base is the host allocation (with .free()); its range is recorded so the
+        copies below can insist on page-locked memory, as pycuda's documentation does."""
+        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+
+        class HostAllocation(ctypes.c_uint8 * nbytes):
+            def free(self):
+                state["pinned"].pop(ctypes.addressof(self))
+                state["pinned_freed"] += 1
+
+        allocation = HostAllocation()
+        state["pinned"][ctypes.addressof(allocation)] = nbytes
+        return np.frombuffer(allocation, np.uint8).view(dtype).reshape(shape)
+
+    def is_pinned(host):
+        return any(a <= host.ctypes.data and host.ctypes.data + host.nbytes <= a + n for a, n in state["pinned"].items())
+
+    def htod(dst, src, stream):
+        assert state["stack"] and is_pinned(src), "async copy from pageable memory"
+        ctypes.memmove(int(dst), src.ctypes.data, src.nbytes)
+
+    def dtoh(dst, src, stream):
+        assert state["stack"] and is_pinned(dst), "async copy into pageable memory"
+        ctypes.memmove(dst.ctypes.data, int(src), dst.nbytes)
+
     drv.Context, drv.Device, drv.Stream, drv.mem_alloc = Context, Device, Stream, Allocation
-    drv.memcpy_htod_async = lambda dst, src, stream: ctypes.memmove(int(dst), src.ctypes.data, src.nbytes)
-    drv.memcpy_dtoh_async = lambda dst, src, stream: ctypes.memmove(dst.ctypes.data, int(src), dst.nbytes)
+    drv.pagelocked_empty = pagelocked_empty
+    drv.memcpy_htod_async, drv.memcpy_dtoh_async = htod, dtoh
     return pkg, drv
 
 
-def fake_cuda_python(fail_malloc=False, no_device=False):
+def fake_cuda_python(fail_malloc=False, no_device=False, devices=2):
+    """cuda-python's runtime bindings with a per-thread current device (as CUDA's runtime has): allocations and
+    streams belong to the device current when they were made, and using them on another one fails."""
     cuda, bindings, rt = (types.ModuleType(n) for n in ("cuda", "cuda.bindings", "cuda.bindings.runtime"))
     cuda.bindings, bindings.runtime = bindings, rt
-    err = enum.IntEnum("cudaError_t", {"cudaSuccess": 0, "cudaErrorMemoryAllocation": 2, "cudaErrorNoDevice": 100})
+    err = enum.IntEnum("cudaError_t", {"cudaSuccess": 0, "cudaErrorMemoryAllocation": 2, "cudaErrorInvalidDevice": 101,
+                                       "cudaErrorNoDevice": 100, "cudaErrorInvalidResourceHandle": 400})
     rt.cudaError_t = err
     rt.cudaMemcpyKind = enum.IntEnum("cudaMemcpyKind", {"cudaMemcpyHostToDevice": 1, "cudaMemcpyDeviceToHost": 2})
-    buffers = {}
+    thread = threading.local()
+    state = rt.state = {"device_of": {}, "pinned": {}, "streams": {}, "destroyed": 0}
     ok = err.cudaSuccess
-    rt.cudaSetDevice = lambda d: (err.cudaErrorNoDevice if no_device else ok,)
+    rt.current = lambda: getattr(thread, "device", 0)
+
+    def set_device(d):
+        if no_device:
+            return (err.cudaErrorNoDevice,)
+        if not 0 <= d < devices:
+            return (err.cudaErrorInvalidDevice,)
+        thread.device = d
+        return (ok,)
+
+    rt.cudaSetDevice, rt.cudaGetDevice = set_device, lambda: (ok, rt.current())
     rt.cudaGetDeviceProperties = lambda d: (ok, types.SimpleNamespace(name=b"NVIDIA Jetson AGX Orin\0\0", major=8,
-                                                                      minor=7))
-    rt.cudaStreamCreate = lambda: (ok, 99)
-    rt.cudaStreamSynchronize = lambda s: (ok,)
+                                                                      minor=7, multiProcessorCount=16))
     rt.cudaGetErrorName = lambda e: (ok, err(e).name.encode())
+
+    def stream_create():
+        handle = 99 + len(state["streams"])
+        state["streams"][handle] = rt.current()
+        return (ok, handle)
+
+    def stream_destroy(handle):
+        state["streams"].pop(handle)
+        state["destroyed"] += 1
+        return (ok,)
+
+    def on_its_device(stream):
+        return state["streams"][stream] == rt.current()
+
+    rt.cudaStreamCreate, rt.cudaStreamDestroy = stream_create, stream_destroy
+    rt.cudaStreamSynchronize = lambda s: (ok if on_its_device(s) else err.cudaErrorInvalidResourceHandle,)
 
     def malloc(n):
         if fail_malloc:
             return (err.cudaErrorMemoryAllocation, 0)
         buf = ctypes.create_string_buffer(n)
-        buffers[ctypes.addressof(buf)] = buf
+        state["device_of"][ctypes.addressof(buf)] = (rt.current(), buf)
+        return (ok, ctypes.addressof(buf))
+
+    def malloc_host(n):
+        buf = ctypes.create_string_buffer(n)
+        state["pinned"][ctypes.addressof(buf)] = buf
         return (ok, ctypes.addressof(buf))
 
     def memcpy(dst, src, count, kind, stream):
+        device_ptr = src if kind == rt.cudaMemcpyKind.cudaMemcpyDeviceToHost else dst
+        host_ptr = dst if kind == rt.cudaMemcpyKind.cudaMemcpyDeviceToHost else src
+        assert any(a <= host_ptr and host_ptr + count <= a + len(b) for a, b in state["pinned"].items()), \
+            "async copy with pageable host memory"
+        if not on_its_device(stream) or state["device_of"][device_ptr][0] != rt.current():
+            return (err.cudaErrorInvalidResourceHandle,)
         ctypes.memmove(dst, src, count)
         return (ok,)
 
-    rt.cudaMalloc, rt.cudaMemcpyAsync = malloc, memcpy
-    rt.cudaFree = lambda p: (buffers.pop(p) and ok,)
+    rt.cudaMalloc, rt.cudaMallocHost, rt.cudaMemcpyAsync = malloc, malloc_host, memcpy
+    rt.cudaFree = lambda p: (state["device_of"].pop(p) and ok,)
+    rt.cudaFreeHost = lambda p: (state["pinned"].pop(p) and ok,)
     return {"cuda": cuda, "cuda.bindings": bindings, "cuda.bindings.runtime": rt}
 
 
@@ -267,6 +347,7 @@ def install_fakes(monkeypatch, version: str):
     """A fake TensorRT ``version`` and a fake pycuda in sys.modules for one test; returns the fake TensorRT."""
     trt = fake_tensorrt(version)
     pkg, drv = fake_pycuda()
+    trt.context_is_current = lambda: bool(drv.state["stack"])
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     monkeypatch.setitem(sys.modules, "pycuda", pkg)
     monkeypatch.setitem(sys.modules, "pycuda.driver", drv)
@@ -323,10 +404,10 @@ def test_engine_key_changes_with_every_component():
     assert EngineKey.create(**base) == key and EngineKey.create(**base).digest() == key.digest()
     variants = [dict(gpu_name="Xavier"), dict(compute_capability=(7, 2)), dict(trt_version="10.3.1"),
                 dict(model=b"model2"), dict(settings={"precision": "fp16", "max_batch": 32}),
-                dict(settings={"precision": "int8", "max_batch": 16})]
+                dict(settings={"precision": "int8", "max_batch": 16}), dict(multiprocessors=8)]
     digests = {key.digest()} | {EngineKey.create(**{**base, **v}).digest() for v in variants}
     paths = {key.relative_path()} | {EngineKey.create(**{**base, **v}).relative_path() for v in variants}
-    assert len(digests) == len(paths) == 1 + len(variants)
+    assert len(digests) == len(paths) == 1 + len(variants)  # an Orin Nano (8 SMs) never loads an AGX's engine
     # Settings are canonical: key order does not matter.
     assert EngineKey.create(**{**base, "settings": {"max_batch": 32, "precision": "int8"}}) == key
 
@@ -528,3 +609,69 @@ def test_calibration_cache_misuse_is_refused(tmp_path, trt10, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt("11.4.0"))
     with pytest.raises(ValueError, match="removed implicit INT8 calibration"):
         TensorRTBackend(onnx_model(qdq=False), cache_dir=tmp_path, calibration_cache=CACHE)
+
+
+def test_pycuda_context_is_current_for_every_tensorrt_call_and_restored_after(tmp_path, trt10):
+    """The fake TensorRT asserts that the device's context is current in build, deserialize, execution-context
+    creation and execute (as the real one needs for a GPU other than 0); the caller's stack is left as it was."""
+    state = sys.modules["pycuda.driver"].state
+    backend = TensorRTBackend(onnx_model(), cache_dir=tmp_path)
+    again = TensorRTBackend(onnx_model(), cache_dir=tmp_path)  # deserialized from the cache
+    assert backend.built and not again.built and state["stack"] == []
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    np.testing.assert_array_equal(again.run1(x)["y"], 2 * x + 1)
+    assert state["stack"] == []
+    assert again.key.multiprocessors == 16
+
+
+def test_host_copies_use_page_locked_buffers_and_results_are_not_overwritten(tmp_path, trt10):
+    state = sys.modules["pycuda.driver"].state
+    backend = TensorRTBackend(onnx_model(), cache_dir=tmp_path)
+    first = backend.run1(np.ones((2, 4), np.float32))["y"]  # the fake copies refuse pageable host memory
+    second = backend.run1(np.zeros((2, 4), np.float32))["y"]
+    np.testing.assert_array_equal(first, np.full((2, 4), 3, np.float32))  # not the reused buffer's new contents
+    np.testing.assert_array_equal(second, np.ones((2, 4), np.float32))
+    strided = np.arange(16, dtype=np.float64).reshape(4, 4)[::2]  # non-contiguous, other dtype: staged, converted
+    np.testing.assert_array_equal(backend.run1(strided)["y"], 2 * strided.astype(np.float32) + 1)
+    assert len(state["pinned"]) == 2
+    backend.close()
+    assert state["pinned"] == {} and state["live"] == {} and state["pinned_freed"] == 2
+    with pytest.raises(RuntimeError, match="closed"):
+        backend.run1(np.ones((1, 4), np.float32))
+    backend.close()  # twice is harmless
+
+
+def test_cuda_python_second_gpu_used_from_another_thread(tmp_path, monkeypatch):
+    """CUDA's current device is per host thread: a backend made for GPU 1 must work when called from a thread
+    that never chose a device (it would allocate and launch on GPU 0), and leave every thread's device as it was."""
+    trt = fake_tensorrt("10.3.0")
+    monkeypatch.setitem(sys.modules, "tensorrt", trt)
+    monkeypatch.setitem(sys.modules, "pycuda", None)
+    monkeypatch.setitem(sys.modules, "pycuda.driver", None)
+    modules = fake_cuda_python()
+    for name, module in modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    rt = modules["cuda.bindings.runtime"]
+    trt.context_is_current = lambda: rt.current() == 1
+    backend = TensorRTBackend(onnx_model(), cache_dir=tmp_path, device=1)
+    assert rt.current() == 0
+    x = np.linspace(-1, 1, 8, dtype=np.float32).reshape(2, 4)
+    results, errors = [], []
+
+    def worker():
+        try:
+            results.append(backend.run1(x)["y"])
+            results.append(rt.current())
+        except Exception as e:  # noqa: BLE001 -- reported below
+            errors.append(e)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join()
+    assert not errors, errors
+    np.testing.assert_allclose(results[0], 2 * x + 1)
+    assert results[1] == 0 and rt.current() == 0
+    backend.close()
+    assert rt.state["destroyed"] == 1 and rt.state["pinned"] == {} and rt.state["device_of"] == {}
+    with pytest.raises(BackendUnavailable, match="GPU 2 cannot be used.*cudaErrorInvalidDevice"):
+        TensorRTBackend(onnx_model(), cache_dir=tmp_path, device=2)

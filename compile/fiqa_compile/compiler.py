@@ -138,7 +138,8 @@ def faces_from_folder(folder: Path, versions: int, seed: int) -> Faces:
     paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in exts)
     if not paths:
         raise CompileError(f"--calibration {folder} holds no images ({sorted(exts)})")
-    det = RetinaFaceDetector(score_threshold=0.6)
+    # No landmark refinement: the committed default bundles were calibrated without it and must reproduce.
+    det = RetinaFaceDetector(score_threshold=0.6, refine_landmarks=False)
     crops, person, kind, sev = [], [], [], []
     for i, p in enumerate(paths):
         img = cv2.imread(str(p), cv2.IMREAD_COLOR)

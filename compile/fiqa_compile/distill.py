@@ -94,7 +94,8 @@ def crops_from_folder(folder: Path, versions: int, seed: int, max_steps: int = 2
     paths = sorted(p for p in folder.rglob("*") if p.suffix.lower() in exts and p.is_file())
     if not paths:
         raise ValueError(f"--faces {folder} holds no images ({sorted(exts)})")
-    det = RetinaFaceDetector(score_threshold=0.6, max_side=640)
+    # No landmark refinement: the embedded student was distilled on these crops and its command must reproduce them.
+    det = RetinaFaceDetector(score_threshold=0.6, max_side=640, refine_landmarks=False)
     lmk = DlibFaceRecognizer().landmarks68
     crops, lms, groups, vers, failures = [], [], [], [], 0
     for photo, p in enumerate(tqdm(paths, desc="aligning faces", file=sys.stdout, mininterval=5)):

@@ -12,6 +12,7 @@ they come with JetPack, and nowhere else does this module need them.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import json
 import logging
@@ -29,7 +30,7 @@ from fiqa_runtimes.base import BackendUnavailable, ModelFormat, NamedIOBackend, 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("int8", "fp16", "fp32")
-CACHE_SCHEMA = 1  # bump when the build procedure changes, so old cached engines are not reused
+CACHE_SCHEMA = 2  # bump when the build procedure changes, so old cached engines are not reused
 
 TENSORRT_HINT = ("the TensorRT backend needs NVIDIA's 'tensorrt' Python module. On a Jetson it ships with JetPack "
                  "(sudo apt install python3-libnvinfer, or the nvidia-jetpack meta-package); in a virtualenv, "
@@ -127,17 +128,18 @@ class EngineKey:
     trt_version: str
     model_sha256: str
     settings_json: str  # canonical JSON of the build settings
+    multiprocessors: int = 0  # Orin AGX / NX / Nano share a name and sm_87 but not their SM count
 
     @classmethod
     def create(cls, gpu_name: str, compute_capability: tuple[int, int], trt_version: str, model: bytes,
-               settings: Mapping[str, Any]) -> EngineKey:
+               settings: Mapping[str, Any], multiprocessors: int = 0) -> EngineKey:
         canonical = json.dumps({"schema": CACHE_SCHEMA, **settings}, sort_keys=True, separators=(",", ":"))
         return cls(str(gpu_name), (int(compute_capability[0]), int(compute_capability[1])), str(trt_version),
-                   hashlib.sha256(model).hexdigest(), canonical)
+                   hashlib.sha256(model).hexdigest(), canonical, int(multiprocessors))
 
     def digest(self) -> str:
         blob = json.dumps([self.gpu_name, list(self.compute_capability), self.trt_version, self.model_sha256,
-                           self.settings_json])
+                           self.settings_json, self.multiprocessors])
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def relative_path(self) -> Path:
@@ -149,6 +151,7 @@ class EngineKey:
 
     def to_dict(self) -> dict[str, Any]:
         return {"gpu_name": self.gpu_name, "compute_capability": list(self.compute_capability),
+                "multiprocessors": self.multiprocessors,
                 "trt_version": self.trt_version, "model_sha256": self.model_sha256,
                 "settings": json.loads(self.settings_json), "digest": self.digest()}
 
@@ -172,7 +175,12 @@ def _write_atomic(path: Path, data: bytes) -> None:
 # -- CUDA memory: pycuda or cuda-python ---------------------------------------------------------------------------
 
 class _PyCuda:
-    """Device memory through pycuda, on the device's primary context (the one TensorRT's runtime uses)."""
+    """CUDA through pycuda, on the device's primary context (the one TensorRT's runtime-API calls use).
+
+    Every call runs inside :meth:`activate`, which makes that context current on the calling thread and restores
+    the caller's afterwards: without it TensorRT would work on whatever context the thread has (device 0's primary
+    context, or one the application made), not on device ``device``.
+    """
 
     def __init__(self, device: int):
         import pycuda.driver as drv
@@ -184,49 +192,62 @@ class _PyCuda:
         self._allocs: dict[int, Any] = {}
 
     @contextlib.contextmanager
-    def _current(self):
+    def activate(self):
         self._ctx.push()
         try:
             yield
         finally:
             self._drv.Context.pop()
 
-    def device(self) -> tuple[str, tuple[int, int]]:
-        return str(self._dev.name()), tuple(self._dev.compute_capability())
+    def device(self) -> tuple[str, tuple[int, int], int]:
+        sms = self._dev.get_attribute(self._drv.device_attribute.MULTIPROCESSOR_COUNT)
+        return str(self._dev.name()), tuple(self._dev.compute_capability()), int(sms)
 
     def stream(self) -> Any:
-        with self._current():
-            return self._drv.Stream()
+        return self._drv.Stream()
 
     def stream_handle(self, stream: Any) -> int:
         return int(stream.handle)
 
+    def destroy_stream(self, stream: Any) -> None:
+        pass  # pycuda frees its Stream objects itself
+
     def malloc(self, nbytes: int) -> int:
-        with self._current():
-            alloc = self._drv.mem_alloc(nbytes)
+        alloc = self._drv.mem_alloc(nbytes)
         self._allocs[int(alloc)] = alloc
         return int(alloc)
 
     def free(self, ptr: int) -> None:
-        with self._current():
-            self._allocs.pop(ptr).free()
+        self._allocs.pop(ptr).free()
+
+    def pinned(self, nbytes: int) -> np.ndarray:
+        """Page-locked host bytes: what asynchronous copies require (pycuda's contract) and what lets them run
+        without a staging copy."""
+        return self._drv.pagelocked_empty(nbytes, np.uint8)
+
+    def free_pinned(self, host: np.ndarray) -> None:
+        owner = host.base  # pycuda's HostAllocation, at the end of the array's base chain (freed when collected too)
+        while isinstance(owner, np.ndarray):
+            owner = owner.base
+        if hasattr(owner, "free"):
+            owner.free()
 
     def htod(self, ptr: int, host: np.ndarray, stream: Any) -> None:
-        with self._current():
-            self._drv.memcpy_htod_async(ptr, host, stream)
+        self._drv.memcpy_htod_async(ptr, host, stream)
 
     def dtoh(self, host: np.ndarray, ptr: int, stream: Any) -> None:
-        with self._current():
-            self._drv.memcpy_dtoh_async(host, ptr, stream)
+        self._drv.memcpy_dtoh_async(host, ptr, stream)
 
     def synchronize(self, stream: Any) -> None:
-        with self._current():
-            stream.synchronize()
+        stream.synchronize()
 
 
 class _CudaPython:
-    """Device memory through NVIDIA's cuda-python runtime bindings (``cuda.bindings.runtime``, or the older
-    ``cuda.cudart``)."""
+    """CUDA through NVIDIA's cuda-python runtime bindings (``cuda.bindings.runtime``, or the older ``cuda.cudart``).
+
+    The runtime's current device is per host thread, so :meth:`activate` sets it for the duration of each call and
+    puts the caller's back.
+    """
 
     def __init__(self, device: int):
         try:
@@ -235,7 +256,8 @@ class _CudaPython:
             from cuda import cudart
         self._rt = cudart
         self._device = int(device)
-        self._call(cudart.cudaSetDevice(self._device))
+        with self.activate():  # fails here, not later, when the device cannot be used
+            pass
 
     def _call(self, result: Any) -> Any:
         err, rest = (result[0], result[1:]) if isinstance(result, tuple) else (result, ())
@@ -245,10 +267,19 @@ class _CudaPython:
             raise RuntimeError(f"CUDA call failed: {name.decode() if isinstance(name, bytes) else name}")
         return rest[0] if len(rest) == 1 else rest
 
-    def device(self) -> tuple[str, tuple[int, int]]:
+    @contextlib.contextmanager
+    def activate(self):
+        previous = int(self._call(self._rt.cudaGetDevice()))
+        self._call(self._rt.cudaSetDevice(self._device))
+        try:
+            yield
+        finally:
+            self._call(self._rt.cudaSetDevice(previous))
+
+    def device(self) -> tuple[str, tuple[int, int], int]:
         props = self._call(self._rt.cudaGetDeviceProperties(self._device))
         name = props.name.split(b"\0", 1)[0].decode() if isinstance(props.name, bytes) else str(props.name)
-        return name, (int(props.major), int(props.minor))
+        return name, (int(props.major), int(props.minor)), int(props.multiProcessorCount)
 
     def stream(self) -> Any:
         return self._call(self._rt.cudaStreamCreate())
@@ -256,11 +287,21 @@ class _CudaPython:
     def stream_handle(self, stream: Any) -> int:
         return int(stream)
 
+    def destroy_stream(self, stream: Any) -> None:
+        self._call(self._rt.cudaStreamDestroy(stream))
+
     def malloc(self, nbytes: int) -> int:
         return int(self._call(self._rt.cudaMalloc(nbytes)))
 
     def free(self, ptr: int) -> None:
         self._call(self._rt.cudaFree(ptr))
+
+    def pinned(self, nbytes: int) -> np.ndarray:
+        ptr = int(self._call(self._rt.cudaMallocHost(nbytes)))
+        return np.ctypeslib.as_array((ctypes.c_uint8 * nbytes).from_address(ptr))
+
+    def free_pinned(self, host: np.ndarray) -> None:
+        self._call(self._rt.cudaFreeHost(host.ctypes.data))
 
     def htod(self, ptr: int, host: np.ndarray, stream: Any) -> None:
         kind = self._rt.cudaMemcpyKind.cudaMemcpyHostToDevice
@@ -293,6 +334,16 @@ def _cuda(device: int) -> _PyCuda | _CudaPython:
         raise BackendUnavailable(f"CUDA bindings are installed but GPU {device} cannot be used ({'; '.join(failures)});"
                                  " check the NVIDIA driver and that this process can see the GPU")
     raise BackendUnavailable(CUDA_HINT)
+
+
+_LOGGER: list[tuple[Any, Any]] = []  # (tensorrt module, its logger)
+
+
+def _logger(trt: Any) -> Any:
+    """One logger for the process: TensorRT keeps a single logger pointer and warns when handed another."""
+    if not _LOGGER or _LOGGER[0][0] is not trt:
+        _LOGGER[:] = [(trt, trt.Logger(trt.Logger.WARNING))]
+    return _LOGGER[0][1]
 
 
 def _import_tensorrt() -> Any:
@@ -362,10 +413,18 @@ class TensorRTBackend(NamedIOBackend):
                           "plan": [list(plan.network_flags), list(plan.builder_flags), plan.strongly_typed]}
         if calibration_cache is not None:  # only then, so the keys of engines built without one stay as they were
             self._settings["calibration_cache_sha256"] = hashlib.sha256(calibration_cache).hexdigest()
-        gpu_name, cc = self._cuda.device()
-        self.key = EngineKey.create(gpu_name, cc, trt.__version__, onnx, self._settings)
+        gpu_name, cc, sms = self._cuda.device()
+        self.key = EngineKey.create(gpu_name, cc, trt.__version__, onnx, self._settings, multiprocessors=sms)
         self.engine_path = (Path(cache_dir) if cache_dir else default_cache_dir()) / self.key.relative_path()
-        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._buffers: dict[str, tuple[int, int]] = {}
+        self._host: dict[str, np.ndarray] = {}
+        self._stream = None
+        with self._cuda.activate():  # TensorRT works on the current context: make it device ``device``'s
+            self._load(onnx, plan)
+
+    def _load(self, onnx: bytes, plan: BuildPlan) -> None:
+        trt = self._trt
+        self._logger = _logger(trt)
         self._runtime = trt.Runtime(self._logger)
         self.built = False
         engine = None
@@ -382,12 +441,14 @@ class TensorRTBackend(NamedIOBackend):
             self.built = True
         self._engine = engine
         self._context = engine.create_execution_context()
+        if self._context is None:
+            raise RuntimeError("TensorRT could not create an execution context (out of GPU memory?); "
+                               "see the TensorRT log above")
         names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
         self._inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         self._outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
         self._dtypes = {n: np.dtype(trt.nptype(engine.get_tensor_dtype(n))) for n in names}
         self._stream = self._cuda.stream()
-        self._buffers: dict[str, tuple[int, int]] = {}
 
     # -- build & cache ---------------------------------------------------------------------------------------------
     def _build(self, onnx: bytes, plan: BuildPlan) -> bytes:
@@ -448,51 +509,76 @@ class TensorRTBackend(NamedIOBackend):
                         "cache_dir or $FIQA_CACHE to a writable folder", self.engine_path, e)
 
     # -- inference ---------------------------------------------------------------------------------------------------
-    def _buffer(self, name: str, nbytes: int) -> int:
+    def _buffer(self, name: str, nbytes: int) -> tuple[int, np.ndarray]:
+        """Device buffer and page-locked host buffer of at least ``nbytes`` for tensor ``name``, grown on demand."""
         ptr, size = self._buffers.get(name, (0, 0))
         if size < nbytes:
             if ptr:
                 self._cuda.free(ptr)
+                self._cuda.free_pinned(self._host.pop(name))
             ptr, size = self._cuda.malloc(nbytes), nbytes
             self._buffers[name] = (ptr, size)
-        return ptr
+            self._host[name] = self._cuda.pinned(nbytes)
+        return ptr, self._host[name]
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self._stream is None:
+            raise RuntimeError("this TensorRT backend is closed")
         missing, extra = set(self._inputs) - set(inputs), set(inputs) - set(self._inputs)
         if missing or extra:
             raise KeyError(f"engine inputs are {self._inputs}; missing {sorted(missing)}, unexpected {sorted(extra)}")
-        keep = []
+        with self._cuda.activate():
+            try:
+                return self._run(inputs)
+            finally:  # nothing queued may outlive the call, not even after an error
+                self._cuda.synchronize(self._stream)
+
+    def _run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         for name in self._inputs:
-            x = np.ascontiguousarray(inputs[name], dtype=self._dtypes[name])
+            x = np.asarray(inputs[name], dtype=self._dtypes[name])
             if x.size == 0:
                 raise ValueError(f"input {name!r} is empty (shape {x.shape})")
             if not self._context.set_input_shape(name, tuple(x.shape)):
                 raise ValueError(f"input {name!r} of shape {x.shape} is outside the engine's optimisation profile "
                                  f"(max_batch={self._settings['max_batch']}, profile_shapes="
                                  f"{self._profile_shapes}); split the batch or rebuild with larger limits")
-            ptr = self._buffer(name, x.nbytes)
-            self._cuda.htod(ptr, x, self._stream)
-            self._context.set_tensor_address(name, ptr)
-            keep.append(x)
+            ptr, host = self._buffer(name, x.nbytes)
+            staged = host[:x.nbytes].view(x.dtype).reshape(x.shape)
+            np.copyto(staged, x)
+            self._cuda.htod(ptr, staged, self._stream)
+            self._address(name, ptr)
         outputs = {}
         for name in self._outputs:
             shape = tuple(int(d) for d in self._context.get_tensor_shape(name))
             if any(d < 0 for d in shape):
                 raise RuntimeError(f"output {name!r} shape {shape} is unresolved; are all input shapes set?")
-            host = np.empty(shape, self._dtypes[name])
-            ptr = self._buffer(name, max(host.nbytes, 1))
-            self._context.set_tensor_address(name, ptr)
-            outputs[name] = (host, ptr)
+            nbytes = int(np.prod(shape)) * self._dtypes[name].itemsize
+            ptr, host = self._buffer(name, max(nbytes, 1))
+            self._address(name, ptr)
+            outputs[name] = (host[:nbytes].view(self._dtypes[name]).reshape(shape), ptr)
         if not self._context.execute_async_v3(self._cuda.stream_handle(self._stream)):
             raise RuntimeError("TensorRT execute_async_v3 failed; see the TensorRT log above")
         for host, ptr in outputs.values():
             self._cuda.dtoh(host, ptr, self._stream)
         self._cuda.synchronize(self._stream)
-        del keep
-        return {name: host.astype(np.float32, copy=False) for name, (host, _) in outputs.items()}
+        # copies: the page-locked buffers are reused by the next call
+        return {name: host.astype(np.float32, copy=True) for name, (host, _) in outputs.items()}
+
+    def _address(self, name: str, ptr: int) -> None:
+        if self._context.set_tensor_address(name, ptr) is False:
+            raise RuntimeError(f"TensorRT refused the device address of tensor {name!r}")
 
     def close(self) -> None:
-        """Free device buffers now rather than at interpreter exit."""
-        for ptr, _ in self._buffers.values():
-            self._cuda.free(ptr)
-        self._buffers.clear()
+        """Free device and page-locked buffers and the stream now rather than at interpreter exit."""
+        if self._stream is None:
+            return
+        with self._cuda.activate():
+            self._cuda.synchronize(self._stream)
+            for name, (ptr, _) in self._buffers.items():
+                self._cuda.free(ptr)
+                self._cuda.free_pinned(self._host[name])
+            self._buffers.clear()
+            self._host.clear()
+            self._context = self._engine = None
+            self._cuda.destroy_stream(self._stream)
+            self._stream = None

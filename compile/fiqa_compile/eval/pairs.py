@@ -297,7 +297,8 @@ def samples_from_faces(root: str | Path, versions: int = 1, seed: int = 0, max_s
     if limit:
         keep = np.sort(np.random.default_rng(seed).permutation(len(items))[:limit])
         items = [items[i] for i in keep]
-    det = RetinaFaceDetector(score_threshold=0.6, max_side=320, threads=1)  # as fiqa-labels
+    det = RetinaFaceDetector(score_threshold=0.6, max_side=320, threads=1,  # as fiqa-labels
+                             refine_landmarks=False)
     fr = DlibFaceRecognizer()
     cols: dict[str, list] = {k: [] for k in ("crop", "lm68", "identity", "photo", "version", "severity", "chain",
                                              "emb", "source_iod")}

@@ -218,7 +218,7 @@ def label_source_iod(labels_dir: str | Path, labels, rows: np.ndarray, photos_ro
     if len(rel) != len(labels):
         raise MethodUnavailable(f"{csv_path} has {len(rel)} rows but labels.npz {len(labels)}; they are from "
                                 "different runs, rebuild the labels")
-    det = RetinaFaceDetector(score_threshold=0.6, max_side=320, threads=1)
+    det = RetinaFaceDetector(score_threshold=0.6, max_side=320, threads=1, refine_landmarks=False)
     out = np.full(len(labels), np.nan)
     by_photo: dict[str, float] = {}
     todo = sorted({rel[r] for r in rows})

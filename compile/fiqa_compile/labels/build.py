@@ -52,7 +52,7 @@ def _init_worker() -> None:
     from fiqa_compile.fr.dlib_fr import DlibFaceRecognizer
     from fiqa_sdk.detection import RetinaFaceDetector
 
-    _WORKER["det"] = RetinaFaceDetector(score_threshold=0.6, max_side=320, threads=1)
+    _WORKER["det"] = RetinaFaceDetector(score_threshold=0.6, max_side=320, threads=1, refine_landmarks=False)
     _WORKER["fr"] = DlibFaceRecognizer()
 
 
