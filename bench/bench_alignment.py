@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             "mae_vs_training_crop": {s: round(float(np.abs(per[s] - reference).mean()), 2) for s in SIZES},
             "srcc_across_sizes": {f"{a}-{b}": round(float(spearmanr(per[a], per[b])[0]), 4)
                                   for a, b in combinations(SIZES, 2)},
-            "detect_ms_median": round(1e3 * float(np.median(times[name])), 2), "missed": missed[name]})
+            "median_ms": round(1e3 * float(np.median(times[name])), 2), "missed": missed[name]})
     result = {"machine": machine_basics(), "faces": len(reference), "photos": len(paths), "sizes_iod_px": SIZES,
               "frame": [W, H], "scorer": scorer.info.to_dict(), "rows": rows}
     args.out.mkdir(parents=True, exist_ok=True)
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         lines.append(f"| {r['detector']} | {' / '.join(f'{v:.4f}' for v in r['srcc_vs_training_crop'].values())} "
                      f"| {' / '.join(f'{v:.2f}' for v in r['mae_vs_training_crop'].values())} "
                      f"| {' / '.join(f'{v:.4f}' for v in r['srcc_across_sizes'].values())} "
-                     f"| {r['detect_ms_median']:.1f} |")
+                     f"| {r['median_ms']:.1f} |")
     (args.out / "alignment.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -83,6 +83,9 @@ def _teacher_args(args: argparse.Namespace) -> list[str]:
 
 BENCHES: tuple[Bench, ...] = (
     Bench("detector", "bench_detector.py", ("detector.json",), quick=("--runs", "10", "--warmup", "2")),
+    Bench("alignment", "bench_alignment.py", ("alignment.json",), args=lambda a: ["--faces", str(a.faces)],
+          quick=("--photos", "40"),
+          inputs=lambda a: None if a.faces.is_dir() else f"no LFW-style photo folder at {a.faces} (pass --faces)"),
     Bench("teachers", "bench_teachers.py", ("teachers.json",), quick=("--runs", "1")),
     Bench("student", "bench_student.py", ("student.json",), quick=("--runs", "20", "--warmup", "3")),
     Bench("pipeline", "bench_pipeline.py", ("pipeline.json",), inputs=_bundle_missing,
@@ -278,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--quick", action="store_true", help="pass the scripts' smaller run counts (smoke numbers)")
     ap.add_argument("--results", type=Path, default=RESULTS, help="results folder (default bench/results)")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds one script may run (default 3600)")
+    ap.add_argument("--faces", type=Path, default=ROOT.parent / "shared/data/lfw-dev",
+                    help="alignment: LFW-style photo folder (default ../shared/data/lfw-dev)")
     ap.add_argument("--labels", type=Path, default=ROOT / "runs/labels/lfw-dev", help="eval_teachers / eval_student / teacher_repeatability: label set")
     ap.add_argument("--utility", type=Path, default=ROOT / "runs/teachers/vit_fiqa_tiny",
                     help="eval_teachers: utility teacher run directory")

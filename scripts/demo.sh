@@ -6,10 +6,11 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT=${1:-fiqa-demo-out}
-PY=.venv/bin/python
-.venv/bin/fiqa-demo --out "$OUT"
+VENV=${FIQA_VENV:-.venv}  # where scripts/setup.sh put the environment
+PY=$VENV/bin/python
+"$VENV/bin/fiqa-demo" --out "$OUT"
 echo; echo "== fiqa-compile --target jetson-orin =="
-.venv/bin/fiqa-compile --target jetson-orin --out "$OUT/bundle-jetson-orin" --force
+"$VENV/bin/fiqa-compile" --target jetson-orin --out "$OUT/bundle-jetson-orin" --force
 echo; echo "== capture gate on a sample clip (ONNX Runtime on this CPU; TensorRT on the Jetson) =="
 $PY examples/make_sample_video.py "$OUT/sample.avi"
 rm -rf "$OUT/captures"

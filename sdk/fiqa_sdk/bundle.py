@@ -413,7 +413,7 @@ class Bundle:
             raise BundleError(
                 f"no installed runtime can run any model of bundle {self.path}: its models need "
                 f"{sorted({b for m in self.models for b in m.backends})}, installed are {available_backends()}; "
-                "pip install 'fiqa-sdk[tflite]' (LiteRT) or 'fiqa-sdk[onnx]' (ONNX Runtime)")
+                "pip install ai-edge-litert (LiteRT) or onnxruntime (ONNX Runtime): fiqa-sdk's 'tflite' / 'onnx' extras")
         return found[0]
 
     def load_model(self, backend: str = "auto", threads: int | None = None, model: str | None = None) -> LoadedModel:
@@ -586,17 +586,23 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
 
 # -- embedded defaults ------------------------------------------------------------------------------------------------
 
-def default_bundle_path(bundles_dir: str | os.PathLike | None = None) -> Path:
-    """The embedded bundle that best fits the installed runtimes.
+def default_bundle_path(bundles_dir: str | os.PathLike | None = None, backend: str = "auto") -> Path:
+    """The embedded bundle that best fits the installed runtimes, or the runtime asked for.
 
     With LiteRT (or tflite-runtime) installed, the ``android-arm64`` bundle: its full-INT8 TFLite runs on XNNPACK's
     int8 kernels on ARM and x86 alike (about 2x faster than the fp32 ONNX in ONNX Runtime on x86 in our
-    measurements). Otherwise the ``cpu`` bundle. Falls back to whichever exists.
+    measurements). Otherwise the ``cpu`` bundle. A named ``backend`` picks the bundle whose models it runs (ONNX
+    engines: ``cpu``; TFLite interpreters: ``android-arm64``). Falls back to whichever exists.
     """
     from fiqa_runtimes import available_backends
 
     root = Path(bundles_dir) if bundles_dir is not None else BUNDLES_DIR
-    has_tflite = any(b in available_backends("tflite") for b in _TFLITE_BACKENDS)
+    if backend in _TFLITE_BACKENDS:
+        has_tflite = True
+    elif backend != "auto":
+        has_tflite = False  # onnxruntime, opencv, tensorrt: ONNX models
+    else:
+        has_tflite = any(b in available_backends("tflite") for b in _TFLITE_BACKENDS)
     order = ["android-arm64", "cpu"] if has_tflite else ["cpu", "android-arm64"]
     for target in order:
         p = root / DEFAULT_BUNDLES[target]

@@ -162,7 +162,7 @@ class RetinaFaceDetector(Detector):
             usable = [b for b in available_backends(ModelFormat.ONNX) if b in DETECTOR_BACKENDS]
             if not usable:
                 raise BackendUnavailable("RetinaFace needs onnxruntime or OpenCV's DNN module; install "
-                                         "opencv-python-headless or 'fiqa-sdk[onnx]'")
+                                         "opencv-python-headless, or onnxruntime (fiqa-sdk's 'onnx' extra)")
             backend = usable[0]
         self._model = load_backend(retinaface_onnx_bytes(), ModelFormat.ONNX, backend=backend, threads=threads)
         self.backend_name = self._model.name

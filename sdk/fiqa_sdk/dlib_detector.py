@@ -21,7 +21,7 @@ import numpy as np
 from fiqa_sdk.detection import Detection, Detector, DetectorUnavailable, register_detector
 from fiqa_sdk.frames import to_bgr
 
-INSTALL_HINT = "pip install 'fiqa-sdk[dlib]'  (dlib-bin and face_recognition_models==0.3.0)"
+INSTALL_HINT = "pip install dlib-bin face_recognition_models==0.3.0  (fiqa-sdk's 'dlib' extra)"
 
 # iBUG-300W 68-point indices, in image order (the subject's right eye appears on the image's left).
 EYE_LEFT_IMG = slice(36, 42)

@@ -7,6 +7,9 @@ so it is deterministic, fast and testable without a model.
 Per track it applies, in this order of priority (the order of :class:`Reason`):
 
 * ``too_small``      ``measures["iod_px"] < min_iod_px``: the 112-px aligned crop would be upsampled.
+* ``at_edge``        ``measures["outside_fraction"] > max_outside_fraction``: the face is cut by the frame edge, so
+                     part of the aligned crop is black padding (the scores of such a crop are not to be trusted,
+                     and the stored picture misses part of the face).
 * ``turned_away``    ``|yaw| > max_yaw_deg`` or ``|pitch| > max_pitch_deg`` or ``|roll| > max_roll_deg``.
 * ``blurred``        ``sharpness < min_sharpness`` (hard limit), or the perceptual score is failing and
                      ``sharpness < explain_blur_below``.
@@ -24,9 +27,11 @@ Hysteresis: a score enters the good band at ``*_accept`` and leaves it only belo
 track, so a score hovering at the threshold does not flicker between accepted and rejected.
 
 Best-of-N: the first frame that passes every check opens a window for its track; the window closes after
-``window_s`` seconds or ``window_frames`` frames of that track, or when the track ends, and its best frame (highest
-utility, then perceptual) is accepted. Every observation receives exactly one final :class:`GateDecision`: rejected
-frames and beaten candidates at once, the window's winner when the window closes.
+``window_s`` seconds or ``window_frames`` frames of that track, or when the track ends, and its best frame is
+accepted: highest utility, then perceptual, then the raw ``utility_z`` / ``perceptual_z`` (the 0-100 scores clip
+at 100, so several good frames tie there and the z-scores still tell them apart), then the larger ``iod_px``.
+Every observation receives exactly one final :class:`GateDecision`: rejected frames and beaten candidates at once,
+the window's winner when the window closes.
 """
 from __future__ import annotations
 
@@ -45,6 +50,7 @@ class Reason(str, Enum):
     """Why a frame was not captured. Definition order is reporting priority (most fundamental first)."""
 
     TOO_SMALL = "too_small"
+    AT_EDGE = "at_edge"
     TURNED_AWAY = "turned_away"
     BLURRED = "blurred"
     TOO_DARK = "too_dark"
@@ -62,11 +68,14 @@ _PRIORITY = {r: i for i, r in enumerate(Reason)}
 class FaceObservation:
     """One scored face of one frame, as the Scorer hands it to the gate.
 
-    ``scores``: ``utility`` and ``perceptual`` on 0-100. ``measures``: ``iod_px``, ``yaw``/``pitch``/``roll``
-    (degree-like proxies), ``brightness`` (0-255) and ``sharpness``, i.e.
-    ``{**measures.image_measures(aligned_face), **measures.landmark_measures(detection.landmarks)}``; extra keys
-    are carried into logs untouched. Only the keys an enabled check needs must be present. ``crop``: optional
-    BGR crop of the face from the original frame, kept for the capture file (the aligned face is what was scored).
+    ``scores``: ``utility`` and ``perceptual`` on 0-100, optionally the model's raw ``utility_z`` and
+    ``perceptual_z`` (only used to rank frames that tie on the clipped 0-100 scores). ``measures``: ``iod_px``,
+    ``yaw``/``pitch``/``roll`` (degree-like proxies), ``brightness`` (0-255) and ``sharpness``, i.e.
+    ``{**measures.image_measures(aligned_face), **measures.landmark_measures(detection.landmarks)}``, and
+    ``outside_fraction`` (:func:`fiqa_sdk.pipeline.outside_fraction`; the edge check is skipped for observations
+    without it, so observations built by the recipe above keep working); extra keys are carried into logs
+    untouched. Only the keys an enabled check needs must be present. ``crop``: optional BGR crop of the face from
+    the original frame, kept for the capture file (the aligned face is what was scored).
     """
 
     track_id: int
@@ -148,7 +157,9 @@ class GateConfig:
     explanation limits 80 / 185 (the 5th / 95th percentiles of LFW faces lie near 80 / 155). Sharpness
     (:func:`fiqa_sdk.measures.laplacian_variance` of the 112x112 aligned face): hard limit 15 (what a Gaussian
     blur of sigma 2 px leaves of a typical LFW face), explanation limit 40 (below the ~57-65 5th percentile of
-    sharp LFW faces). Window 1 s / 30 frames; 1 capture per track per 10 s.
+    sharp LFW faces). ``max_outside_fraction`` 0.05 (of the aligned crop lying outside the frame): a photo
+    pushed past the frame edge shows whole black columns in its crop from about 0.1, while a face merely near
+    the edge reaches ~0.02 with a padded corner. Window 1 s / 30 frames; 1 capture per track per 10 s.
     """
 
     utility_accept: float | None = 60.0
@@ -156,6 +167,7 @@ class GateConfig:
     perceptual_accept: float | None = 50.0
     perceptual_release: float | None = 40.0
     min_iod_px: float | None = 28.0
+    max_outside_fraction: float | None = 0.05
     max_yaw_deg: float | None = 40.0
     max_pitch_deg: float | None = 35.0
     max_roll_deg: float | None = 40.0
@@ -192,6 +204,9 @@ class GateConfig:
             if acc is not None and rel is not None and rel > acc:
                 raise ValueError(f"GateConfig.{score}_release={rel} must be <= {score}_accept={acc} "
                                  "(leave the good band below where you enter it)")
+        if self.max_outside_fraction is not None and self.max_outside_fraction > 1:
+            raise ValueError(f"GateConfig.max_outside_fraction={self.max_outside_fraction} is a fraction of the "
+                             "aligned crop and must be <= 1")
         if self.min_brightness is not None and self.max_brightness is not None \
                 and self.min_brightness >= self.max_brightness:
             raise ValueError(f"GateConfig.min_brightness={self.min_brightness} must be below "
@@ -237,8 +252,17 @@ class _TrackState:
     last_seen: float = -math.inf
 
 
-def _rank(obs: FaceObservation) -> tuple[float, float]:
-    return (float(obs.scores.get("utility", -math.inf)), float(obs.scores.get("perceptual", -math.inf)))
+def _finite_or_lowest(values: Mapping[str, float], key: str) -> float:
+    """A ranking key: absent or non-finite values rank last (NaN would make every comparison False)."""
+    v = float(values.get(key, -math.inf))
+    return v if math.isfinite(v) else -math.inf
+
+
+def _rank(obs: FaceObservation) -> tuple[float, ...]:
+    """Best-of-N order. The 0-100 scores clip at 100, so ties there are broken by the raw z-scores, then by the
+    larger face (more pixels in the stored crop)."""
+    return (*(_finite_or_lowest(obs.scores, k) for k in ("utility", "perceptual", "utility_z", "perceptual_z")),
+            _finite_or_lowest(obs.measures, "iod_px"))
 
 
 class CaptureGate:
@@ -265,12 +289,15 @@ class CaptureGate:
         ids = [o.track_id for o in observations]
         if len(ids) != len(set(ids)):
             raise ValueError(f"two observations share a track id in one frame: {ids}; each face needs its own track")
+        # Judge every observation before any state changes: a bad value raises with the gate untouched, so a
+        # window due to close in this step is not settled and then lost with the step.
+        judged = [(obs, *self._check(obs, self._tracks.get(obs.track_id))) for obs in observations]
         step = GateStep()
         for tid, st in self._tracks.items():
             if st.window is not None and timestamp >= st.window.opened_at + self.config.window_s:
                 self._close(tid, st, step)
-        for obs in observations:
-            self._observe(obs, step)
+        for obs, reasons, bands in judged:
+            self._observe(obs, reasons, bands, step)
         for tid in ended:
             st = self._tracks.pop(tid, None)
             if st is not None and st.window is not None:
@@ -303,28 +330,42 @@ class CaptureGate:
             raise ValueError(f"{table}[{key!r}] of track {obs.track_id} frame {obs.frame_index} is {v}")
         return v
 
-    def _in_band(self, obs: FaceObservation, st: _TrackState, score: str) -> bool:
+    def _in_band(self, obs: FaceObservation, st: _TrackState | None, score: str, bands: dict[str, bool]) -> bool:
+        """Hysteresis test against the track's current band state; the new state goes into ``bands`` (applied
+        by :meth:`_observe`), so judging a frame changes nothing."""
         accept = getattr(self.config, f"{score}_accept")
         if accept is None:
             return True
         release = getattr(self.config, f"{score}_release")
         release = accept if release is None else release
         v = self._value(obs, "scores", score, f"{score}_accept")
-        st.in_band[score] = v >= (release if st.in_band.get(score, False) else accept)
-        return st.in_band[score]
+        was_in = st is not None and st.in_band.get(score, False)
+        bands[score] = v >= (release if was_in else accept)
+        return bands[score]
 
-    def _check(self, obs: FaceObservation, st: _TrackState) -> list[Reason]:
+    def _at_edge(self, obs: FaceObservation) -> bool:
+        limit = self.config.max_outside_fraction
+        if limit is None or "outside_fraction" not in obs.measures:
+            return False
+        return self._value(obs, "measures", "outside_fraction", "max_outside_fraction") > limit
+
+    def _check(self, obs: FaceObservation, st: _TrackState | None) -> tuple[list[Reason], dict[str, bool]]:
+        """The quality reasons of one frame and its track's new band state. Pure: raises on a missing or
+        non-finite value before :meth:`update` changes anything."""
         c = self.config
         reasons: list[Reason] = []
+        bands: dict[str, bool] = {}
         if c.min_iod_px is not None and self._value(obs, "measures", "iod_px", "min_iod_px") < c.min_iod_px:
             reasons.append(Reason.TOO_SMALL)
+        if self._at_edge(obs):
+            reasons.append(Reason.AT_EDGE)
         for axis in ("yaw", "pitch", "roll"):
             limit = getattr(c, f"max_{axis}_deg")
             if limit is not None and abs(self._value(obs, "measures", axis, f"max_{axis}_deg")) > limit:
                 reasons.append(Reason.TURNED_AWAY)
                 break
-        utility_ok = self._in_band(obs, st, "utility")
-        perceptual_ok = self._in_band(obs, st, "perceptual")
+        utility_ok = self._in_band(obs, st, "utility", bands)
+        perceptual_ok = self._in_band(obs, st, "perceptual", bands)
         causes: list[Reason] = []
         if c.min_sharpness is not None or (not perceptual_ok and c.explain_blur_below is not None):
             sharp = self._value(obs, "measures", "sharpness", "the blur checks")
@@ -346,7 +387,7 @@ class CaptureGate:
             reasons.append(Reason.LOW_UTILITY)
         if not perceptual_ok and not causes:
             reasons.append(Reason.LOW_PERCEPTUAL)
-        return reasons
+        return reasons, bands
 
     def _in_cooldown(self, st: _TrackState, t: float) -> bool:
         while st.accepts and st.accepts[0] <= t - self.config.cooldown_s:
@@ -358,10 +399,10 @@ class CaptureGate:
         return GateDecision(obs.track_id, obs.frame_index, obs.timestamp, not ordered, ordered,
                             dict(obs.scores), dict(obs.measures), obs.detection)
 
-    def _observe(self, obs: FaceObservation, step: GateStep) -> None:
+    def _observe(self, obs: FaceObservation, reasons: list[Reason], bands: dict[str, bool], step: GateStep) -> None:
         st = self._tracks.setdefault(obs.track_id, _TrackState())
         st.last_seen = float(obs.timestamp)
-        reasons = self._check(obs, st)
+        st.in_band.update(bands)
         if st.window is None and self._in_cooldown(st, obs.timestamp):
             reasons.append(Reason.COOLDOWN)
         if reasons:

@@ -8,20 +8,38 @@ camera loop) decides whether to skip them.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
+import cv2
 import numpy as np
 
+from fiqa_sdk.align import alignment_matrix, transform_points
 from fiqa_sdk.capture_io import CaptureFiles, CaptureWriter, DecisionLog
 from fiqa_sdk.detection import Detection
 from fiqa_sdk.frames import to_bgr
 from fiqa_sdk.gate import Capture, CaptureGate, FaceObservation, GateConfig, GateDecision, GateStep
+from fiqa_sdk.preprocess import SPEC
 from fiqa_sdk.scorer import FaceResult, Scorer
 from fiqa_sdk.tracking import IouTracker
 
 log = logging.getLogger(__name__)
+
+
+class SkippedFace(NamedTuple):
+    """A face of this frame that was not given to the gate: its track, why, and the face (box, scores,
+    measures) so a caller can log it."""
+
+    track_id: int
+    reason: str
+    face: FaceResult
+
+    @property
+    def box(self) -> list[float]:
+        return [float(v) for v in self.face.detection.box]
 
 
 @dataclass
@@ -30,9 +48,10 @@ class FrameReport:
 
     ``faces[i]`` has track id ``track_ids[i]``. ``decisions`` are the gate's final verdicts settled in this
     step, which may concern earlier frames (a window's winner is decided when its window closes); a face of this
-    frame without a decision here is a window candidate (see :meth:`pending`). ``skipped``: faces not given to
-    the gate, with why. ``written``: each capture stored by the writer, with its files. ``errors``: captures or
-    log lines that could not be written.
+    frame without a decision here is a window candidate (see :meth:`pending`). ``skipped``: ``(track_id, reason)``
+    of the faces not given to the gate (no decision is ever logged for them; :meth:`skipped_faces` adds each
+    one's box, scores and measures). ``written``: each capture stored by the writer, with its files.
+    ``errors``: captures or log lines that could not be written.
     """
 
     frame_index: int | None
@@ -59,6 +78,12 @@ class FrameReport:
         skipped = {tid for tid, _ in self.skipped}
         return [t for t in self.track_ids if t not in skipped and self.decision_for(t) is None]
 
+    def skipped_faces(self) -> list[SkippedFace]:
+        """The skipped faces with their detections: the gate logs nothing for them, so this is how a caller
+        can. (``skipped`` stays ``(track_id, reason)`` pairs so ``dict(report.skipped)`` keeps working.)"""
+        faces = dict(zip(self.track_ids, self.faces))
+        return [SkippedFace(tid, reason, faces[tid]) for tid, reason in self.skipped]
+
 
 def face_crop(frame_bgr: np.ndarray, detection: Detection, margin: float = 0.25) -> np.ndarray | None:
     """The detection box grown by ``margin`` of its size on every side, clipped to the frame, copied (frame
@@ -71,6 +96,43 @@ def face_crop(frame_bgr: np.ndarray, detection: Detection, margin: float = 0.25)
     if c <= a or d <= b:
         return None
     return frame_bgr[b:d, a:c].copy()
+
+
+_CROP_GRID = np.stack(np.meshgrid(np.arange(SPEC.size), np.arange(SPEC.size)), -1).reshape(-1, 2).astype(np.float32)
+
+
+def outside_fraction(frame_shape: tuple[int, ...], landmarks: np.ndarray) -> float:
+    """Fraction (0-1) of the aligned crop's pixels that lie outside the frame: the black padding
+    :func:`fiqa_sdk.align_face` fills in for a face cut by the frame edge (the gate's ``at_edge`` check).
+
+    Measured on the aligned crop rather than on the detection box because the crop is what was scored and what
+    the padding corrupts, and because box margins are unreliable at the edge: detectors differ in how they place
+    or clip boxes there (RetinaFace put the box of a portrait with 40% of its crop off-frame 3 px inside it), and
+    the crop reaches beyond the box by a face-dependent amount.
+    """
+    h, w = frame_shape[:2]
+    to_frame = cv2.invertAffineTransform(alignment_matrix(landmarks, SPEC.size))
+    pts = transform_points(_CROP_GRID, to_frame)
+    inside = (pts[:, 0] >= -0.5) & (pts[:, 0] <= w - 0.5) & (pts[:, 1] >= -0.5) & (pts[:, 1] <= h - 0.5)
+    return float(1.0 - inside.mean())
+
+
+def _non_finite_scores(face: FaceResult) -> str | None:
+    """Why a face's 0-100 scores cannot be gated (a NaN/inf from an overflowing or broken model), or None."""
+    bad = {k: v for k, v in face.scores.items() if not math.isfinite(float(v))}
+    if not bad:
+        return None
+    return "non-finite score " + ", ".join(f"{k}={v}" for k, v in bad.items()) + " (model output overflowed?)"
+
+
+def _gate_scores(face: FaceResult) -> dict[str, float]:
+    """The 0-100 scores plus the raw z-scores, which rank frames tied at the clipped 100 (absent when the
+    scorer did not provide them)."""
+    scores = dict(face.scores)
+    for name, z in zip(("utility_z", "perceptual_z"), face.z):
+        if math.isfinite(float(z)):
+            scores[name] = float(z)
+    return scores
 
 
 class CapturePipeline:
@@ -109,6 +171,15 @@ class CapturePipeline:
         c = self.gate.config
         return any(v is not None for v in (c.max_yaw_deg, c.max_pitch_deg, c.max_roll_deg))
 
+    def _skip_reason(self, face: FaceResult) -> str | None:
+        """Why a face cannot be given to the gate (it would raise there and lose the whole frame), or None."""
+        bad_scores = _non_finite_scores(face)
+        if bad_scores is not None:
+            return bad_scores
+        if face.pose_error is not None and self._needs_pose():
+            return f"pose unavailable from its landmarks: {face.pose_error}"
+        return None
+
     def process(self, frame: np.ndarray, frame_index: int, timestamp: float) -> FrameReport:
         """Score one frame's faces, update tracks and the gate, write what the gate accepted."""
         t0 = time.perf_counter()
@@ -120,12 +191,14 @@ class CapturePipeline:
                              track_ids=list(step.ids), ended_tracks=list(step.ended))
         observations = []
         for face, tid in zip(faces, step.ids):
-            if face.pose_error is not None and self._needs_pose():
-                report.skipped.append((tid, f"pose unavailable from its landmarks: {face.pose_error}"))
+            why = self._skip_reason(face)
+            if why is not None:
+                report.skipped.append((tid, why))
                 continue
+            measures = {**face.measures, "outside_fraction": outside_fraction(bgr.shape, face.detection.landmarks)}
             observations.append(FaceObservation(
                 track_id=tid, frame_index=int(frame_index), timestamp=float(timestamp), detection=face.detection,
-                aligned_face=face.aligned, scores=face.scores, measures=face.measures,
+                aligned_face=face.aligned, scores=_gate_scores(face), measures=measures,
                 crop=face_crop(bgr, face.detection, self.crop_margin)))
         gate_step = self.gate.update(observations, float(timestamp), ended=step.ended)
         t2 = time.perf_counter()

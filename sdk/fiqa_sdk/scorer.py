@@ -170,7 +170,7 @@ class Scorer:
         if isinstance(bundle, Bundle):
             self.bundle = bundle
         else:
-            self.bundle = load_bundle(default_bundle_path() if bundle is None else Path(bundle))
+            self.bundle = load_bundle(default_bundle_path(backend=backend) if bundle is None else Path(bundle))
         self._loaded: LoadedModel = self.bundle.load_model(backend=backend, threads=threads, model=model)
         choice = self._loaded.choice
         self._engine = self._loaded.backend

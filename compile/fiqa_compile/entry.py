@@ -1,0 +1,50 @@
+"""Console-script entry points of the compile side.
+
+Each command's module is imported only when the command runs, inside a guard: the console scripts are installed
+with the package even on a device (no compile extra, no torch), and there a compile command should say which
+package is missing and how to get it, not end in an import traceback.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+from typing import Callable
+
+# Top-level modules that come with the compile extra (pyproject.toml); a missing one means the extra is missing.
+COMPILE_EXTRA_MODULES = frozenset({"torch", "onnx", "onnxscript", "onnxsim", "onnxruntime", "litert_torch",
+                                   "ai_edge_litert", "scipy", "tqdm", "matplotlib", "dlib", "face_recognition_models"})
+
+
+def run_command(command: str, module: str, argv: list[str] | None = None) -> int:
+    """Run ``module.main(argv)``; a compile-extra package that is not installed -> one line on stderr, exit 2."""
+    try:
+        main: Callable[[list[str] | None], int] = importlib.import_module(module).main
+        return main(argv)
+    except ModuleNotFoundError as e:
+        top = (e.name or "").split(".")[0]
+        if top not in COMPILE_EXTRA_MODULES:
+            raise
+        print(f"{command}: this command needs the compile extra, and Python module {top!r} is not installed. "
+              "Install it from the fiqa-sdk source with  pip install torch==2.13.0 && pip install '.[compile]'  "
+              "(torch first, so no dependency pulls a CUDA build; or run  bash scripts/setup.sh)", file=sys.stderr)
+        return 2
+
+
+def compile_main(argv: list[str] | None = None) -> int:
+    return run_command("fiqa-compile", "fiqa_compile.cli", argv)
+
+
+def labels_main(argv: list[str] | None = None) -> int:
+    return run_command("fiqa-labels", "fiqa_compile.labels.build", argv)
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    return run_command("fiqa-train", "fiqa_compile.train.teacher", argv)
+
+
+def distill_main(argv: list[str] | None = None) -> int:
+    return run_command("fiqa-distill", "fiqa_compile.distill", argv)
+
+
+def eval_main(argv: list[str] | None = None) -> int:
+    return run_command("fiqa-eval", "fiqa_compile.eval.cli", argv)

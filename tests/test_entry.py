@@ -1,0 +1,45 @@
+"""The compile commands' console-script entry points on an install without the compile extra."""
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from fiqa_compile import entry
+
+
+@pytest.mark.parametrize("command, module", [(entry.distill_main, "fiqa_compile.distill"),
+                                             (entry.train_main, "fiqa_compile.train.teacher")])
+def test_a_missing_compile_extra_is_one_clear_line(monkeypatch, capsys, command, module):
+    monkeypatch.setitem(sys.modules, "torch", None)  # as on a device install: import torch fails
+    monkeypatch.delitem(sys.modules, module, raising=False)
+    assert command(["--help"]) == 2
+    err = capsys.readouterr().err
+    assert "needs the compile extra" in err and "'torch' is not installed" in err and "pip install '.[compile]'" in err
+    assert "Traceback" not in err
+
+
+def test_other_import_errors_are_not_hidden(monkeypatch):
+    """Only the compile extra's packages get the install hint; a broken module of our own must still raise."""
+    monkeypatch.setitem(sys.modules, "fiqa_compile.no_such_module", None)
+    with pytest.raises(ModuleNotFoundError):
+        entry.run_command("fiqa-x", "fiqa_compile.no_such_module")
+
+
+def test_commands_run_when_everything_is_installed(capsys):
+    with pytest.raises(SystemExit) as done:
+        entry.eval_main(["--help"])
+    assert done.value.code == 0 and "fiqa-eval" in capsys.readouterr().out
+
+
+def test_paper_checkpoint_loaders_import_from_the_models_package():
+    """README names them under fiqa_compile.models; they are resolved lazily there."""
+    from fiqa_compile.models import load_dsl_fiqa_checkpoint, load_vit_fiqa_checkpoint
+    from fiqa_compile.models.dsl_fiqa import load_dsl_fiqa_checkpoint as dsl
+    from fiqa_compile.models.vit_fiqa import load_vit_fiqa_checkpoint as vit
+
+    assert load_vit_fiqa_checkpoint is vit and load_dsl_fiqa_checkpoint is dsl
+    with pytest.raises(AttributeError, match="no attribute 'load_nothing'"):
+        import fiqa_compile.models as models
+
+        models.load_nothing
