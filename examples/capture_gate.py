@@ -5,6 +5,7 @@
     python examples/capture_gate.py --source clip.mp4 --display off
     python examples/capture_gate.py --source rtsp://user:pass@10.0.0.5/stream --out captures/ --log decisions.jsonl
     python examples/capture_gate.py --source "csi://0?width=1280&height=720"   # Jetson CSI camera
+    python examples/capture_gate.py --source rtsp://10.0.0.5/stream --wait-for-source   # unattended kiosk
 
 Every frame goes through detect -> track -> align -> score -> measures -> gate (fiqa_sdk.pipeline). Accepted
 captures are written to --out as image + JSON sidecar and printed; every gate decision can be appended to a
@@ -19,9 +20,10 @@ import logging
 import os
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, TextIO
 
 import cv2
 import numpy as np
@@ -31,7 +33,7 @@ from fiqa_sdk.capture_io import CaptureWriter, DecisionLog
 from fiqa_sdk.frames import FrameError
 from fiqa_sdk.pipeline import CapturePipeline, FrameReport
 from fiqa_sdk.scorer import Scorer
-from fiqa_sdk.sources import Frame, SourceError, SourceSpecError, open_source
+from fiqa_sdk.sources import Backoff, Frame, FrameSource, LiveSource, SourceError, SourceSpecError, open_source
 
 log = logging.getLogger("capture_gate")
 WINDOW = "fiqa capture gate"
@@ -50,6 +52,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("captures"), help="folder for accepted captures")
     p.add_argument("--log", type=Path, default=None, help="append every gate decision to this .jsonl file")
     p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    p.add_argument("--wait-for-source", action="store_true",
+                   help="camera/stream/CSI: wait for a source that is not up yet, and retry a lost one forever "
+                        "(unattended kiosks), instead of failing")
     p.add_argument("--display", choices=("auto", "on", "off"), default="auto",
                    help="overlay window: auto = when a display and GUI-enabled OpenCV exist")
     p.add_argument("--image-format", choices=("jpg", "png"), default="jpg", help="capture image format")
@@ -103,6 +108,7 @@ class RunStats:
     frames: int = 0
     bad_frames: int = 0
     captures: list[str] = field(default_factory=list)
+    skip_reasons: Counter = field(default_factory=Counter)  # faces the pipeline did not give to the gate
     seconds: float = 0.0
     stopped_by: str = "end of source"
 
@@ -111,7 +117,8 @@ class RunStats:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
 
-def _announce(report: FrameReport, stats: RunStats, out=sys.stdout) -> None:
+def _announce(report: FrameReport, stats: RunStats, out: TextIO | None = None) -> None:
+    out = out or sys.stdout  # looked up per call: a default bound at import would keep a stale stream
     for capture, files in report.written:
         d = capture.decision
         stats.captures.append(str(files.image))
@@ -119,11 +126,13 @@ def _announce(report: FrameReport, stats: RunStats, out=sys.stdout) -> None:
               f" perceptual {d.scores.get('perceptual', float('nan')):.1f} -> {files.image}", file=out, flush=True)
     for err in report.errors:
         print(f"warning: {err}", file=out, flush=True)
+    stats.skip_reasons.update(item[1] for item in report.skipped)  # (track_id, reason, ...)
 
 
 def run(frames: Iterable[Frame], pipeline: CapturePipeline, max_frames: int | None = None, show: bool = False,
-        out=sys.stdout) -> RunStats:
+        out: TextIO | None = None) -> RunStats:
     """Feed frames through the pipeline until the source ends, ``max_frames``, 'q'/Esc in the window or Ctrl-C."""
+    out = out or sys.stdout
     stats = RunStats()
     t0 = time.perf_counter()
     it = iter(frames)
@@ -161,34 +170,67 @@ def run(frames: Iterable[Frame], pipeline: CapturePipeline, max_frames: int | No
     return stats
 
 
+def wait_for_source(source: FrameSource) -> None:
+    """--wait-for-source: a live source waits for its device at start and never gives up on a lost one."""
+    if isinstance(source, LiveSource):
+        source.retry_initial_open = True
+        source.backoff = Backoff(max_attempts=None)
+
+
+def _skip_summary(stats: RunStats, total: int) -> str:
+    """``skipped N`` faces the pipeline kept from the gate, with why (they have no decision in the log)."""
+    reasons = "; ".join(f"{n}x {why}" for why, n in stats.skip_reasons.most_common())
+    return f"skipped {total}" + (f" ({reasons})" if reasons else "")
+
+
+def open_outputs(args: argparse.Namespace) -> tuple[CaptureWriter, DecisionLog | None]:
+    """The capture folder and decision log, made before the (slow) model load so a bad --out/--log fails fast;
+    OSError/ValueError name the problem."""
+    writer = CaptureWriter(args.out, image_format=args.image_format, save_aligned=args.save_aligned)
+    logger = DecisionLog(args.log) if args.log else None
+    return writer, logger
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        scorer = Scorer(args.bundle, backend=args.backend, detector=args.detector, threads=args.threads)
-    except (BundleError, RuntimeError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    try:
         source = open_source(args.source)
     except (SourceSpecError, SourceError) as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.wait_for_source:
+        wait_for_source(source)
+    try:
+        writer, logger = open_outputs(args)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        scorer = Scorer(args.bundle, backend=args.backend, detector=args.detector, threads=args.threads)
+    except (BundleError, RuntimeError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        if logger is not None:
+            logger.close()
         return 2
     show = False
     if args.display != "off":
         show, why = display_available()
         if not show and args.display == "on":
             print(f"error: --display on, but no window can be opened: {why}", file=sys.stderr)
+            if logger is not None:
+                logger.close()
+            scorer.close()
             return 2
         if not show:
             print(f"no display ({why}); running headless", flush=True)
     i = scorer.info
     print(f"bundle {i.bundle_id} ({i.target}): {i.model_file} [{i.precision}] on {i.backend}; detector "
           f"{i.detector}/{i.detector_backend}; source {source}", flush=True)
-    writer = CaptureWriter(args.out, image_format=args.image_format, bundle_id=i.bundle_id,
-                           save_aligned=args.save_aligned)
-    logger = DecisionLog(args.log, bundle_id=i.bundle_id) if args.log else None
+    writer.bundle_id = i.bundle_id
+    if logger is not None:
+        logger.bundle_id = i.bundle_id
     pipeline = CapturePipeline(scorer, writer=writer, logger=logger)
     try:
         with source:
@@ -204,7 +246,8 @@ def main(argv: list[str] | None = None) -> int:
             cv2.destroyAllWindows()
     reasons = ", ".join(f"{k} {v}" for k, v in pipeline.reasons.most_common()) or "none"
     print(f"{stats.frames} frames ({stats.bad_frames} skipped) in {stats.seconds:.1f} s = {stats.fps:.1f} FPS; "
-          f"{pipeline.counts['faces']} faces; {len(stats.captures)} captures in {args.out}; "
+          f"{pipeline.counts['faces']} faces, {_skip_summary(stats, pipeline.counts['skipped'])}; "
+          f"{len(stats.captures)} captures in {args.out}; "
           f"rejections: {reasons}; stopped by {stats.stopped_by}", flush=True)
     return 1 if stats.stopped_by.startswith("source lost") else 0
 

@@ -171,6 +171,24 @@ def test_writer_validates_options(tmp_path):
         CaptureWriter(tmp_path, jpeg_quality=0)
 
 
+def test_bad_output_paths_fail_at_setup_with_the_fix_named(tmp_path, monkeypatch):
+    """A wrong --out/--log must fail when the writer/log is made, not at the first capture after a model load."""
+    a_file = tmp_path / "afile"
+    a_file.write_text("")
+    with pytest.raises(NotADirectoryError, match="afile is an existing file, not a folder; pick a folder path"):
+        CaptureWriter(a_file)
+    with pytest.raises(NotADirectoryError, match="existing file, not a folder"):
+        DecisionLog(a_file / "decisions.jsonl")
+    with pytest.raises(IsADirectoryError, match="is a folder; give a file path such as .*decisions.jsonl"):
+        DecisionLog(tmp_path)
+    with pytest.raises(OSError, match="cannot create folder .*afile/sub"):
+        CaptureWriter(a_file / "sub")
+    monkeypatch.setattr(capture_io.os, "access", lambda path, mode: False)  # as a non-root user would see it
+    with pytest.raises(PermissionError, match="is not writable by this user"):
+        CaptureWriter(tmp_path / "ro")
+    assert a_file.read_text() == ""  # nothing was replaced
+
+
 def test_decision_log_one_flushed_line_per_decision(tmp_path, capture):
     obs = capture.observation
     gate = CaptureGate(GateConfig(window_frames=3))

@@ -1,15 +1,21 @@
 """Frame sources: a real video written and read back, reconnection with back-off, CSI pipeline, spec parsing."""
 from __future__ import annotations
 
+import functools
+import http.server
+import logging
 import os
+import threading
+import time
+from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
 from fiqa_sdk import load_sample, sources
-from fiqa_sdk.sources import (Backoff, Frame, ListSource, LiveSource, SourceError, SourceSpecError, VideoFileSource,
-                              csi_pipeline, open_source)
+from fiqa_sdk.sources import (Backoff, Frame, ListSource, LiveSource, SourceError, SourceSpecError, StreamSource,
+                              VideoFileSource, csi_pipeline, declares_frame_count, file_url_path, open_source)
 
 
 def face_photos() -> list[np.ndarray]:
@@ -231,9 +237,28 @@ def test_csi_spec_builds_the_pipeline(monkeypatch):
 
 
 def test_csi_without_gstreamer_says_what_to_install(monkeypatch):
+    """apt's cv2 alone does not help: the pip wheel (a dependency) shadows it, so the fix is to uninstall it."""
     monkeypatch.setattr(sources, "opencv_has_gstreamer", lambda: False)
-    with pytest.raises(SourceError, match="without GStreamer.*python3-opencv"):
+    with pytest.raises(SourceError, match="without GStreamer") as e:
         open_source("csi://0")
+    msg = str(e.value)
+    assert "pip uninstall -y opencv-python-headless opencv-python" in msg
+    assert "JetPack's own python3 (3.10 on JetPack 6)" in msg and "--system-site-packages" in msg
+    assert "apt install" not in msg
+
+
+@pytest.mark.parametrize("flip, out", [(0, (1920, 1080)), (2, (1920, 1080)), (4, (1920, 1080)), (6, (1920, 1080)),
+                                       (1, (1080, 1920)), (3, (1080, 1920)), (5, (1080, 1920)), (7, (1080, 1920))])
+def test_csi_rotating_flips_output_portrait(flip, out):
+    """nvvidconv scales to the output caps after flipping: a 90-degree turn into landscape caps squashes it."""
+    p = csi_pipeline(width=1920, height=1080, flip_method=flip)
+    assert "NVMM), width=(int)1920, height=(int)1080" in p  # the sensor mode itself never changes
+    assert f"flip-method={flip} ! video/x-raw, width=(int){out[0]}, height=(int){out[1]}, format=(string)BGRx" in p
+
+
+def test_csi_explicit_output_size_wins_over_rotation():
+    p = csi_pipeline(width=1920, height=1080, flip_method=1, output_width=640, output_height=480)
+    assert "flip-method=1 ! video/x-raw, width=(int)640, height=(int)480," in p
 
 
 def test_pip_opencv_without_gstreamer_refuses_csi_for_real():
@@ -274,6 +299,23 @@ def test_spec_errors_are_clear(spec, error, match):
         open_source(spec)
 
 
+def test_file_url_is_percent_decoded():
+    assert file_url_path("file:///abs/my%20clip.avi") == "/abs/my clip.avi"
+    assert file_url_path("file://localhost/abs/a%23b.avi") == "/abs/a#b.avi"
+    assert file_url_path("file://clips/a.avi") == "clips/a.avi"  # relative: netloc is the first path part
+
+
+def test_file_urls_open_the_file(video, tmp_path, monkeypatch):
+    path, _ = video
+    spaced = tmp_path / "my clip.avi"
+    spaced.write_bytes(Path(path).read_bytes())
+    frames = list(open_source("file://" + str(spaced).replace(" ", "%20")))
+    assert len(frames) == 12
+    monkeypatch.chdir(tmp_path)
+    rel = open_source("file://my%20clip.avi")
+    assert isinstance(rel, VideoFileSource) and rel.path == "my clip.avi" and len(list(rel)) == 12
+
+
 def test_folder_is_not_a_video(tmp_path):
     with pytest.raises(SourceSpecError, match="is a folder"):
         open_source(str(tmp_path))
@@ -283,3 +325,198 @@ def test_frame_is_a_named_tuple():
     f = Frame(3, 0.1, np.zeros((2, 2, 3), np.uint8))
     i, t, img = f
     assert (i, t, img.shape) == (3, 0.1, (2, 2, 3)) and f.index == 3
+
+
+# -- damaged files -----------------------------------------------------------------------------------------------------
+
+def _corrupt_frame(path: str, k: int, out: Path) -> Path:
+    """A copy of an MJPG AVI whose k-th JPEG is zeroed up to its end marker (the AVI chunk headers stay intact):
+    the container still declares the frame, the decoder rejects it."""
+    data = bytearray(Path(path).read_bytes())
+    sois = [i for i in range(len(data) - 2) if data[i:i + 3] == b"\xff\xd8\xff"]
+    assert len(sois) == 12, "expected one JPEG per frame"
+    end = data.rfind(b"\xff\xd9", sois[k], sois[k + 1]) + 2
+    assert end > sois[k]
+    data[sois[k]:end] = bytes(end - sois[k])
+    out.write_bytes(data)
+    return out
+
+
+def _photo_of(image: np.ndarray) -> int:
+    return int(np.argmin([np.abs(image.astype(int) - p).mean() for p in face_photos()]))
+
+
+def test_a_corrupt_frame_is_skipped_not_the_end_of_the_file(video, tmp_path, caplog):
+    path, written = video
+    bad = _corrupt_frame(path, 5, tmp_path / "bad.avi")
+    with caplog.at_level(logging.WARNING, logger="fiqa_sdk.sources"):
+        frames = list(open_source(str(bad)))
+    assert len(frames) == 11, [f.timestamp for f in frames]  # it used to stop at 5
+    assert [f.index for f in frames] == list(range(11))
+    # container time: the skipped frame leaves its gap
+    np.testing.assert_allclose([f.timestamp for f in frames], [t / 10 for t in range(12) if t != 5], atol=1e-6)
+    for f in frames:  # every delivered picture is the one written at its timestamp
+        assert _photo_of(f.image) == round(f.timestamp * 10) % 4
+    assert "skipped 1 undecodable frame(s); 11 delivered" in caplog.text
+    assert "ended early" not in caplog.text  # the file ran to its last frame
+
+
+class CountedCapture(FakeCapture):
+    """A fake capture that reports container properties, so the file reader's end-of-file logic can be driven."""
+
+    def __init__(self, script, total, fps=10.0):
+        super().__init__(script)
+        self.total, self.fps, self.pos, self.reads = total, fps, 0, 0
+
+    def read(self):
+        self.reads += 1
+        ok, img = super().read()
+        self.pos += ok
+        return ok, img
+
+    def get(self, prop):
+        return {cv2.CAP_PROP_FRAME_COUNT: self.total, cv2.CAP_PROP_FPS: self.fps, cv2.CAP_PROP_POS_FRAMES: self.pos,
+                cv2.CAP_PROP_POS_MSEC: 1000.0 * (self.pos - 1) / self.fps}.get(prop, 0.0)
+
+
+def test_failed_reads_past_the_declared_frames_end_the_file_at_once(video):
+    path, _ = video
+    photo = face_photos()[0]
+    cap = CountedCapture([photo] * 3, total=3)
+    frames = list(VideoFileSource(path, opener=lambda p: cap))
+    assert len(frames) == 3 and cap.reads == 4 and cap.released  # a healthy end costs one failed read
+
+
+def test_a_file_that_keeps_failing_gives_up_after_max_bad_reads(video, caplog):
+    path, _ = video
+    photo = face_photos()[0]
+    cap = CountedCapture([photo] * 2, total=50)  # declares 50 frames, delivers 2, then every read fails
+    with caplog.at_level(logging.WARNING, logger="fiqa_sdk.sources"):
+        frames = list(VideoFileSource(path, opener=lambda p: cap, max_bad_reads=4))
+    assert len(frames) == 2 and cap.reads == 2 + 4
+    assert "ended early at frame 2 of the 50 its container declares, after 4 failed read(s)" in caplog.text
+    with pytest.raises(ValueError, match="max_bad_reads"):
+        VideoFileSource(path, max_bad_reads=0)
+
+
+# -- http(s): live stream or a video file served over HTTP -------------------------------------------------------------
+
+@pytest.fixture()
+def http_dir(tmp_path):
+    """A local HTTP server (port 0, own thread) serving tmp_path; yields (folder, base URL)."""
+    handler = functools.partial(_QuietHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield tmp_path, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args):
+        pass
+
+
+def test_a_video_file_over_http_ends_at_its_end_in_container_time(video, http_dir):
+    path, written = video
+    folder, base = http_dir
+    (folder / "faces.avi").write_bytes(Path(path).read_bytes())
+    src = open_source(f"{base}/faces.avi", backoff=Backoff(0.01, 1.0, 0.01, 1))
+    assert isinstance(src, StreamSource)
+    frames = list(zip(range(40), src))  # a looping source would run to the 40 cap
+    assert len(frames) == 12 and src.finite is True and src.reconnects == 0
+    np.testing.assert_allclose([f.timestamp for _, f in frames], np.arange(12) / 10.0, atol=1e-6)
+    assert [_photo_of(f.image) for _, f in frames] == [i % 4 for i in range(12)]
+
+
+class _MultipartHandler(http.server.BaseHTTPRequestHandler):
+    """An IP camera's endless MJPEG endpoint (multipart/x-mixed-replace), cut after 300 parts."""
+
+    def do_GET(self):
+        jpg = cv2.imencode(".jpg", face_photos()[0])[1].tobytes()
+        self.send_response(200)
+        self.send_header("Content-Type", "multipart/x-mixed-replace; boundary=frame")
+        self.end_headers()
+        try:
+            for _ in range(300):
+                self.wfile.write(b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n" % len(jpg)
+                                 + jpg + b"\r\n")
+                time.sleep(0.01)
+        except OSError:
+            pass
+
+    def log_message(self, *args):
+        pass
+
+
+def test_a_live_http_stream_stays_live():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _MultipartHandler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        src = open_source(f"http://127.0.0.1:{server.server_address[1]}/video")
+        frames = [f for _, f in zip(range(5), src)]
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert len(frames) == 5 and src.finite is False  # no frame count: read as a live stream, wall-clock time
+
+
+class MediaCapture(FakeCapture):
+    def __init__(self, script, count):
+        super().__init__(script)
+        self.count = count
+
+    def get(self, prop):
+        return self.count if prop == cv2.CAP_PROP_FRAME_COUNT else 0.0
+
+
+def test_finite_media_is_told_from_a_live_stream_by_its_frame_count():
+    assert declares_frame_count(MediaCapture([], 12))
+    assert not declares_frame_count(MediaCapture([], 0))
+    assert not declares_frame_count(MediaCapture([], -9.2e18))  # FFmpeg's count for a stream without duration
+    assert not declares_frame_count(FakeCapture([]))  # no get(): nothing declared
+    photo = face_photos()[0]
+
+    def stream(first: FakeCapture, detect: bool) -> StreamSource:
+        clock = FakeClock()
+        caps = iter([first, FakeCapture([], opened=False)])  # delivers 3 frames, then does not come back
+        src = StreamSource(lambda: next(caps), "fake stream", detect_media=detect, clock=clock, sleep=clock.sleep,
+                           max_bad_reads=1, backoff=Backoff(0.5, 2.0, 10.0, 1))
+        src.sleeps = clock.sleeps
+        return src
+
+    live_src = stream(MediaCapture([photo] * 3, -1), detect=True)
+    with pytest.raises(SourceError, match="did not come back"):
+        list(live_src)  # live: the end of data is a drop, so it tries to reconnect
+    assert live_src.finite is False and live_src.sleeps == [0.5]
+    finite = stream(MediaCapture([photo] * 3, 3), detect=True)
+    assert len(list(finite)) == 3 and finite.finite is True and finite.sleeps == [] and finite.reconnects == 0
+    rtsp = stream(MediaCapture([photo] * 3, 3), detect=False)
+    with pytest.raises(SourceError, match="did not come back"):
+        list(rtsp)  # detection off (rtsp://): always live
+    assert rtsp.finite is False
+
+
+# -- open-failure messages ---------------------------------------------------------------------------------------------
+
+def test_open_failure_names_the_python_keyword_and_the_cli_flag():
+    clock = FakeClock()
+    with pytest.raises(SourceError) as e:
+        next(iter(live([FakeCapture([], opened=False)], clock)))
+    assert "retry_initial_open=True" in str(e.value) and "--wait-for-source" in str(e.value)
+    assert "no other process holds the device" in str(e.value)  # a local camera can be busy
+
+
+def test_stream_open_failure_does_not_blame_another_process():
+    clock = FakeClock()
+    src = StreamSource(lambda: FakeCapture([], opened=False), "stream rtsp://10.0.0.5/s", clock=clock,
+                       sleep=clock.sleep)
+    with pytest.raises(SourceError, match="cannot open stream rtsp://10.0.0.5/s") as e:
+        next(iter(src))
+    msg = str(e.value)
+    assert "other process" not in msg and "URL" in msg and "--wait-for-source" in msg
+    assert isinstance(open_source("https://cam.local/live.m3u8"), StreamSource)

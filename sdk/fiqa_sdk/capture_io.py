@@ -87,6 +87,19 @@ def _encode(image: np.ndarray, ext: str, jpeg_quality: int) -> bytes:
     return buf.tobytes()
 
 
+def _ensure_folder(folder: Path) -> None:
+    """Create ``folder`` (and parents), failing at setup with a clear message rather than at the first capture."""
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{folder} is an existing file, not a folder; pick a folder path or move the file")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OSError(f"cannot create folder {folder}: {e.strerror or e}; pick a writable location") from e
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"folder {folder} is not writable by this user; pick a writable location or fix "
+                              "its permissions")
+
+
 class CaptureWriter:
     """Write :class:`~fiqa_sdk.gate.Capture` objects into ``directory`` as ``<stem>.<jpg|png>`` + ``<stem>.json``.
 
@@ -103,7 +116,7 @@ class CaptureWriter:
         if not 1 <= int(jpeg_quality) <= 100:
             raise ValueError(f"jpeg_quality must be in 1..100, got {jpeg_quality}")
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        _ensure_folder(self.directory)
         self.ext = "." + ("jpg" if fmt == "jpeg" else fmt)
         self.jpeg_quality = int(jpeg_quality)
         self.bundle_id = bundle_id
@@ -188,7 +201,10 @@ class DecisionLog:
 
     def __init__(self, path: str | os.PathLike, bundle_id: str | None = None):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_dir():
+            raise IsADirectoryError(f"decision log {self.path} is a folder; give a file path such as "
+                                    f"{self.path / 'decisions.jsonl'}")
+        _ensure_folder(self.path.parent)
         self.bundle_id = bundle_id
         self._file = open(self.path, "a", encoding="utf-8", newline="\n")
         self._lock = threading.Lock()

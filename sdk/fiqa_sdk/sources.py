@@ -2,9 +2,10 @@
 
 ``open_source("0" | "/dev/video1" | "clip.mp4" | "rtsp://..." | "csi://0?width=1920&height=1080")`` picks the
 source from a spec string. Live sources (cameras, streams, Jetson CSI) survive a disconnect or a run of bad
-frames by reopening with bounded exponential back-off, logging each attempt; a video file simply ends at its
-last readable frame. Indexes keep counting across reconnects and timestamps never go backwards, so the tracker
-and the capture gate downstream see one continuous stream.
+frames by reopening with bounded exponential back-off, logging each attempt; a video file (also one served over
+http(s)://) skips an undecodable frame, ends at its last frame and is timed by the container. Indexes keep
+counting across reconnects and timestamps never go backwards, so the tracker and the capture gate downstream see
+one continuous stream.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, NamedTuple, Protocol, Sequence
 from urllib.parse import parse_qsl, urlsplit
+from urllib.request import url2pathname
 
 import cv2
 import numpy as np
@@ -23,6 +25,8 @@ from fiqa_sdk.frames import FrameError, to_bgr
 log = logging.getLogger(__name__)
 
 STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https")
+MEDIA_SCHEMES = ("http", "https")  # URLs that may name a finite video file rather than a live stream
+WAIT_HINT = "to wait for it, pass retry_initial_open=True in Python or --wait-for-source to the capture_gate CLI"
 
 
 class SourceError(RuntimeError):
@@ -120,14 +124,91 @@ class _CaptureSource(FrameSource):
             self._cap = None
 
 
-class VideoFileSource(_CaptureSource):
-    """A video file. Ends at the first frame OpenCV cannot decode (a file does not come back by waiting)."""
+def _cap_get(cap: CaptureLike, prop: int) -> float:
+    """A capture property, or 0.0 when the capture (a test fake) or its backend does not report it."""
+    get = getattr(cap, "get", None)
+    if get is None:
+        return 0.0
+    try:
+        return float(get(prop) or 0.0)
+    except (cv2.error, TypeError, ValueError):
+        return 0.0
 
-    def __init__(self, path: str | os.PathLike, opener: Callable[[str], CaptureLike] | None = None):
+
+def declares_frame_count(cap: CaptureLike) -> bool:
+    """Whether an open capture is finite media: FFmpeg reports a frame count only for a file (also one served
+    over HTTP); for a live stream it has no duration and reports 0 or a negative count."""
+    return _cap_get(cap, cv2.CAP_PROP_FRAME_COUNT) > 0
+
+
+def _read_image(cap: CaptureLike) -> tuple[np.ndarray | None, str]:
+    """One frame as BGR uint8, or ``None`` and what went wrong."""
+    try:
+        ok, raw = cap.read()
+        if not ok or raw is None:
+            return None, "read failed"
+        return to_bgr(raw), ""
+    except (FrameError, cv2.error) as e:
+        return None, f"bad frame ({e})"
+
+
+def media_frames(cap: CaptureLike, name: str, max_bad_reads: int = 30) -> Iterator[Frame]:
+    """Frames of finite media (a file, local or over HTTP) in container time, until its end.
+
+    While the container says frames remain (``FRAME_COUNT``; a failed read consumes a frame that OpenCV's
+    ``POS_FRAMES`` does not count), up to ``max_bad_reads`` failed reads in a row are skipped rather than ending
+    the file at its first damaged frame; a warning says how many frames were skipped and whether the file ended
+    before its declared length. The caller releases ``cap``.
+    """
+    fps = _cap_get(cap, cv2.CAP_PROP_FPS)
+    total = _cap_get(cap, cv2.CAP_PROP_FRAME_COUNT)
+    step = 1.0 / fps if fps > 0 else 1.0 / 30.0
+    index, last, bad, skipped, problem = 0, -np.inf, 0, 0, ""
+    try:
+        while True:
+            image, why = _read_image(cap)
+            if image is None:
+                bad, problem = bad + 1, why
+                if bad < max_bad_reads and _cap_get(cap, cv2.CAP_PROP_POS_FRAMES) + skipped + bad < total:
+                    continue  # frames remain: skip this one
+                return
+            skipped += bad
+            bad = 0
+            pos = _cap_get(cap, cv2.CAP_PROP_POS_MSEC) / 1000.0
+            # Container time when the backend reports it, else one frame period after the previous frame.
+            t = pos if pos > last else (0.0 if index == 0 else last + step)
+            last = t
+            yield Frame(index, t, image)
+            index += 1
+    finally:
+        consumed = _cap_get(cap, cv2.CAP_PROP_POS_FRAMES) + skipped
+        _report_media_end(name, index, skipped, bad, problem, consumed, total)
+
+
+def _report_media_end(name: str, delivered: int, skipped: int, bad: int, problem: str, consumed: float,
+                      total: float) -> None:
+    """Warn about damage seen in a file, so a short capture run is not mistaken for a short video."""
+    if skipped:
+        log.warning("%s: skipped %d undecodable frame(s); %d delivered", name, skipped, delivered)
+    if bad and total > 0 and consumed < total:
+        log.warning("%s: ended early at frame %d of the %d its container declares, after %d failed read(s) in a "
+                    "row (last: %s): the file is damaged or cut off, or its connection dropped", name,
+                    int(consumed), int(total), bad, problem)
+
+
+class VideoFileSource(_CaptureSource):
+    """A video file. Skips undecodable frames while the container says more follow (up to ``max_bad_reads`` in
+    a row) and ends at the end of the file: a file does not come back by waiting."""
+
+    def __init__(self, path: str | os.PathLike, opener: Callable[[str], CaptureLike] | None = None,
+                 max_bad_reads: int = 30):
         self.path = os.fspath(path)
         if not os.path.isfile(self.path):
             raise SourceError(f"video file {self.path!r} does not exist")
+        if max_bad_reads < 1:
+            raise ValueError(f"max_bad_reads must be >= 1, got {max_bad_reads}")
         self._opener = opener or (lambda p: cv2.VideoCapture(p))
+        self.max_bad_reads = int(max_bad_reads)
         self.description = self.path
         self._cap: CaptureLike | None = None
 
@@ -138,25 +219,8 @@ class VideoFileSource(_CaptureSource):
             raise SourceError(f"OpenCV cannot open video {self.path!r}: unsupported container/codec or a damaged "
                               "file (pip OpenCV reads MJPG/AVI and H.264/MP4 through FFmpeg)")
         self._cap = cap
-        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0) if hasattr(cap, "get") else 0.0
-        step = 1.0 / fps if fps > 0 else 1.0 / 30.0
-        index, last = 0, -np.inf
         try:
-            while True:
-                ok, raw = cap.read()
-                if not ok or raw is None:
-                    return
-                try:
-                    image = to_bgr(raw)
-                except FrameError as e:
-                    log.warning("%s: frame %d unreadable (%s); stopping", self.path, index, e)
-                    return
-                pos = float(cap.get(cv2.CAP_PROP_POS_MSEC)) / 1000.0 if hasattr(cap, "get") else -1.0
-                # Container time when the backend reports it, else one frame period after the previous frame.
-                t = pos if pos > last else (0.0 if index == 0 else last + step)
-                last = t
-                yield Frame(index, t, image)
-                index += 1
+            yield from media_frames(cap, self.path, self.max_bad_reads)
         finally:
             self.close()
 
@@ -167,6 +231,8 @@ class LiveSource(_CaptureSource):
     ``backoff.max_attempts``. ``retry_initial_open``: also wait for a device that is not there at start (an IP
     camera still booting); off by default, because at start a failure is usually a wrong index or URL.
     """
+
+    check_hint = "check the cable and the index/path, and that no other process holds the device"
 
     def __init__(self, opener: Callable[[], CaptureLike], description: str, backoff: Backoff | None = None,
                  max_bad_reads: int = 5, retry_initial_open: bool = False,
@@ -215,28 +281,30 @@ class LiveSource(_CaptureSource):
                 log.warning("%s: reopened after %d attempt(s)", self.description, self._episode_attempts)
                 return cap
         raise SourceError(f"{self.description}: {why}, and it did not come back after {self._episode_attempts} "
-                          f"reconnect attempt(s); check the cable/network and that no other process holds the "
-                          f"device, or raise Backoff.max_attempts")
+                          f"reconnect attempt(s); {self.check_hint}, or raise Backoff.max_attempts "
+                          f"(--wait-for-source in the capture_gate CLI retries forever)")
 
-    def __iter__(self) -> Iterator[Frame]:
+    def _open_first(self) -> CaptureLike:
+        """The first open: fail fast (a wrong index or URL), or back off when asked to wait for the device."""
         self._episode = None
         cap = self._try_open()
         if cap is None:
             if not self.retry_initial_open:
-                raise SourceError(f"cannot open {self.description}; check the index/URL and that no other "
-                                  "process holds the device (pass retry_initial_open=True to wait for it)")
+                raise SourceError(f"cannot open {self.description}; {self.check_hint} ({WAIT_HINT})")
             cap = self._reopen("not available at start")
+        return cap
+
+    def __iter__(self) -> Iterator[Frame]:
+        yield from self._live_frames(self._open_first())
+
+    def _live_frames(self, cap: CaptureLike) -> Iterator[Frame]:
+        """Frames in wall-clock time since the first one, reopening the device when reads keep failing."""
         self._cap = cap
         t0 = self._clock()
         index, last, bad = 0, -np.inf, 0
         try:
             while True:
-                try:
-                    ok, raw = self._cap.read()
-                    image = to_bgr(raw) if ok and raw is not None else None
-                    problem = "read failed" if image is None else ""
-                except (FrameError, cv2.error) as e:
-                    image, problem = None, f"bad frame ({e})"
+                image, problem = _read_image(self._cap)
                 if image is None:
                     bad += 1
                     self.bad_reads += 1
@@ -270,13 +338,44 @@ def camera_source(device: int | str, width: int | None = None, height: int | Non
     return LiveSource(opener, f"camera {device}", target=str(device), **live)
 
 
-def stream_source(url: str, timeout_s: float = 5.0, **live: Any) -> LiveSource:
+class StreamSource(LiveSource):
+    """A network URL. A live stream reconnects like any :class:`LiveSource`; an http(s) URL whose capture declares
+    a frame count is a video file served over HTTP (``finite`` becomes True): it is read like
+    :class:`VideoFileSource`, in container time, and ends at its end instead of reconnecting, which would replay
+    it from frame 0 forever."""
+
+    check_hint = "check the URL and credentials, and that the camera/server is up and reachable from here"
+
+    def __init__(self, opener: Callable[[], CaptureLike], description: str, detect_media: bool = False,
+                 max_bad_media_reads: int = 30, **live: Any):
+        super().__init__(opener, description, **live)
+        if max_bad_media_reads < 1:
+            raise ValueError(f"max_bad_media_reads must be >= 1, got {max_bad_media_reads}")
+        self.detect_media = bool(detect_media)
+        self.max_bad_media_reads = int(max_bad_media_reads)
+        self.finite: bool | None = None  # known after the first open
+
+    def __iter__(self) -> Iterator[Frame]:
+        cap = self._open_first()
+        self.finite = self.detect_media and declares_frame_count(cap)
+        if not self.finite:
+            yield from self._live_frames(cap)
+            return
+        self._cap = cap
+        try:
+            yield from media_frames(cap, self.description, self.max_bad_media_reads)
+        finally:
+            self.close()
+
+
+def stream_source(url: str, timeout_s: float = 5.0, **live: Any) -> StreamSource:
     """A network stream through FFmpeg, with open/read timeouts so a dead camera is noticed in seconds, not at
-    FFmpeg's default of 30 s."""
+    FFmpeg's default of 30 s. An http(s) URL may also be a video file: see :class:`StreamSource`."""
     ms = int(timeout_s * 1000)
     params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, ms]
-    return LiveSource(lambda: cv2.VideoCapture(url, cv2.CAP_FFMPEG, params), f"stream {_redact(url)}",
-                      target=_redact(url), **live)
+    detect = urlsplit(url).scheme.lower() in MEDIA_SCHEMES
+    return StreamSource(lambda: cv2.VideoCapture(url, cv2.CAP_FFMPEG, params), f"stream {_redact(url)}",
+                        detect_media=detect, target=_redact(url), **live)
 
 
 def _redact(url: str) -> str:
@@ -289,6 +388,9 @@ def _redact(url: str) -> str:
     return parts._replace(netloc=netloc).geturl()
 
 
+ROTATING_FLIPS = (1, 3, 5, 7)  # nvvidconv flip methods that swap width and height
+
+
 def csi_pipeline(sensor_id: int = 0, width: int = 1280, height: int = 720, framerate: int = 30,
                  flip_method: int = 0, output_width: int | None = None, output_height: int | None = None) -> str:
     """GStreamer pipeline for a Jetson MIPI-CSI camera through the Argus ISP (``nvarguscamerasrc``).
@@ -298,6 +400,8 @@ def csi_pipeline(sensor_id: int = 0, width: int = 1280, height: int = 720, frame
     keeps only the newest frame, so a slow consumer sees fresh frames instead of a growing backlog (``drop``
     alone does nothing while ``max-buffers`` is unlimited). ``flip_method``: 0 none, 1 rotate 90 ccw, 2 rotate
     180, 3 rotate 90 cw, 4 horizontal flip, 5 upper-right diagonal, 6 vertical flip, 7 upper-left diagonal.
+    The odd methods turn the image by 90 degrees, so the default output size is the sensor size transposed
+    (portrait), or ``nvvidconv`` would squash the rotated image back into landscape.
     """
     for name, v in (("sensor_id", sensor_id), ("width", width), ("height", height), ("framerate", framerate)):
         if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "sensor_id" else 1):
@@ -305,7 +409,9 @@ def csi_pipeline(sensor_id: int = 0, width: int = 1280, height: int = 720, frame
                              f"integer, got {v!r}")
     if isinstance(flip_method, bool) or not isinstance(flip_method, int) or not 0 <= flip_method <= 7:
         raise ValueError(f"csi flip_method must be an integer 0..7, got {flip_method!r}")
-    out_w, out_h = output_width or width, output_height or height
+    rotated = flip_method in ROTATING_FLIPS
+    out_w = output_width or (height if rotated else width)
+    out_h = output_height or (width if rotated else height)
     return (f"nvarguscamerasrc sensor-id={sensor_id} ! "
             f"video/x-raw(memory:NVMM), width=(int){width}, height=(int){height}, format=(string)NV12, "
             f"framerate=(fraction){framerate}/1 ! "
@@ -323,13 +429,14 @@ def opencv_has_gstreamer() -> bool:
 
 def csi_source(sensor_id: int = 0, width: int = 1280, height: int = 720, framerate: int = 30,
                flip_method: int = 0, **live: Any) -> LiveSource:
-    """A Jetson CSI camera. Needs an OpenCV built with GStreamer (JetPack's ``python3-opencv``); the pip wheels
-    are built without it."""
+    """A Jetson CSI camera. Needs an OpenCV built with GStreamer (JetPack's own cv2); the pip wheels are built
+    without it, and an installed wheel shadows JetPack's cv2 even in a --system-site-packages venv."""
     pipeline = csi_pipeline(sensor_id, width, height, framerate, flip_method)
     if not opencv_has_gstreamer():
         raise SourceError(f"OpenCV {cv2.__version__} here is built without GStreamer, so it cannot open CSI "
-                          "cameras; use JetPack's OpenCV (apt install python3-opencv, and a venv created with "
-                          "--system-site-packages) instead of the opencv-python wheels")
+                          "cameras; use JetPack's cv2 (built with GStreamer): make the venv with JetPack's own "
+                          "python3 (3.10 on JetPack 6) and --system-site-packages, then run `pip uninstall -y "
+                          "opencv-python-headless opencv-python` in it so the pip wheel no longer shadows it")
     return LiveSource(lambda: cv2.VideoCapture(pipeline, cv2.CAP_GSTREAMER), f"CSI camera {sensor_id}",
                       target=pipeline, **live)
 
@@ -355,6 +462,14 @@ def _csi_from_spec(spec: str, options: dict[str, Any]) -> LiveSource:
             raise SourceSpecError(f"{spec!r}: CSI option {key}={value!r} must be a non-negative integer")
         kwargs[_CSI_QUERY[key]] = int(value)
     return csi_source(int(sensor), **{**kwargs, **options})
+
+
+def file_url_path(url: str) -> str:
+    """The local path a ``file://`` URL names, percent-decoded: ``file:///abs/my%20clip.avi`` is
+    ``/abs/my clip.avi``, ``file://clips/a.avi`` the relative ``clips/a.avi``, ``file://localhost/x`` ``/x``."""
+    parts = urlsplit(url)
+    netloc = "" if parts.netloc.lower() == "localhost" else parts.netloc
+    return url2pathname(netloc + parts.path)
 
 
 def open_source(spec: str | int, **options: Any) -> FrameSource:
@@ -385,7 +500,7 @@ def open_source(spec: str | int, **options: Any) -> FrameSource:
                 raise SourceSpecError(f"{text!r} has no host; expected e.g. rtsp://user:pass@192.168.1.20:554/stream")
             return stream_source(text, **options)
         if scheme == "file":
-            return VideoFileSource(urlsplit(text).path, **options)
+            return VideoFileSource(file_url_path(text), **options)
         raise SourceSpecError(f"unsupported source scheme {scheme!r} in {text!r}; " + _SPEC_HELP)
     if text.startswith("/dev/video"):
         if not os.path.exists(text):

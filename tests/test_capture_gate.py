@@ -1,0 +1,159 @@
+"""examples/capture_gate.py and examples/make_sample_video.py as a user runs them: bad --out/--log fail before the
+model loads, --wait-for-source makes live sources wait, the summary counts faces kept from the gate."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from fiqa_sdk import load_sample
+from fiqa_sdk.detection import Detection, Detector
+from fiqa_sdk.pipeline import FrameReport
+from fiqa_sdk.samples import SampleUnavailable
+from fiqa_sdk.scorer import Scorer
+from fiqa_sdk.sources import LiveSource, VideoFileSource, open_source
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _load(name: str, file: str):
+    """examples/ is not a package: load a script as a module (registered, as dataclasses require)."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, EXAMPLES / file)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+@pytest.fixture()
+def ex():
+    return _load("capture_gate_example", "capture_gate.py")
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory) -> Path:
+    """Three frames of a real portrait, MJPG/AVI."""
+    frame = np.full((480, 640, 3), 40, np.uint8)
+    face = cv2.resize(load_sample("grace_hopper"), (320, 375), interpolation=cv2.INTER_AREA)
+    frame[50:425, 160:480] = face
+    path = tmp_path_factory.mktemp("video") / "portrait.avi"
+    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (640, 480))
+    assert vw.isOpened(), "OpenCV cannot write MJPG/AVI here"
+    for _ in range(3):
+        vw.write(frame)
+    vw.release()
+    return path
+
+
+def _no_model(*args, **kwargs):
+    raise AssertionError("the Scorer was built before the outputs were checked")
+
+
+@pytest.mark.parametrize("bad, match", [("out", "is an existing file, not a folder"), ("log", "is a folder")])
+def test_bad_out_or_log_fails_before_the_model_loads(ex, video, tmp_path, capsys, monkeypatch, bad, match):
+    monkeypatch.setattr(ex, "Scorer", _no_model)
+    a_file, a_dir = tmp_path / "afile", tmp_path / "adir"
+    a_file.write_text("")
+    a_dir.mkdir()
+    out, log = (a_file, tmp_path / "log.jsonl") if bad == "out" else (tmp_path / "caps", a_dir)
+    code = ex.main(["--source", str(video), "--out", str(out), "--log", str(log), "--display", "off"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("error: ") and match in err and "Traceback" not in err
+
+
+def test_wait_for_source_makes_live_sources_wait(ex):
+    assert ex.parse_args(["--wait-for-source"]).wait_for_source and not ex.parse_args([]).wait_for_source
+    cam = open_source("0")
+    assert isinstance(cam, LiveSource) and not cam.retry_initial_open and cam.backoff.max_attempts is not None
+    ex.wait_for_source(cam)
+    assert cam.retry_initial_open and cam.backoff.max_attempts is None  # waits at start, never gives up
+
+
+def test_main_applies_wait_for_source(ex, capsys, monkeypatch):
+    opened = []
+
+    def spy(spec):
+        opened.append(open_source(spec))
+        return opened[-1]
+
+    def no_model(*args, **kwargs):
+        raise RuntimeError("no model in this test")
+
+    monkeypatch.setattr(ex, "open_source", spy)
+    monkeypatch.setattr(ex, "Scorer", no_model)
+    assert ex.main(["--source", "rtsp://10.0.0.5/stream", "--wait-for-source", "--display", "off"]) == 2
+    assert "no model in this test" in capsys.readouterr().err
+    assert opened[0].retry_initial_open and opened[0].backoff.max_attempts is None
+
+
+def test_wait_for_source_leaves_a_file_alone(ex, video):
+    src = open_source(str(video))
+    ex.wait_for_source(src)
+    assert isinstance(src, VideoFileSource) and len(list(src)) == 3
+
+
+def test_skipped_faces_are_counted_with_their_reasons(ex):
+    stats = ex.RunStats()
+    ex._announce(FrameReport(0, 0.0, skipped=[(1, "why a"), (2, "why b")]), stats)
+    ex._announce(FrameReport(1, 0.1, skipped=[(1, "why a")]), stats)
+    assert ex._skip_summary(stats, 3) == "skipped 3 (2x why a; 1x why b)"
+    assert ex._skip_summary(ex.RunStats(), 0) == "skipped 0"
+
+
+class _UpsideDownLandmarks(Detector):
+    """Real detections with the mouth landmarks moved above the eyes: no pose can be read, the pipeline skips it."""
+
+    name = "upside-down"
+
+    def __init__(self, inner: Detector):
+        self.inner = inner
+
+    def _detect_bgr(self, frame):
+        out = []
+        for d in self.inner.detect(frame):
+            lm = d.landmarks.copy()
+            lm[3:, 1] = lm[:2, 1].min() - 20
+            out.append(Detection(d.box, lm, d.score))
+        return out
+
+
+def test_summary_reports_faces_the_pipeline_skipped(ex, video, retinaface_ort, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(ex, "Scorer", lambda *a, **k: Scorer(detector=_UpsideDownLandmarks(retinaface_ort),
+                                                             threads=1))
+    log = tmp_path / "log.jsonl"
+    code = ex.main(["--source", str(video), "--out", str(tmp_path / "caps"), "--log", str(log), "--display", "off"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    summary = out.strip().splitlines()[-1]
+    assert "3 faces, skipped 3 (3x pose unavailable from its landmarks: " in summary, summary
+    assert "0 captures" in summary and log.read_text() == ""  # skipped faces get no gate decision
+
+
+# -- examples/make_sample_video.py -------------------------------------------------------------------------------------
+
+def test_make_sample_video_without_matplotlib_says_what_to_install(tmp_path, capsys, monkeypatch):
+    mk = _load("make_sample_video_example", "make_sample_video.py")
+
+    def missing(name):
+        raise SampleUnavailable(f"sample {name!r} ships with the 'matplotlib' package, which is not installed; "
+                                "install it with: pip install matplotlib")
+
+    monkeypatch.setattr(mk, "load_sample", missing)
+    assert mk.main([str(tmp_path / "sample.avi")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and "pip install matplotlib" in err
+    assert not (tmp_path / "sample.avi").exists()
+
+
+def test_make_sample_video_writes_the_clip(tmp_path, capsys):
+    mk = _load("make_sample_video_example", "make_sample_video.py")
+    assert mk.main([str(tmp_path / "sample.avi")]) == 0
+    cap = cv2.VideoCapture(str(tmp_path / "sample.avi"))
+    assert cap.get(cv2.CAP_PROP_FRAME_COUNT) == 60 and (tmp_path / "sample.json").is_file()
+    cap.release()
