@@ -2,37 +2,23 @@
 model loads, --wait-for-source makes live sources wait, the summary counts faces kept from the gate."""
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
+from example_helpers import UpsideDownLandmarks, load_example
 
 from fiqa_sdk import load_sample
-from fiqa_sdk.detection import Detection, Detector
 from fiqa_sdk.pipeline import FrameReport
 from fiqa_sdk.samples import SampleUnavailable
 from fiqa_sdk.scorer import Scorer
 from fiqa_sdk.sources import LiveSource, VideoFileSource, open_source
 
-EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-
-
-def _load(name: str, file: str):
-    """examples/ is not a package: load a script as a module (registered, as dataclasses require)."""
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, EXAMPLES / file)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
 
 @pytest.fixture()
 def ex():
-    return _load("capture_gate_example", "capture_gate.py")
+    return load_example("capture_gate_example", "capture_gate.py")
 
 
 @pytest.fixture(scope="module")
@@ -106,25 +92,8 @@ def test_skipped_faces_are_counted_with_their_reasons(ex):
     assert ex._skip_summary(ex.RunStats(), 0) == "skipped 0"
 
 
-class _UpsideDownLandmarks(Detector):
-    """Real detections with the mouth landmarks moved above the eyes: no pose can be read, the pipeline skips it."""
-
-    name = "upside-down"
-
-    def __init__(self, inner: Detector):
-        self.inner = inner
-
-    def _detect_bgr(self, frame):
-        out = []
-        for d in self.inner.detect(frame):
-            lm = d.landmarks.copy()
-            lm[3:, 1] = lm[:2, 1].min() - 20
-            out.append(Detection(d.box, lm, d.score))
-        return out
-
-
 def test_summary_reports_faces_the_pipeline_skipped(ex, video, retinaface_ort, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(ex, "Scorer", lambda *a, **k: Scorer(detector=_UpsideDownLandmarks(retinaface_ort),
+    monkeypatch.setattr(ex, "Scorer", lambda *a, **k: Scorer(detector=UpsideDownLandmarks(retinaface_ort),
                                                              threads=1))
     log = tmp_path / "log.jsonl"
     code = ex.main(["--source", str(video), "--out", str(tmp_path / "caps"), "--log", str(log), "--display", "off"])
@@ -138,7 +107,7 @@ def test_summary_reports_faces_the_pipeline_skipped(ex, video, retinaface_ort, t
 # -- examples/make_sample_video.py -------------------------------------------------------------------------------------
 
 def test_make_sample_video_without_matplotlib_says_what_to_install(tmp_path, capsys, monkeypatch):
-    mk = _load("make_sample_video_example", "make_sample_video.py")
+    mk = load_example("make_sample_video_example", "make_sample_video.py")
 
     def missing(name):
         raise SampleUnavailable(f"sample {name!r} ships with the 'matplotlib' package, which is not installed; "
@@ -152,7 +121,7 @@ def test_make_sample_video_without_matplotlib_says_what_to_install(tmp_path, cap
 
 
 def test_make_sample_video_writes_the_clip(tmp_path, capsys):
-    mk = _load("make_sample_video_example", "make_sample_video.py")
+    mk = load_example("make_sample_video_example", "make_sample_video.py")
     assert mk.main([str(tmp_path / "sample.avi")]) == 0
     cap = cv2.VideoCapture(str(tmp_path / "sample.avi"))
     assert cap.get(cv2.CAP_PROP_FRAME_COUNT) == 60 and (tmp_path / "sample.json").is_file()

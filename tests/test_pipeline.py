@@ -8,22 +8,20 @@ rejection of a degraded frame comes from the model's scores; the measures only n
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import io
 import json
 import math
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 from bundle_fixtures import SharpnessBrightnessNet, aligned_faces, export_onnx, torch_scores, write_test_bundle
+from example_helpers import UpsideDownLandmarks, load_example
 
 from fiqa_sdk import faces_to_tensor, load_sample
 from fiqa_sdk.bundle import ScoreSpec
 from fiqa_sdk.capture_io import CaptureWriteError, CaptureWriter, DecisionLog
-from fiqa_sdk.detection import Detection, Detector
 from fiqa_sdk.gate import GateConfig, Reason
 from fiqa_sdk.pipeline import CapturePipeline, face_crop, outside_fraction
 from fiqa_sdk.preprocess import ARCFACE_TEMPLATE_112
@@ -165,26 +163,9 @@ def test_a_capture_that_cannot_be_written_is_reported_and_the_stream_goes_on(sco
     assert pipe.counts["write_errors"] == 1 and pipe.counts["frames"] == 8
 
 
-class _UpsideDownLandmarks(Detector):
-    """Real detections with the mouth landmarks moved above the eyes: landmarks no pose proxy can read."""
-
-    name = "upside-down"
-
-    def __init__(self, inner: Detector):
-        self.inner = inner
-
-    def _detect_bgr(self, frame):
-        out = []
-        for d in self.inner.detect(frame):
-            lm = d.landmarks.copy()
-            lm[3:, 1] = lm[:2, 1].min() - 20
-            out.append(Detection(d.box, lm, d.score))
-        return out
-
-
 def test_faces_without_a_readable_pose_are_skipped_with_the_reason(quality_bundle, retinaface_ort, clip):
     frames, _ = clip
-    s = Scorer(quality_bundle, backend="onnxruntime", detector=_UpsideDownLandmarks(retinaface_ort))
+    s = Scorer(quality_bundle, backend="onnxruntime", detector=UpsideDownLandmarks(retinaface_ort))
     (face,) = s.score_frame(frames[0])
     assert face.pose_error is not None and "yaw" not in face.measures and face.measures["iod_px"] > 0
     pipe = CapturePipeline(s)
@@ -255,15 +236,7 @@ def test_a_face_with_a_non_finite_score_is_skipped_and_the_due_capture_survives(
 # ---- examples/capture_gate.py ---------------------------------------------------------------------------------------
 
 def _example():
-    """examples/ is not a package: load the script as a module (registered, as dataclasses require)."""
-    name = "capture_gate_example"
-    if name not in sys.modules:
-        path = Path(__file__).resolve().parents[1] / "examples" / "capture_gate.py"
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return load_example("capture_gate_example", "capture_gate.py")
 
 
 def test_example_cli_runs_a_video_headless(quality_bundle, clip, tmp_path, capsys, monkeypatch):
