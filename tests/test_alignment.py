@@ -106,8 +106,9 @@ def test_aligned_crops_of_real_faces_redetect_centred_on_the_template(samples, r
     """Every real face, aligned and then detected again, has its landmarks near the ArcFace template.
 
     What remains is pose and expression (a smile widens the mouth; a turned head moves the nose), which a
-    similarity transform cannot remove, plus detector noise: measured 8-22% of the template's 35 px
-    inter-ocular distance on average per face.
+    similarity transform cannot remove, plus detector noise: measured 6-25% of the template's 35 px
+    inter-ocular distance on average per face (8-22% before landmark refinement: most faces closer, the
+    tilted t1 face a little further).
     """
     n = 0
     for name in ALL_SAMPLES:
@@ -117,7 +118,7 @@ def test_aligned_crops_of_real_faces_redetect_centred_on_the_template(samples, r
             assert len(found) == 1, name
             lms, box = mapped[0]
             err = np.linalg.norm(lms - ARCFACE_TEMPLATE_112, axis=1) / TEMPLATE_IOD
-            assert err.mean() < 0.25 and err[:2].max() < 0.3, (name, err)
+            assert err.mean() < 0.3 and err[:2].max() < 0.3, (name, err)
             centre = (box[:2] + box[2:]) / 2
             assert np.all(np.abs(centre - [56, 62]) < 20), (name, centre)
             n += 1
@@ -131,4 +132,4 @@ def test_redetection_check_catches_a_misaligned_crop(samples, retina_dets, retin
     found, mapped = _redetect(retinaface_ort, crop)
     assert len(found) == 1
     err = np.linalg.norm(mapped[0][0] - ARCFACE_TEMPLATE_112, axis=1) / TEMPLATE_IOD
-    assert err.mean() > 0.25
+    assert err.mean() > 0.3
