@@ -1,5 +1,5 @@
 """How much the device's face alignment moves the score: RetinaFace at two input sizes, with and without landmark
-refinement (``RetinaFaceDetector(refine_landmarks=...)``), against the crop the teachers' training faces were cut as.
+refinement (``RetinaFaceDetector(refine_landmarks=passes)``), against the crop the teachers' training faces were cut as.
 
     python bench/bench_alignment.py                       # 250 lfw-dev photos, seed 0
     python bench/bench_alignment.py --photos 400 --faces ../shared/data/lfw-dev
@@ -10,7 +10,7 @@ then gets what a camera adds and a similarity transform cannot undo: a slight sh
 ``fiqa_sdk.Scorer`` (its INT8 student on its runtime). The reference is the same Scorer's utility on the crop aligned
 the way ``fiqa-labels`` cut the teachers' training faces (RetinaFace at 320 on the 250x250 LFW frame). Reported per
 detector setting: SRCC and mean absolute difference with that reference at each face size, SRCC of the score with
-itself across face sizes, and the median detection time (first pass + refinement) on one thread. Writes
+itself across face sizes, and the median detection time (first pass + refinement passes) on one thread. Writes
 ``results/alignment.json`` and ``results/alignment.md``.
 """
 from __future__ import annotations
@@ -31,7 +31,9 @@ from common import machine_basics  # noqa: E402
 RESULTS = Path(__file__).resolve().parent / "results"
 SIZES = (30, 50, 80)  # inter-ocular distance in the 640x480 frame
 W, H = 640, 480
-SETTINGS = {"640": (640, False), "320": (320, False), "320 + refine": (320, True), "640 + refine": (640, True)}
+# name: (max_side, landmark refinement passes)
+SETTINGS = {"640": (640, 0), "320": (320, 0), "320 + refine": (320, 1), "320 + refine x2": (320, 2),
+            "640 + refine": (640, 1)}
 
 
 def camera_frame(photo: np.ndarray, iod_px: float, photo_iod: float, rng: np.random.Generator) -> np.ndarray:
@@ -102,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in SETTINGS:
         per = {s: np.array(scores[name][s]) for s in SIZES}
         rows.append({
-            "detector": name, "max_side": SETTINGS[name][0], "refine_landmarks": SETTINGS[name][1],
+            "detector": name, "max_side": SETTINGS[name][0], "refine_passes": SETTINGS[name][1],
             "srcc_vs_training_crop": {s: round(float(spearmanr(per[s], reference)[0]), 4) for s in SIZES},
             "mae_vs_training_crop": {s: round(float(np.abs(per[s] - reference).mean()), 2) for s in SIZES},
             "srcc_across_sizes": {f"{a}-{b}": round(float(spearmanr(per[a], per[b])[0]), 4)

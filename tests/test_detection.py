@@ -365,6 +365,20 @@ def test_a_face_the_canonical_view_does_not_find_keeps_its_landmarks(samples, mo
     assert "first_pass_landmarks" not in face.extra
 
 
-def test_refine_landmarks_must_be_a_bool():
-    with pytest.raises(ValueError, match="refine_landmarks='yes': need True or False"):
-        create_detector("retinaface", refine_landmarks="yes")
+@pytest.mark.parametrize("passes", ["yes", -1, 4, 1.5])
+def test_refine_landmarks_must_be_a_small_number_of_passes(passes):
+    with pytest.raises(ValueError, match=f"refine_landmarks={passes!r}: need a number of passes 0-3"):
+        create_detector("retinaface", refine_landmarks=passes)
+
+
+def test_a_second_refinement_pass_starts_from_the_first(samples):
+    from fiqa_sdk.detection import RetinaFaceDetector
+
+    img = samples["astronaut"]
+    (plain,) = RetinaFaceDetector(backend="onnxruntime", refine_landmarks=0)(img)
+    (once,) = RetinaFaceDetector(backend="onnxruntime", refine_landmarks=True)(img)
+    (twice,) = RetinaFaceDetector(backend="onnxruntime", refine_landmarks=2)(img)
+    np.testing.assert_array_equal(twice.extra["first_pass_landmarks"], plain.landmarks)  # the detector's own
+    step1 = np.abs(once.landmarks - plain.landmarks).max()
+    step2 = np.abs(twice.landmarks - once.landmarks).max()
+    assert 0 < step2 < step1  # it moves again, by less: settling, not wandering

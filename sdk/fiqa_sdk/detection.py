@@ -125,14 +125,13 @@ class RetinaFaceDetector(Detector):
     ``max_side`` bounds the longer side the network sees (frames are downscaled, never upscaled):
     320 is enough for faces larger than ~20 px in a 640x480 frame and is 4x cheaper than 640.
 
-    ``refine_landmarks`` (default on): RetinaFace's landmarks depend on the scale it sees a face at, and the
-    aligned crop, hence the score, follows them. So each face found is warped into a 250x250 view that puts it
-    where LFW's frames put faces (eyes ~43 px apart, upright: the geometry the teachers' training crops were
-    detected in) and its landmarks are detected again there, mapped back to the frame. On faces 30-80 px between
-    the eyes in 640x480 frames (``bench/bench_alignment.py``) this makes the student's score agree with its score
-    on the training-style crop at SRCC ~0.97-0.98 instead of 0.90-0.97, and with itself across face sizes at ~0.97
-    instead of ~0.91, for one extra detector pass on 250x250 per face (~5 ms on one core). Boxes and
-    confidences stay those of the first pass; a face the second pass does not find again keeps its landmarks.
+    ``refine_landmarks`` (passes; default 1, ``True``/``False`` mean 1/0): RetinaFace's landmarks depend on the
+    scale it sees a face at, and the aligned crop, hence the score, follows them. So each face found is warped into
+    a 250x250 view that puts it where LFW's frames put faces (eyes ~43 px apart, upright: the geometry the teachers'
+    training crops were detected in) and its landmarks are detected again there, mapped back to the frame; a second
+    pass starts from a view already close to canonical and settles them further. Each pass is one detector run on
+    250x250 per face (~4 ms on one core); ``bench/bench_alignment.py`` measures what they buy. Boxes and
+    confidences stay those of the first detection; a face a pass does not find again keeps its landmarks.
     """
 
     name = "retinaface"
@@ -142,7 +141,7 @@ class RetinaFaceDetector(Detector):
     _MEAN_BGR = np.array([104.0, 117.0, 123.0], dtype=np.float32)
 
     def __init__(self, score_threshold: float = 0.8, nms_threshold: float = 0.4, max_side: int = 640,
-                 backend: str = "auto", threads: int | None = None, refine_landmarks: bool = True):
+                 backend: str = "auto", threads: int | None = None, refine_landmarks: int | bool = 1):
         from fiqa_runtimes import BackendUnavailable, ModelFormat, available_backends, load_backend
 
         if isinstance(max_side, bool) or not isinstance(max_side, numbers.Integral) or max_side < 32:
@@ -150,12 +149,12 @@ class RetinaFaceDetector(Detector):
                              "320 suits 640x480 frames, 640 finds smaller faces")
         if not (0.0 < score_threshold < 1.0 and 0.0 < nms_threshold < 1.0):
             raise ValueError(f"score_threshold={score_threshold} and nms_threshold={nms_threshold} must be in (0, 1)")
-        if not isinstance(refine_landmarks, bool):
-            raise ValueError(f"refine_landmarks={refine_landmarks!r}: need True or False")
+        if not isinstance(refine_landmarks, numbers.Integral) or not 0 <= refine_landmarks <= 3:
+            raise ValueError(f"refine_landmarks={refine_landmarks!r}: need a number of passes 0-3 (or True/False)")
         self.score_threshold = float(score_threshold)
         self.nms_threshold = float(nms_threshold)
         self.max_side = int(max_side)
-        self.refine_landmarks = refine_landmarks
+        self.refine_landmarks = int(refine_landmarks)
         if backend == "auto":
             # The detector is a small fp32 ONNX with a dynamic frame size: ONNX Runtime or OpenCV DNN run it as is,
             # while TensorRT (first in "auto" for scoring) would need an engine per frame size.
@@ -184,7 +183,7 @@ class RetinaFaceDetector(Detector):
 
     def _detect_bgr(self, frame: np.ndarray) -> list[Detection]:
         found = self._detect_scaled(frame, self.max_side, self.score_threshold)
-        if self.refine_landmarks:
+        for _ in range(self.refine_landmarks):
             found = [self._refined(frame, d) for d in found]
         return found
 
@@ -208,7 +207,7 @@ class RetinaFaceDetector(Detector):
         best = min(near, key=lambda d: float(np.linalg.norm(d.landmarks.mean(0) - centre)))
         landmarks = transform_points(best.landmarks, cv2.invertAffineTransform(to_view))
         return Detection(box=det.box, landmarks=landmarks.astype(np.float32), score=det.score,
-                         extra={**det.extra, "first_pass_landmarks": det.landmarks})
+                         extra={"first_pass_landmarks": det.landmarks, **det.extra})
 
     def _detect_scaled(self, frame: np.ndarray, max_side: int, threshold: float) -> list[Detection]:
         h0, w0 = frame.shape[:2]
