@@ -43,3 +43,27 @@ def test_paper_checkpoint_loaders_import_from_the_models_package():
         import fiqa_compile.models as models
 
         models.load_nothing
+
+
+@pytest.mark.parametrize("command", [entry.compile_main, entry.labels_main, entry.train_main, entry.distill_main,
+                                     entry.eval_main])
+def test_help_explains_every_option_in_plain_text(command, capsys):
+    """--help is the manual on a device without a browser: every option says what it does, no reST markup."""
+    import argparse
+
+    parsers = []
+    real = argparse.ArgumentParser.parse_args
+
+    def spy(self, *args, **kwargs):
+        parsers.append(self)
+        return real(self, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(argparse.ArgumentParser, "parse_args", spy)
+        with pytest.raises(SystemExit) as done:
+            command(["--help"])
+    assert done.value.code == 0
+    text = capsys.readouterr().out
+    assert "``" not in text
+    undocumented = [a.dest for a in parsers[0]._actions if not a.help]
+    assert undocumented == [], undocumented

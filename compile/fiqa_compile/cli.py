@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from fiqa_calibration.calibration_set import MIN_SIZE as MIN_CALIBRATION_FACES
-from fiqa_compile.cli_args import correlation, non_negative_int, positive_int
+from fiqa_compile.cli_args import correlation, non_negative_int, plain, positive_int
 from fiqa_compile.targets import TARGETS
 
 EPILOG = """targets:
@@ -26,7 +26,7 @@ Q/DQ INT8 ONNX, its build settings and a calibration cache, and the Jetson build
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="fiqa-compile", description=__doc__, epilog=EPILOG,
+    ap = argparse.ArgumentParser(prog="fiqa-compile", description=plain(__doc__), epilog=EPILOG,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--target", required=True, choices=list(TARGETS), help="device to compile for (see below)")
     ap.add_argument("--out", type=Path, default=None, help="bundle directory (default: ./fiqa-bundle-TARGET)")
@@ -71,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fail if an INT8 artifact ranks faces differently from the fp32 student (default 0.98; -1: off)")
     g.add_argument("--min-srcc-teacher", type=correlation, default=0.80,
                    help="fail if an artifact ranks faces differently from the teachers (default 0.80; -1: off)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the degradations, the distillation and the calibration-set choice (default 0)")
     ap.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch (default: all)")
     return ap
 

@@ -29,3 +29,8 @@ def non_negative_int(text: str) -> int:
 def correlation(text: str) -> float:
     """A correlation threshold in [-1, 1] (-1 accepts anything: the check is off)."""
     return _bounded(text, float, -1.0, 1.0, "between -1 and 1 (an SRCC)")
+
+
+def plain(doc: str | None) -> str:
+    """A module docstring as ``--help`` text: reST literals (double backquotes) read as plain words on a terminal."""
+    return (doc or "").replace("``", "")

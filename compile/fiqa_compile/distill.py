@@ -40,7 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fiqa_compile.cli_args import non_negative_int, positive_int
+from fiqa_compile.cli_args import non_negative_int, plain, positive_int
 from fiqa_compile.train.augment import AugmentConfig, augment_batch, mix_faces
 from fiqa_compile.train.data import to_tensor
 from fiqa_compile.train.schedule import epoch_batches, warmup_cosine
@@ -593,7 +593,7 @@ OPTION_HELP = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="fiqa-distill", description=__doc__,
+    ap = argparse.ArgumentParser(prog="fiqa-distill", description=plain(__doc__),
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--faces", type=Path, help="folder of the user's own unlabelled face photos")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fiqa_compile.cli_args import non_negative_int, positive_int
+from fiqa_compile.cli_args import non_negative_int, plain, positive_int
 from fiqa_compile.eval.edc import EDC, edc
 from fiqa_compile.eval.pairs import (HELD_OUT, IMPOSTORS_PER_FMR, SPLIT_SEED, PairError, Pairs, build_pairs,
                                      held_out_rows, impostors_for_fmr, samples_from_faces)
@@ -121,7 +121,7 @@ def describe_curve(c: EDC, pairs: Pairs) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
-        prog="fiqa-eval", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        prog="fiqa-eval", description=plain(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Method specs: " + SPEC_HELP + ". Without --method: the embedded teachers (when this install has "
                "them) and every baseline; a default method whose inputs are missing is listed as skipped.\n\n"
                "Example: fiqa-eval --labels runs/labels/lfw-dev --method teacher:runs/teachers/vit_fiqa_mini "

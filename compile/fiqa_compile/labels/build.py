@@ -155,9 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, type=Path, help="output directory (shards/, labels.npz, labels.csv, labels.json)")
     ap.add_argument("--versions", type=non_negative_int, default=4, help="degraded versions per photo of multi-photo identities (default 4)")
     ap.add_argument("--max-steps", type=positive_int, default=2, help="max degradations chained per version (default 2)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the degradations and of --limit (default 0)")
     ap.add_argument("--workers", type=positive_int, default=max(1, (os.cpu_count() or 1)), help="processes (default: all cores)")
-    ap.add_argument("--shard-size", type=positive_int, default=100)
+    ap.add_argument("--shard-size", type=positive_int, default=100, help="photos per resumable shard (default 100)")
     ap.add_argument("--limit", type=positive_int, default=None, help="label only a seeded random subset of N photos (smoke runs)")
     args = ap.parse_args(argv)
     if not args.faces.is_dir():

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fiqa_compile.cli_args import non_negative_int, positive_int
+from fiqa_compile.cli_args import non_negative_int, plain, positive_int
 from fiqa_compile.train.data import LabelSet, make_batch
 from fiqa_compile.train.schedule import epoch_batches, warmup_cosine
 from fiqa_compile.train.tasks import TASKS
@@ -60,19 +60,19 @@ def evaluate(model, task, labels: LabelSet, rows: np.ndarray, batch_size: int = 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="fiqa-train", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="fiqa-train", description=plain(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("task", choices=sorted(TASKS), help="utility = ViT-FIQA on the certainty ratio; "
                                                         "perceptual = DSL-FIQA on the pseudo-MOS")
     ap.add_argument("--labels", required=True, type=Path, help="directory made by fiqa-labels (labels.npz)")
     ap.add_argument("--out", required=True, type=Path, help="run directory (checkpoints, teacher.pt, teacher.json)")
     ap.add_argument("--model", default=None, help="registered model name (default: vit_fiqa_mini for utility / dsl_fiqa_tiny for perceptual)")
-    ap.add_argument("--epochs", type=positive_int, default=12)
-    ap.add_argument("--batch-size", type=positive_int, default=64)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--weight-decay", type=float, default=0.05)
-    ap.add_argument("--warmup-steps", type=non_negative_int, default=200)
+    ap.add_argument("--epochs", type=positive_int, default=12, help="passes over the training identities (default 12)")
+    ap.add_argument("--batch-size", type=positive_int, default=64, help="faces per step (default 64)")
+    ap.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate, cosine decay (default 1e-3)")
+    ap.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay (default 0.05)")
+    ap.add_argument("--warmup-steps", type=non_negative_int, default=200, help="linear warm-up steps (default 200)")
     ap.add_argument("--held-out", type=float, default=0.15, help="share of identities held out (default 0.15)")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation and batches (default 0)")
     ap.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--checkpoint-every", type=positive_int, default=100, help="steps between last.pt saves")
     ap.add_argument("--max-minutes", type=float, default=None,
