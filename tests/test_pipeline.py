@@ -132,6 +132,10 @@ def test_gate_keeps_only_the_sharp_stretches_and_writes_exactly_those(scorer, cl
     lines = [json.loads(s) for s in (tmp_path / "decisions.jsonl").read_text().splitlines()]
     assert sorted(x["frame_index"] for x in lines) == list(range(len(frames)))
     assert sorted(x["frame_index"] for x in lines if x["accepted"]) == accepted
+    # an accepted line names its stored picture (written before the line), a rejected one none
+    assert sorted(x["capture"] for x in lines if x["accepted"]) == sorted(str(f.image) for f in written)
+    assert all(Path(x["capture"]).is_file() for x in lines if x["accepted"])
+    assert not any("capture" in x for x in lines if not x["accepted"])
     assert pipe.counts["frames"] == 24 and pipe.counts["accepted"] == 2 and pipe.counts["rejected"] == 22
     assert pipe.reasons["blurred"] == 6 and pipe.reasons["too_dark"] == 6
 
@@ -156,11 +160,15 @@ class _FailingWriter(CaptureWriter):
 
 def test_a_capture_that_cannot_be_written_is_reported_and_the_stream_goes_on(scorer, clip, tmp_path):
     frames, _ = clip
-    pipe = CapturePipeline(scorer, writer=_FailingWriter(tmp_path))
-    reports, last = _run(pipe, frames[:8])
+    with DecisionLog(tmp_path / "decisions.jsonl") as log:
+        pipe = CapturePipeline(scorer, writer=_FailingWriter(tmp_path), logger=log)
+        reports, last = _run(pipe, frames[:8])
     errors = [e for r in reports + [last] for e in r.errors]
     assert len(errors) == 1 and "disk full (simulated)" in errors[0] and "frame 0" in errors[0]
     assert pipe.counts["write_errors"] == 1 and pipe.counts["frames"] == 8
+    lines = [json.loads(s) for s in (tmp_path / "decisions.jsonl").read_text().splitlines()]
+    (accepted,) = [x for x in lines if x["accepted"]]  # the log says the picture is missing, and why
+    assert "capture" not in accepted and "disk full (simulated)" in accepted["capture_error"]
 
 
 def test_faces_without_a_readable_pose_are_skipped_with_the_reason(quality_bundle, retinaface_ort, clip):

@@ -220,25 +220,29 @@ class CapturePipeline:
         return report
 
     def _settle(self, step: GateStep, report: FrameReport) -> None:
+        """Count, store and log what one gate update settled: captures first, so an accepted decision's log line
+        can name its image file (or why it could not be written) and never promises a file that does not exist."""
         report.decisions.extend(step.decisions)
         report.captures.extend(step.captures)
         for d in step.decisions:
             self.counts["accepted" if d.accepted else "rejected"] += 1
             self.reasons.update(r.value for r in d.reasons)
+        stored: dict[tuple[int, int], dict[str, str]] = {}
+        for capture in step.captures if self.writer is not None else ():
+            key = (capture.decision.track_id, capture.decision.frame_index)
+            try:
+                files = self.writer.write(capture)
+                report.written.append((capture, files))
+                stored[key] = {"capture": str(files.image)}
+            except (OSError, ValueError) as e:
+                self.counts["write_errors"] += 1
+                report.errors.append(f"capture of track {key[0]} frame {key[1]}: {e}")
+                log.error("could not write capture of track %d frame %d: %s", key[0], key[1], e)
+                stored[key] = {"capture_error": str(e)}
         if self.logger is not None:
             try:
-                self.logger.write_step(step)
+                for d in step.decisions:
+                    self.logger.write(d, **stored.get((d.track_id, d.frame_index), {}) if d.accepted else {})
             except (OSError, ValueError) as e:
                 report.errors.append(f"decision log: {e}")
                 log.error("could not log gate decisions: %s", e)
-        if self.writer is None:
-            return
-        for capture in step.captures:
-            try:
-                report.written.append((capture, self.writer.write(capture)))
-            except (OSError, ValueError) as e:
-                self.counts["write_errors"] += 1
-                report.errors.append(f"capture of track {capture.decision.track_id} frame "
-                                     f"{capture.decision.frame_index}: {e}")
-                log.error("could not write capture of track %d frame %d: %s", capture.decision.track_id,
-                          capture.decision.frame_index, e)
