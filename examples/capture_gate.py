@@ -33,7 +33,7 @@ from fiqa_sdk.capture_io import CaptureWriter, DecisionLog
 from fiqa_sdk.frames import FrameError
 from fiqa_sdk.pipeline import CapturePipeline, FrameReport
 from fiqa_sdk.scorer import Scorer
-from fiqa_sdk.sources import Backoff, Frame, FrameSource, LiveSource, SourceError, SourceSpecError, open_source
+from fiqa_sdk.sources import Frame, SourceError, SourceSpecError, open_source
 
 log = logging.getLogger("capture_gate")
 WINDOW = "fiqa capture gate"
@@ -170,13 +170,6 @@ def run(frames: Iterable[Frame], pipeline: CapturePipeline, max_frames: int | No
     return stats
 
 
-def wait_for_source(source: FrameSource) -> None:
-    """--wait-for-source: a live source waits for its device at start and never gives up on a lost one."""
-    if isinstance(source, LiveSource):
-        source.retry_initial_open = True
-        source.backoff = Backoff(max_attempts=None)
-
-
 def _skip_summary(stats: RunStats, total: int) -> str:
     """``skipped N`` faces the pipeline kept from the gate, with why (they have no decision in the log)."""
     reasons = "; ".join(f"{n}x {why}" for why, n in stats.skip_reasons.most_common())
@@ -196,12 +189,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:
-        source = open_source(args.source)
+        source = open_source(args.source, wait=args.wait_for_source)
     except (SourceSpecError, SourceError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    if args.wait_for_source:
-        wait_for_source(source)
     try:
         writer, logger = open_outputs(args)
     except (OSError, ValueError) as e:

@@ -13,7 +13,7 @@ from fiqa_sdk import load_sample
 from fiqa_sdk.pipeline import FrameReport
 from fiqa_sdk.samples import SampleUnavailable
 from fiqa_sdk.scorer import Scorer
-from fiqa_sdk.sources import LiveSource, VideoFileSource, open_source
+from fiqa_sdk.sources import LiveSource, SourceError, VideoFileSource, open_source
 
 
 @pytest.fixture()
@@ -53,19 +53,25 @@ def test_bad_out_or_log_fails_before_the_model_loads(ex, video, tmp_path, capsys
     assert err.startswith("error: ") and match in err and "Traceback" not in err
 
 
-def test_wait_for_source_makes_live_sources_wait(ex):
-    assert ex.parse_args(["--wait-for-source"]).wait_for_source and not ex.parse_args([]).wait_for_source
+def test_wait_makes_live_sources_wait_and_leaves_files_alone(video, tmp_path):
     cam = open_source("0")
     assert isinstance(cam, LiveSource) and not cam.retry_initial_open and cam.backoff.max_attempts is not None
-    ex.wait_for_source(cam)
-    assert cam.retry_initial_open and cam.backoff.max_attempts is None  # waits at start, never gives up
+    waiting = open_source("0", wait=True)
+    assert waiting.retry_initial_open and waiting.backoff.max_attempts is None  # waits at start, never gives up
+    # a camera that is not plugged in yet: refused at once, unless asked to wait for it
+    with pytest.raises(SourceError, match="does not exist.*wait=True"):
+        open_source("/dev/video97")
+    later = open_source("/dev/video97", wait=True)
+    assert isinstance(later, LiveSource) and later.retry_initial_open
+    src = open_source(str(video), wait=True)
+    assert isinstance(src, VideoFileSource) and len(list(src)) == 3
 
 
 def test_main_applies_wait_for_source(ex, capsys, monkeypatch):
     opened = []
 
-    def spy(spec):
-        opened.append(open_source(spec))
+    def spy(spec, **kwargs):
+        opened.append(open_source(spec, **kwargs))
         return opened[-1]
 
     def no_model(*args, **kwargs):
@@ -73,15 +79,11 @@ def test_main_applies_wait_for_source(ex, capsys, monkeypatch):
 
     monkeypatch.setattr(ex, "open_source", spy)
     monkeypatch.setattr(ex, "Scorer", no_model)
-    assert ex.main(["--source", "rtsp://10.0.0.5/stream", "--wait-for-source", "--display", "off"]) == 2
-    assert "no model in this test" in capsys.readouterr().err
-    assert opened[0].retry_initial_open and opened[0].backoff.max_attempts is None
-
-
-def test_wait_for_source_leaves_a_file_alone(ex, video):
-    src = open_source(str(video))
-    ex.wait_for_source(src)
-    assert isinstance(src, VideoFileSource) and len(list(src)) == 3
+    assert ex.parse_args(["--wait-for-source"]).wait_for_source and not ex.parse_args([]).wait_for_source
+    for spec in ("rtsp://10.0.0.5/stream", "/dev/video97"):
+        assert ex.main(["--source", spec, "--wait-for-source", "--display", "off"]) == 2
+        assert "no model in this test" in capsys.readouterr().err
+        assert opened[-1].retry_initial_open and opened[-1].backoff.max_attempts is None
 
 
 def test_skipped_faces_are_counted_with_their_reasons(ex):

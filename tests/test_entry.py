@@ -67,3 +67,18 @@ def test_help_explains_every_option_in_plain_text(command, capsys):
     assert "``" not in text
     undocumented = [a.dest for a in parsers[0]._actions if not a.help]
     assert undocumented == [], undocumented
+
+
+def test_a_missing_part_of_an_installed_package_is_not_called_a_missing_extra(monkeypatch):
+    """torch is installed here: a submodule it lacks (a version mismatch) must surface as the real error."""
+    import types
+
+    fake = types.ModuleType("fiqa_compile.broken_command")
+
+    def main(argv):
+        import torch.this_submodule_does_not_exist  # noqa: F401
+
+    fake.main = main
+    monkeypatch.setitem(sys.modules, "fiqa_compile.broken_command", fake)
+    with pytest.raises(ModuleNotFoundError, match="torch.this_submodule_does_not_exist"):
+        entry.run_command("fiqa-x", "fiqa_compile.broken_command")

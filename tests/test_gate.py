@@ -1,6 +1,7 @@
 """CaptureGate: hysteresis, best-of-N windows, cooldown, reasons and their priority, config parsing."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import cv2
@@ -120,8 +121,11 @@ def at_100(frame: int, utility_z: float, perceptual_z: float = 1.0, iod_px: floa
     ([at_100(0, 1.5, 0.9), at_100(1, 1.5, 1.3), at_100(2, 1.5, 1.1)], 1),
     # ... then the larger face wins, whatever its position in the window ...
     ([at_100(0, 1.5, iod_px=40), at_100(1, 1.5, iod_px=45), at_100(2, 1.5, iod_px=90)], 2),
-    # ... and a missing or NaN z ranks below any real one.
+    # ... and a missing or NaN z ranks below any real one ...
     ([at_100(0, math.nan, iod_px=90), at_100(1, 1.0), at_100(2, -3.0)], 1),
+    # ... and utility's z outranks a perceptual score: utility is the primary score.
+    ([at_100(0, 4.0), dataclasses.replace(at_100(1, 1.2), scores={"utility": 100.0, "perceptual": 80.1,
+                                                                   "utility_z": 1.2})], 0),
 ])
 def test_frames_tied_at_100_are_ranked_by_z_then_face_size(frames, winner):
     gate = CaptureGate(GateConfig(window_frames=len(frames), window_s=100.0))
@@ -301,6 +305,14 @@ def test_a_failed_update_leaves_the_hysteresis_state_alone():
         gate.update([obs(1, 1, 0.1, utility=45), obs(2, 1, 0.1, perceptual=math.nan)], 0.1)
     # Had the failed step dropped track 1 out of its band, 55 (below accept) would be rejected now.
     assert gate.update([obs(1, 2, 0.2, utility=55)], 0.2).decisions[0].accepted
+
+
+def test_a_failed_update_does_not_move_the_gate_clock():
+    gate = CaptureGate(immediate())
+    gate.update([obs(1, 0, 0.0)], 0.0)
+    with pytest.raises(ValueError, match="is nan"):
+        gate.update([obs(1, 1, 5.0, utility=math.nan)], 5.0)
+    gate.update([obs(1, 1, 4.0)], 4.0)  # the retry, with the frame's real time, is not "going backwards"
 
 
 def test_every_observation_gets_exactly_one_decision_and_quota_holds():

@@ -202,7 +202,13 @@ def fake_pycuda(name="Orin", cc=(8, 7)):
 
     class Ctx:
         def push(self):
+            assert not getattr(self, "detached", False), "push of a detached context"
             state["stack"].append(self)
+
+        def detach(self):
+            assert self not in state["stack"], "context detached while current"
+            self.detached = True
+            state["detached"] = state.get("detached", 0) + 1
 
     class Context:
         @staticmethod
@@ -636,6 +642,7 @@ def test_host_copies_use_page_locked_buffers_and_results_are_not_overwritten(tmp
     assert len(state["pinned"]) == 2
     backend.close()
     assert state["pinned"] == {} and state["live"] == {} and state["pinned_freed"] == 2
+    assert state["detached"] == 1  # its hold on the primary context is given back too
     with pytest.raises(RuntimeError, match="closed"):
         backend.run1(np.ones((1, 4), np.float32))
     backend.close()  # twice is harmless
@@ -675,3 +682,24 @@ def test_cuda_python_second_gpu_used_from_another_thread(tmp_path, monkeypatch):
     assert rt.state["destroyed"] == 1 and rt.state["pinned"] == {} and rt.state["device_of"] == {}
     with pytest.raises(BackendUnavailable, match="GPU 2 cannot be used.*cudaErrorInvalidDevice"):
         TensorRTBackend(onnx_model(), cache_dir=tmp_path, device=2)
+
+
+def test_a_failed_buffer_resize_leaves_the_backend_usable_and_closable(tmp_path, trt10, monkeypatch):
+    """Out of memory while growing a buffer (a Jetson shares RAM with the GPU): that call fails, the next smaller
+    one still runs, and close() frees everything once."""
+    drv = sys.modules["pycuda.driver"]
+    backend = TensorRTBackend(onnx_model(), cache_dir=tmp_path)
+    small = np.ones((1, 4), np.float32)
+    backend.run1(small)
+    real = drv.mem_alloc
+
+    def out_of_memory(nbytes):
+        raise MemoryError("cuMemAlloc failed: out of memory")
+
+    monkeypatch.setattr(drv, "mem_alloc", out_of_memory)
+    with pytest.raises(MemoryError, match="out of memory"):
+        backend.run1(np.ones((8, 4), np.float32))
+    monkeypatch.setattr(drv, "mem_alloc", real)
+    np.testing.assert_array_equal(backend.run1(small)["y"], 3 * small)
+    backend.close()
+    assert drv.state["live"] == {} and drv.state["pinned"] == {} and drv.state["stack"] == []

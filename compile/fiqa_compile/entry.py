@@ -7,6 +7,7 @@ package is missing and how to get it, not end in an import traceback.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import sys
 from typing import Callable
 
@@ -22,12 +23,19 @@ def run_command(command: str, module: str, argv: list[str] | None = None) -> int
         return main(argv)
     except ModuleNotFoundError as e:
         top = (e.name or "").split(".")[0]
-        if top not in COMPILE_EXTRA_MODULES:
-            raise
+        if top not in COMPILE_EXTRA_MODULES or _installed(top):
+            raise  # ours, or a broken / mismatched install of the package: the traceback is the information
         print(f"{command}: this command needs the compile extra, and Python module {top!r} is not installed. "
               "Install it from the fiqa-sdk source with  pip install torch==2.13.0 && pip install '.[compile]'  "
               "(torch first, so no dependency pulls a CUDA build; or run  bash scripts/setup.sh)", file=sys.stderr)
         return 2
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a module set to None in sys.modules (as tests do) counts as absent
+        return False
 
 
 def compile_main(argv: list[str] | None = None) -> int:

@@ -212,6 +212,10 @@ class _PyCuda:
     def destroy_stream(self, stream: Any) -> None:
         pass  # pycuda frees its Stream objects itself
 
+    def release(self) -> None:
+        """Drop this backend's hold on the primary context (reference counted: other holders keep it alive)."""
+        self._ctx.detach()
+
     def malloc(self, nbytes: int) -> int:
         alloc = self._drv.mem_alloc(nbytes)
         self._allocs[int(alloc)] = alloc
@@ -289,6 +293,9 @@ class _CudaPython:
 
     def destroy_stream(self, stream: Any) -> None:
         self._call(self._rt.cudaStreamDestroy(stream))
+
+    def release(self) -> None:
+        pass  # the runtime API's primary context lives as long as the process
 
     def malloc(self, nbytes: int) -> int:
         return int(self._call(self._rt.cudaMalloc(nbytes)))
@@ -513,12 +520,17 @@ class TensorRTBackend(NamedIOBackend):
         """Device buffer and page-locked host buffer of at least ``nbytes`` for tensor ``name``, grown on demand."""
         ptr, size = self._buffers.get(name, (0, 0))
         if size < nbytes:
-            if ptr:
+            if ptr:  # forget the old pair before freeing it, so a failed allocation below leaves nothing dangling
+                del self._buffers[name]
                 self._cuda.free(ptr)
                 self._cuda.free_pinned(self._host.pop(name))
-            ptr, size = self._cuda.malloc(nbytes), nbytes
-            self._buffers[name] = (ptr, size)
-            self._host[name] = self._cuda.pinned(nbytes)
+            ptr = self._cuda.malloc(nbytes)
+            try:
+                host = self._cuda.pinned(nbytes)
+            except BaseException:
+                self._cuda.free(ptr)
+                raise
+            self._buffers[name], self._host[name] = (ptr, nbytes), host
         return ptr, self._host[name]
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -572,13 +584,15 @@ class TensorRTBackend(NamedIOBackend):
         """Free device and page-locked buffers and the stream now rather than at interpreter exit."""
         if self._stream is None:
             return
+        stream, self._stream = self._stream, None  # closed from here on, whatever fails below
         with self._cuda.activate():
-            self._cuda.synchronize(self._stream)
-            for name, (ptr, _) in self._buffers.items():
-                self._cuda.free(ptr)
-                self._cuda.free_pinned(self._host[name])
-            self._buffers.clear()
-            self._host.clear()
-            self._context = self._engine = None
-            self._cuda.destroy_stream(self._stream)
-            self._stream = None
+            try:
+                self._cuda.synchronize(stream)
+            finally:
+                while self._buffers:
+                    name, (ptr, _) = self._buffers.popitem()
+                    self._cuda.free(ptr)
+                    self._cuda.free_pinned(self._host.pop(name))
+                self._context = self._engine = None
+                self._cuda.destroy_stream(stream)
+        self._cuda.release()

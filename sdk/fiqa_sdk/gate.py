@@ -28,8 +28,8 @@ track, so a score hovering at the threshold does not flicker between accepted an
 
 Best-of-N: the first frame that passes every check opens a window for its track; the window closes after
 ``window_s`` seconds or ``window_frames`` frames of that track, or when the track ends, and its best frame is
-accepted: highest utility, then perceptual, then the raw ``utility_z`` / ``perceptual_z`` (the 0-100 scores clip
-at 100, so several good frames tie there and the z-scores still tell them apart), then the larger ``iod_px``.
+accepted: highest utility (then its raw ``utility_z``: the 0-100 scores clip at 100, so several good frames tie
+there and the z-score still tells them apart), then perceptual (then ``perceptual_z``), then the larger ``iod_px``.
 Every observation receives exactly one final :class:`GateDecision`: rejected frames and beaten candidates at once,
 the window's winner when the window closes.
 """
@@ -259,9 +259,10 @@ def _finite_or_lowest(values: Mapping[str, float], key: str) -> float:
 
 
 def _rank(obs: FaceObservation) -> tuple[float, ...]:
-    """Best-of-N order. The 0-100 scores clip at 100, so ties there are broken by the raw z-scores, then by the
-    larger face (more pixels in the stored crop)."""
-    return (*(_finite_or_lowest(obs.scores, k) for k in ("utility", "perceptual", "utility_z", "perceptual_z")),
+    """Best-of-N order: utility first, then perceptual, then the larger face (more pixels in the stored crop).
+    Each 0-100 score clips at 100 and is a monotone map of its raw z-score, so each is followed by its z, which
+    tells frames tied at 100 apart (and changes nothing below the clip)."""
+    return (*(_finite_or_lowest(obs.scores, k) for k in ("utility", "utility_z", "perceptual", "perceptual_z")),
             _finite_or_lowest(obs.measures, "iod_px"))
 
 
@@ -285,13 +286,13 @@ class CaptureGate:
         if timestamp < self._now:
             raise ValueError(f"timestamp went backwards ({timestamp} < {self._now}); sources must give "
                              "non-decreasing timestamps")
-        self._now = float(timestamp)
         ids = [o.track_id for o in observations]
         if len(ids) != len(set(ids)):
             raise ValueError(f"two observations share a track id in one frame: {ids}; each face needs its own track")
-        # Judge every observation before any state changes: a bad value raises with the gate untouched, so a
-        # window due to close in this step is not settled and then lost with the step.
+        # Judge every observation before any state changes (the clock included): a bad value raises with the gate
+        # untouched, so a window due to close in this step is not settled and then lost with the step.
         judged = [(obs, *self._check(obs, self._tracks.get(obs.track_id))) for obs in observations]
+        self._now = float(timestamp)
         step = GateStep()
         for tid, st in self._tracks.items():
             if st.window is not None and timestamp >= st.window.opened_at + self.config.window_s:

@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 
 STREAM_SCHEMES = ("rtsp", "rtsps", "rtmp", "http", "https")
 MEDIA_SCHEMES = ("http", "https")  # URLs that may name a finite video file rather than a live stream
-WAIT_HINT = "to wait for it, pass retry_initial_open=True in Python or --wait-for-source to the capture_gate CLI"
+WAIT_HINT = ("to wait for it, use open_source(spec, wait=True) or retry_initial_open=True in Python, or "
+             "--wait-for-source in the capture_gate CLI")
 
 
 class SourceError(RuntimeError):
@@ -472,11 +473,22 @@ def file_url_path(url: str) -> str:
     return url2pathname(netloc + parts.path)
 
 
-def open_source(spec: str | int, **options: Any) -> FrameSource:
+def open_source(spec: str | int, wait: bool = False, **options: Any) -> FrameSource:
     """Open a source from a spec string (see module docstring); ``options`` go to the chosen source.
 
+    ``wait``: a live source (camera, stream, CSI) that is not up yet is waited for, and one that is lost is retried
+    for ever (``retry_initial_open=True``, ``Backoff(max_attempts=None)``); a camera device path that does not
+    exist yet is accepted. A video file is unaffected: it does not come back by waiting.
     Raises :class:`SourceSpecError` for a spec that names nothing openable, with the accepted forms.
     """
+    source = _open_source(spec, bool(wait), options)
+    if wait and isinstance(source, LiveSource):
+        source.retry_initial_open = True
+        source.backoff = Backoff(max_attempts=None)
+    return source
+
+
+def _open_source(spec: str | int, wait: bool, options: dict[str, Any]) -> FrameSource:
     if isinstance(spec, bool) or not isinstance(spec, (str, int, os.PathLike)):
         raise SourceSpecError(f"source spec must be a string or camera index, got {type(spec).__name__}; "
                               + _SPEC_HELP)
@@ -503,8 +515,9 @@ def open_source(spec: str | int, **options: Any) -> FrameSource:
             return VideoFileSource(file_url_path(text), **options)
         raise SourceSpecError(f"unsupported source scheme {scheme!r} in {text!r}; " + _SPEC_HELP)
     if text.startswith("/dev/video"):
-        if not os.path.exists(text):
-            raise SourceError(f"camera device {text} does not exist (is the camera plugged in? `ls /dev/video*`)")
+        if not os.path.exists(text) and not wait:
+            raise SourceError(f"camera device {text} does not exist (is the camera plugged in? `ls /dev/video*`; "
+                              f"{WAIT_HINT})")
         return camera_source(text, **options)
     if not os.path.exists(text):
         raise SourceSpecError(f"{text!r} is not an existing file and not a camera/stream spec; " + _SPEC_HELP)
