@@ -128,3 +128,19 @@ def test_make_sample_video_writes_the_clip(tmp_path, capsys):
     cap = cv2.VideoCapture(str(tmp_path / "sample.avi"))
     assert cap.get(cv2.CAP_PROP_FRAME_COUNT) == 60 and (tmp_path / "sample.json").is_file()
     cap.release()
+
+
+def test_detector_backend_and_max_side_reach_the_detector(ex, video, tmp_path, capsys, monkeypatch):
+    seen = {}
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(ex, "Scorer", spy)
+    args = ["--source", str(video), "--out", str(tmp_path / "caps"), "--display", "off"]
+    assert ex.main(args + ["--detector-backend", "opencv", "--max-side", "320"]) == 2
+    assert seen["detector_options"] == {"backend": "opencv", "max_side": 320}
+    with pytest.raises(SystemExit):
+        ex.parse_args(args + ["--detector", "dlib", "--max-side", "320"])
+    assert "RetinaFace options" in capsys.readouterr().err

@@ -703,3 +703,21 @@ def test_a_failed_buffer_resize_leaves_the_backend_usable_and_closable(tmp_path,
     np.testing.assert_array_equal(backend.run1(small)["y"], 3 * small)
     backend.close()
     assert drv.state["live"] == {} and drv.state["pinned"] == {} and drv.state["stack"] == []
+
+
+@pytest.mark.parametrize("version, flags", [("10.3.0.30", ["FP16"]), ("11.4.0.7", [])])
+def test_retinaface_on_tensorrt_builds_one_engine_for_every_frame_size(tmp_path, monkeypatch, version, flags):
+    """The detector's frame size varies (and the refinement view is 250x250): one dynamic-shape engine from 32x32
+    to a padded square of max_side, fp16 where TensorRT takes the flag, the ONNX's own types on TensorRT 11."""
+    from fiqa_sdk import detection
+
+    trt = install_fakes(monkeypatch, version)
+    monkeypatch.setattr(detection, "retinaface_onnx_bytes",
+                        lambda: onnx_model({detection.RETINAFACE_INPUT: [-1, 3, -1, -1]}, qdq=False))
+    monkeypatch.setenv("FIQA_CACHE", str(tmp_path))
+    det = detection.RetinaFaceDetector(backend="tensorrt", max_side=320)
+    assert det.backend_name == "tensorrt" and trt.stats["builder_flags"] == [flags]
+    assert trt.stats["profiles"] == [{"input": [[1, 3, 32, 32], [1, 3, 256, 320], [1, 3, 320, 320]]}]
+    assert list(tmp_path.rglob("*.engine"))  # cached under $FIQA_CACHE like the scorer's engine
+    small = detection.tensorrt_options(100)["profile_shapes"]["input"]
+    assert small[2] == (1, 3, 256, 256)  # never smaller than the refinement view

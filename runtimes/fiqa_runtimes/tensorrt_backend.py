@@ -88,6 +88,13 @@ def build_plan(trt_version: str, precision: str, fp16_fallback: bool = False) ->
     return BuildPlan(network_flags=("EXPLICIT_BATCH",) if major == 8 else (), builder_flags=flags)
 
 
+def float_precision(trt_version: str | None = None) -> str:
+    """The precision for a float model (no Q/DQ nodes), e.g. a detector: fp16 where TensorRT still takes precision
+    flags (< 11), else fp32, which on TensorRT 11 means the ONNX's own types (strong typing)."""
+    version = trt_version if trt_version is not None else _import_tensorrt().__version__
+    return "fp16" if parse_version(version)[0] < 11 else "fp32"
+
+
 def cache_calibrator(trt: Any, cache: bytes) -> Any:
     """An entropy calibrator that never calibrates: it hands TensorRT (<= 10) the bundle's calibration cache.
 

@@ -110,6 +110,8 @@ def retinaface_onnx_bytes() -> bytes:
 
 
 DETECTOR_BACKENDS = ("onnxruntime", "opencv")
+RETINAFACE_INPUT = "input"
+
 
 # Where LFW's deep-funneled 250x250 frames hold the five landmarks: the mean of RetinaFace's central-face landmarks
 # on 400 lfw-dev photos (seed 0), inter-ocular distance 42.8 px. The teachers' training crops were detected in this
@@ -117,6 +119,18 @@ DETECTOR_BACKENDS = ("onnxruntime", "opencv")
 CANONICAL_VIEW = 250
 CANONICAL_LANDMARKS = np.array([[104.1, 113.0], [146.9, 112.0], [124.9, 136.9], [107.9, 157.6], [143.8, 156.9]],
                                dtype=np.float32)
+
+
+def tensorrt_options(max_side: int) -> dict:
+    """TensorRT build options for RetinaFace: one engine for every frame size the detector can be handed, from
+    32x32 up to a square of ``max_side`` (or the 250x250 refinement view, if larger) padded to the network's
+    stride of 32, tuned for a 4:3 landscape frame; fp16 where TensorRT still takes the flag."""
+    from fiqa_runtimes.tensorrt_backend import float_precision
+
+    side = math.ceil(max(max_side, CANONICAL_VIEW) / 32) * 32
+    opt = (1, 3, math.ceil(0.75 * side / 32) * 32, side)
+    return {"precision": float_precision(), "max_batch": 1,
+            "profile_shapes": {RETINAFACE_INPUT: ((1, 3, 32, 32), opt, (1, 3, side, side))}}
 
 
 class RetinaFaceDetector(Detector):
@@ -132,6 +146,10 @@ class RetinaFaceDetector(Detector):
     pass starts from a view already close to canonical and settles them further. Each pass is one detector run on
     250x250 per face (~4 ms on one core); ``bench/bench_alignment.py`` measures what they buy. Boxes and
     confidences stay those of the first detection; a face a pass does not find again keeps its landmarks.
+
+    ``backend``: ``auto`` (ONNX Runtime, else OpenCV DNN), one of those by name, or ``tensorrt`` on a Jetson: one
+    engine for all frame sizes up to ``max_side`` (:func:`tensorrt_options`), built on first use and cached like
+    the scorer's, so detection leaves the CPU too.
     """
 
     name = "retinaface"
@@ -156,14 +174,18 @@ class RetinaFaceDetector(Detector):
         self.max_side = int(max_side)
         self.refine_landmarks = int(refine_landmarks)
         if backend == "auto":
-            # The detector is a small fp32 ONNX with a dynamic frame size: ONNX Runtime or OpenCV DNN run it as is,
-            # while TensorRT (first in "auto" for scoring) would need an engine per frame size.
+            # The detector is a small fp32 ONNX with a dynamic frame size: ONNX Runtime or OpenCV DNN run it as is.
+            # TensorRT (first in "auto" for scoring) is only used when asked for: its engine takes minutes to build
+            # on a Jetson the first time, which an application should choose to pay.
             usable = [b for b in available_backends(ModelFormat.ONNX) if b in DETECTOR_BACKENDS]
             if not usable:
                 raise BackendUnavailable("RetinaFace needs onnxruntime or OpenCV's DNN module; install "
                                          "opencv-python-headless, or onnxruntime (fiqa-sdk's 'onnx' extra)")
             backend = usable[0]
-        self._model = load_backend(retinaface_onnx_bytes(), ModelFormat.ONNX, backend=backend, threads=threads)
+        options: dict = {"threads": threads}
+        if backend == "tensorrt":
+            options.update(tensorrt_options(self.max_side))
+        self._model = load_backend(retinaface_onnx_bytes(), ModelFormat.ONNX, backend=backend, **options)
         self.backend_name = self._model.name
         self._anchor_cache: dict[tuple[int, int], np.ndarray] = {}
 
