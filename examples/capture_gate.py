@@ -51,9 +51,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--detector-backend", default="auto", choices=("auto", "onnxruntime", "opencv", "tensorrt"),
                    help="what runs RetinaFace: auto = ONNX Runtime, else OpenCV DNN; tensorrt on a Jetson (its "
                         "engine is built once, minutes, then cached)")
-    p.add_argument("--max-side", type=int, default=640,
-                   help="longest frame side RetinaFace sees (default 640; 320 is faster and enough for a "
-                        "640x480 camera, see README 'Alignment')")
+    p.add_argument("--max-side", type=int, default=None,
+                   help="longest frame side RetinaFace sees (default: half the frame's, within 320..640: 320 for a "
+                        "640x480 camera, 640 for HD; see README 'Alignment')")
     p.add_argument("--threads", type=int, default=None, help="inference threads (default: the engine's choice)")
     p.add_argument("--out", type=Path, default=Path("captures"), help="folder for accepted captures")
     p.add_argument("--log", type=Path, default=None, help="append every gate decision to this .jsonl file")
@@ -69,7 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.max_frames is not None and args.max_frames < 1:
         p.error("--max-frames must be >= 1")
-    if args.detector != "retinaface" and (args.detector_backend != "auto" or args.max_side != 640):
+    if args.detector != "retinaface" and (args.detector_backend != "auto" or args.max_side is not None):
         p.error(f"--detector-backend and --max-side are RetinaFace options; --detector {args.detector} takes neither")
     return args
 

@@ -199,9 +199,10 @@ def test_odd_sized_crop_keeps_frame_coordinates(samples, retina_dets):
     """A 301x517 window cut at an odd offset: same face, coordinates shifted by exactly the offset."""
     y0, x0 = 13, 7
     crop = np.ascontiguousarray(samples["astronaut"][y0:y0 + 301, x0:x0 + 517])
-    found = create_detector("retinaface", backend="onnxruntime")(crop)
+    full_size = create_detector("retinaface", backend="onnxruntime", max_side=640)  # neither frame is downscaled
+    found = full_size(crop)
     assert len(found) == 1
-    ref = retina_dets["astronaut"][0]
+    ref = full_size(samples["astronaut"])[0]
     assert np.linalg.norm(found[0].landmarks + [x0, y0] - ref.landmarks, axis=1).max() < 0.05 * ref.size
 
 
@@ -284,7 +285,7 @@ def test_auto_backend_never_hands_the_detector_to_tensorrt(monkeypatch):
     assert RetinaFaceDetector(backend="auto").backend_name == "onnxruntime"
 
 
-@pytest.mark.parametrize("options, match", [({"max_side": 0}, "max_side=0: need an integer >= 32"),
+@pytest.mark.parametrize("options, match", [({"max_side": 0}, r"max_side=0: need None \(auto\) or an integer >= 32"),
                                             ({"max_side": 320.5}, "max_side=320.5"),
                                             ({"threads": 0}, "threads must be a positive integer"),
                                             ({"threads": 2.5}, "threads must be a positive integer"),
@@ -382,3 +383,18 @@ def test_a_second_refinement_pass_starts_from_the_first(samples):
     step1 = np.abs(once.landmarks - plain.landmarks).max()
     step2 = np.abs(twice.landmarks - once.landmarks).max()
     assert 0 < step2 < step1  # it moves again, by less: settling, not wandering
+
+
+def test_default_input_size_follows_the_frame(samples):
+    """Half the longer side within 320..640: a VGA camera is seen at 320 (a quarter of the work), HD at 640."""
+    from fiqa_sdk.detection import RetinaFaceDetector, auto_max_side
+
+    assert [auto_max_side(h, w) for h, w in ((480, 640), (720, 1280), (1080, 1920), (250, 250), (2000, 900))] == \
+        [320, 640, 640, 320, 640]
+    frame = np.zeros((480, 640, 3), np.uint8)
+    frame[:, :512] = samples["astronaut"][16:496]
+    auto = RetinaFaceDetector(backend="onnxruntime")
+    assert auto.max_side is None
+    (a,) = auto(frame)
+    (b,) = RetinaFaceDetector(backend="onnxruntime", max_side=320)(frame)
+    np.testing.assert_array_equal(a.landmarks, b.landmarks)

@@ -244,7 +244,7 @@ def sample_pool(detector=None, severities: Sequence[float] = (0.25, 0.5, 0.75, 1
     from fiqa_sdk.detection import create_detector
     from fiqa_sdk.samples import load_sample
 
-    detector = detector or create_detector("retinaface", refine_landmarks=False)  # as the default compile made it
+    detector = detector or create_detector("retinaface", max_side=640, refine_landmarks=False)  # as the default compile made it
     kinds = tuple(kinds) if kinds is not None else DEGRADATION_TYPES
     out_f, out_k, out_s, out_p = [], [], [], []
     person = 0

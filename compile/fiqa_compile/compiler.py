@@ -139,7 +139,7 @@ def faces_from_folder(folder: Path, versions: int, seed: int) -> Faces:
     if not paths:
         raise CompileError(f"--calibration {folder} holds no images ({sorted(exts)})")
     # No landmark refinement: the committed default bundles were calibrated without it and must reproduce.
-    det = RetinaFaceDetector(score_threshold=0.6, refine_landmarks=False)
+    det = RetinaFaceDetector(score_threshold=0.6, max_side=640, refine_landmarks=False)
     crops, person, kind, sev = [], [], [], []
     for i, p in enumerate(paths):
         img = cv2.imread(str(p), cv2.IMREAD_COLOR)

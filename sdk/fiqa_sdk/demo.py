@@ -47,8 +47,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                    help=f"comma-separated detectors to run, from {available_detectors()} (default: retinaface)")
     p.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "opencv"],
                    help="engine for RetinaFace's ONNX model (default: auto = ONNX Runtime if installed)")
-    p.add_argument("--max-side", type=int, default=640,
-                   help="RetinaFace downscales frames so the longer side is at most this (default: 640)")
+    p.add_argument("--max-side", type=int, default=None,
+                   help="RetinaFace downscales frames so the longer side is at most this (default: half the "
+                        "frame's longer side, within 320..640)")
     p.add_argument("--threads", type=int, default=None, help="inference threads (default: the engine's choice)")
     return p.parse_args(argv)
 

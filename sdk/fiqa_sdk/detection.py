@@ -121,6 +121,13 @@ CANONICAL_LANDMARKS = np.array([[104.1, 113.0], [146.9, 112.0], [124.9, 136.9], 
                                dtype=np.float32)
 
 
+def auto_max_side(height: int, width: int) -> int:
+    """The default input size: half the frame's longer side, kept within 320..640. A face the gate would accept
+    (28 px between the eyes) is then still ~14 px at the network (found reliably; the landmark refinement restores
+    the alignment), a 640x480 camera costs a quarter of a full-size pass, and HD frames are seen as at 640."""
+    return int(min(640, max(320, max(height, width) // 2)))
+
+
 def tensorrt_options(max_side: int) -> dict:
     """TensorRT build options for RetinaFace: one engine for every frame size the detector can be handed, from
     32x32 up to a square of ``max_side`` (or the 250x250 refinement view, if larger) padded to the network's
@@ -136,8 +143,9 @@ def tensorrt_options(max_side: int) -> dict:
 class RetinaFaceDetector(Detector):
     """RetinaFace-MobileNet0.25 with anchor decoding and NMS done here in numpy.
 
-    ``max_side`` bounds the longer side the network sees (frames are downscaled, never upscaled):
-    320 is enough for faces larger than ~20 px in a 640x480 frame and is 4x cheaper than 640.
+    ``max_side`` bounds the longer side the network sees (frames are downscaled, never upscaled); ``None`` (the
+    default) picks it per frame with :func:`auto_max_side`: 320 for a 640x480 frame (4x cheaper than 640 and, with
+    the refinement below, as faithful: ``bench/bench_alignment.py``), 640 for HD.
 
     ``refine_landmarks`` (passes; default 1, ``True``/``False`` mean 1/0): RetinaFace's landmarks depend on the
     scale it sees a face at, and the aligned crop, hence the score, follows them. So each face found is warped into
@@ -158,12 +166,13 @@ class RetinaFaceDetector(Detector):
     _VARIANCE = (0.1, 0.2)
     _MEAN_BGR = np.array([104.0, 117.0, 123.0], dtype=np.float32)
 
-    def __init__(self, score_threshold: float = 0.8, nms_threshold: float = 0.4, max_side: int = 640,
+    def __init__(self, score_threshold: float = 0.8, nms_threshold: float = 0.4, max_side: int | None = None,
                  backend: str = "auto", threads: int | None = None, refine_landmarks: int | bool = 1):
         from fiqa_runtimes import BackendUnavailable, ModelFormat, available_backends, load_backend
 
-        if isinstance(max_side, bool) or not isinstance(max_side, numbers.Integral) or max_side < 32:
-            raise ValueError(f"max_side={max_side!r}: need an integer >= 32 (the network's coarsest stride); "
+        if max_side is not None and (isinstance(max_side, bool) or not isinstance(max_side, numbers.Integral)
+                                     or max_side < 32):
+            raise ValueError(f"max_side={max_side!r}: need None (auto) or an integer >= 32 (the network's coarsest stride); "
                              "320 suits 640x480 frames, 640 finds smaller faces")
         if not (0.0 < score_threshold < 1.0 and 0.0 < nms_threshold < 1.0):
             raise ValueError(f"score_threshold={score_threshold} and nms_threshold={nms_threshold} must be in (0, 1)")
@@ -171,7 +180,7 @@ class RetinaFaceDetector(Detector):
             raise ValueError(f"refine_landmarks={refine_landmarks!r}: need a number of passes 0-3 (or True/False)")
         self.score_threshold = float(score_threshold)
         self.nms_threshold = float(nms_threshold)
-        self.max_side = int(max_side)
+        self.max_side = None if max_side is None else int(max_side)
         self.refine_landmarks = int(refine_landmarks)
         if backend == "auto":
             # The detector is a small fp32 ONNX with a dynamic frame size: ONNX Runtime or OpenCV DNN run it as is.
@@ -184,7 +193,7 @@ class RetinaFaceDetector(Detector):
             backend = usable[0]
         options: dict = {"threads": threads}
         if backend == "tensorrt":
-            options.update(tensorrt_options(self.max_side))
+            options.update(tensorrt_options(self.max_side or 640))
         self._model = load_backend(retinaface_onnx_bytes(), ModelFormat.ONNX, backend=backend, **options)
         self.backend_name = self._model.name
         self._anchor_cache: dict[tuple[int, int], np.ndarray] = {}
@@ -204,7 +213,8 @@ class RetinaFaceDetector(Detector):
         return self._anchor_cache[key]
 
     def _detect_bgr(self, frame: np.ndarray) -> list[Detection]:
-        found = self._detect_scaled(frame, self.max_side, self.score_threshold)
+        side = self.max_side or auto_max_side(*frame.shape[:2])
+        found = self._detect_scaled(frame, side, self.score_threshold)
         for _ in range(self.refine_landmarks):
             found = [self._refined(frame, d) for d in found]
         return found
