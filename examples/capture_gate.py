@@ -70,7 +70,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.max_frames is not None and args.max_frames < 1:
         p.error("--max-frames must be >= 1")
     if args.detector != "retinaface" and (args.detector_backend != "auto" or args.max_side is not None):
-        p.error(f"--detector-backend and --max-side are RetinaFace options; --detector {args.detector} takes neither")
+        p.error(f"--detector-backend and --max-side are options of the retinaface detector, not of "
+                f"--detector {args.detector}")
     return args
 
 

@@ -143,4 +143,12 @@ def test_detector_backend_and_max_side_reach_the_detector(ex, video, tmp_path, c
     assert seen["detector_options"] == {"backend": "opencv", "max_side": 320}
     with pytest.raises(SystemExit):
         ex.parse_args(args + ["--detector", "dlib", "--max-side", "320"])
-    assert "RetinaFace options" in capsys.readouterr().err
+    assert "options of the retinaface detector" in capsys.readouterr().err
+
+
+def test_waiting_keeps_the_callers_back_off_timings():
+    from fiqa_sdk.sources import Backoff
+
+    mine = Backoff(initial_s=2.0, max_delay_s=60.0, max_attempts=3)
+    waiting = open_source("0", wait=True, backoff=mine)
+    assert waiting.backoff == Backoff(initial_s=2.0, max_delay_s=60.0, max_attempts=None)

@@ -304,3 +304,29 @@ def test_example_tells_a_source_that_never_started_from_one_that_was_lost(scorer
 
     stats = ex.run(drops(), CapturePipeline(scorer), out=io.StringIO())
     assert stats.frames == 1 and stats.stopped_by == "source lost: unplugged"
+
+
+def test_z_scores_are_oriented_so_higher_is_better_for_the_gate():
+    """A lower-is-better teacher's 0-100 scale is flipped; its z must be too, or ties at 100 go to the worse face."""
+    import types
+
+    from fiqa_sdk.pipeline import _gate_scores
+
+    face = types.SimpleNamespace(scores={"utility": 100.0, "perceptual": 100.0}, z=(-3.0, 1.5))
+    assert _gate_scores(face, {"utility": -1.0, "perceptual": 1.0}) == {
+        "utility": 100.0, "perceptual": 100.0, "utility_z": 3.0, "perceptual_z": 1.5}
+    face.z = (math.nan, 1.5)
+    assert "utility_z" not in _gate_scores(face, {})
+
+
+def test_closing_the_scorer_closes_the_detector_it_built_not_one_it_was_given(monkeypatch, retinaface_ort):
+    from fiqa_sdk.detection import RetinaFaceDetector
+
+    closed = []
+    monkeypatch.setattr(RetinaFaceDetector, "close", lambda self: closed.append(self))
+    own = Scorer(threads=1)
+    own.close()
+    assert closed == [own.detector]
+    given = Scorer(threads=1, detector=retinaface_ort)
+    given.close()
+    assert closed == [own.detector]  # the caller's detector stays open for the caller

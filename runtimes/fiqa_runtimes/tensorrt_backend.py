@@ -219,10 +219,6 @@ class _PyCuda:
     def destroy_stream(self, stream: Any) -> None:
         pass  # pycuda frees its Stream objects itself
 
-    def release(self) -> None:
-        """Drop this backend's hold on the primary context (reference counted: other holders keep it alive)."""
-        self._ctx.detach()
-
     def malloc(self, nbytes: int) -> int:
         alloc = self._drv.mem_alloc(nbytes)
         self._allocs[int(alloc)] = alloc
@@ -300,9 +296,6 @@ class _CudaPython:
 
     def destroy_stream(self, stream: Any) -> None:
         self._call(self._rt.cudaStreamDestroy(stream))
-
-    def release(self) -> None:
-        pass  # the runtime API's primary context lives as long as the process
 
     def malloc(self, nbytes: int) -> int:
         return int(self._call(self._rt.cudaMalloc(nbytes)))
@@ -602,4 +595,3 @@ class TensorRTBackend(NamedIOBackend):
                     self._cuda.free_pinned(self._host.pop(name))
                 self._context = self._engine = None
                 self._cuda.destroy_stream(stream)
-        self._cuda.release()

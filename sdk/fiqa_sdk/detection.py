@@ -123,19 +123,22 @@ CANONICAL_LANDMARKS = np.array([[104.1, 113.0], [146.9, 112.0], [124.9, 136.9], 
 
 def auto_max_side(height: int, width: int) -> int:
     """The default input size: half the frame's longer side, kept within 320..640. A face the gate would accept
-    (28 px between the eyes) is then still ~14 px at the network (found reliably; the landmark refinement restores
-    the alignment), a 640x480 camera costs a quarter of a full-size pass, and HD frames are seen as at 640."""
+    (28 px between the eyes) is then still 14 px at the network up to 1280-wide frames and ~10 px at 1920 (found;
+    the landmark refinement restores the alignment), a 640x480 camera costs a quarter of a full-size pass, and HD
+    frames are seen as at 640."""
     return int(min(640, max(320, max(height, width) // 2)))
 
 
-def tensorrt_options(max_side: int) -> dict:
+def tensorrt_options(max_side: int | None) -> dict:
     """TensorRT build options for RetinaFace: one engine for every frame size the detector can be handed, from
-    32x32 up to a square of ``max_side`` (or the 250x250 refinement view, if larger) padded to the network's
-    stride of 32, tuned for a 4:3 landscape frame; fp16 where TensorRT still takes the flag."""
+    32x32 up to a square of ``max_side`` (640 for ``None``, the automatic size; never below the 250x250
+    refinement view) padded to the network's stride of 32, tuned for a 4:3 landscape frame at that size (at 320
+    for ``None``: a 640x480 camera); fp16 where TensorRT still takes the flag."""
     from fiqa_runtimes.tensorrt_backend import float_precision
 
-    side = math.ceil(max(max_side, CANONICAL_VIEW) / 32) * 32
-    opt = (1, 3, math.ceil(0.75 * side / 32) * 32, side)
+    side = math.ceil(max(max_side or 640, CANONICAL_VIEW) / 32) * 32
+    tuned = math.ceil(max(max_side or 320, CANONICAL_VIEW) / 32) * 32
+    opt = (1, 3, math.ceil(0.75 * tuned / 32) * 32, tuned)
     return {"precision": float_precision(), "max_batch": 1,
             "profile_shapes": {RETINAFACE_INPUT: ((1, 3, 32, 32), opt, (1, 3, side, side))}}
 
@@ -193,10 +196,14 @@ class RetinaFaceDetector(Detector):
             backend = usable[0]
         options: dict = {"threads": threads}
         if backend == "tensorrt":
-            options.update(tensorrt_options(self.max_side or 640))
+            options.update(tensorrt_options(self.max_side))
         self._model = load_backend(retinaface_onnx_bytes(), ModelFormat.ONNX, backend=backend, **options)
         self.backend_name = self._model.name
         self._anchor_cache: dict[tuple[int, int], np.ndarray] = {}
+
+    def close(self) -> None:
+        """Release the engine now (a TensorRT detector frees its device buffers)."""
+        self._model.close()
 
     def _anchors(self, h: int, w: int) -> np.ndarray:
         key = (h, w)

@@ -260,8 +260,9 @@ def _finite_or_lowest(values: Mapping[str, float], key: str) -> float:
 
 def _rank(obs: FaceObservation) -> tuple[float, ...]:
     """Best-of-N order: utility first, then perceptual, then the larger face (more pixels in the stored crop).
-    Each 0-100 score clips at 100 and is a monotone map of its raw z-score, so each is followed by its z, which
-    tells frames tied at 100 apart (and changes nothing below the clip)."""
+    Each 0-100 score clips at 100 and is a monotone map of its raw z-score (the pipeline orients z so that higher
+    is better), so each is followed by its z, which tells frames tied at 100 apart (and changes nothing below the
+    clip)."""
     return (*(_finite_or_lowest(obs.scores, k) for k in ("utility", "utility_z", "perceptual", "perceptual_z")),
             _finite_or_lowest(obs.measures, "iod_px"))
 

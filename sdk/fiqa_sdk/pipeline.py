@@ -125,13 +125,14 @@ def _non_finite_scores(face: FaceResult) -> str | None:
     return "non-finite score " + ", ".join(f"{k}={v}" for k, v in bad.items()) + " (model output overflowed?)"
 
 
-def _gate_scores(face: FaceResult) -> dict[str, float]:
+def _gate_scores(face: FaceResult, better: dict[str, float]) -> dict[str, float]:
     """The 0-100 scores plus the raw z-scores, which rank frames tied at the clipped 100 (absent when the
-    scorer did not provide them)."""
+    scorer did not provide them). ``better``: +1 or -1 per score, so a higher z is a better face also for a
+    lower-is-better teacher (whose 0-100 scale is flipped)."""
     scores = dict(face.scores)
-    for name, z in zip(("utility_z", "perceptual_z"), face.z):
+    for name, z in zip(("utility", "perceptual"), face.z):
         if math.isfinite(float(z)):
-            scores[name] = float(z)
+            scores[f"{name}_z"] = better.get(name, 1.0) * float(z)
     return scores
 
 
@@ -154,6 +155,7 @@ class CapturePipeline:
         if crop_margin < 0:
             raise ValueError(f"crop_margin must be >= 0, got {crop_margin}")
         self.scorer = scorer
+        self._z_sign = {s.name: 1.0 if s.higher_is_better else -1.0 for s in scorer.bundle.scores}
         if gate is None:
             gate = CaptureGate(scorer.bundle.gate_config())
         elif isinstance(gate, GateConfig):
@@ -198,7 +200,7 @@ class CapturePipeline:
             measures = {**face.measures, "outside_fraction": outside_fraction(bgr.shape, face.detection.landmarks)}
             observations.append(FaceObservation(
                 track_id=tid, frame_index=int(frame_index), timestamp=float(timestamp), detection=face.detection,
-                aligned_face=face.aligned, scores=_gate_scores(face), measures=measures,
+                aligned_face=face.aligned, scores=_gate_scores(face, self._z_sign), measures=measures,
                 crop=face_crop(bgr, face.detection, self.crop_margin)))
         gate_step = self.gate.update(observations, float(timestamp), ended=step.ended)
         t2 = time.perf_counter()

@@ -182,6 +182,7 @@ class Scorer:
         trt_max = int(choice.options.get("max_batch", max_batch))
         self.max_batch = min(max_batch, trt_max)
         self.threads = threads
+        self._owns_detector = not (isinstance(detector, Detector) or detector is None)
         if isinstance(detector, Detector) or detector is None:
             self.detector = detector
         else:
@@ -205,6 +206,9 @@ class Scorer:
         if self._engine is not None:
             self._engine.close()
             self._engine = None
+        if self._owns_detector and self.detector is not None:  # one the caller passed in is the caller's to close
+            getattr(self.detector, "close", lambda: None)()
+            self._owns_detector = False
 
     def __enter__(self) -> Scorer:
         return self

@@ -9,6 +9,7 @@ one continuous stream.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -477,14 +478,14 @@ def open_source(spec: str | int, wait: bool = False, **options: Any) -> FrameSou
     """Open a source from a spec string (see module docstring); ``options`` go to the chosen source.
 
     ``wait``: a live source (camera, stream, CSI) that is not up yet is waited for, and one that is lost is retried
-    for ever (``retry_initial_open=True``, ``Backoff(max_attempts=None)``); a camera device path that does not
+    for ever (``retry_initial_open=True``, its back-off with ``max_attempts=None``); a camera device path that does not
     exist yet is accepted. A video file is unaffected: it does not come back by waiting.
     Raises :class:`SourceSpecError` for a spec that names nothing openable, with the accepted forms.
     """
     source = _open_source(spec, bool(wait), options)
     if wait and isinstance(source, LiveSource):
         source.retry_initial_open = True
-        source.backoff = Backoff(max_attempts=None)
+        source.backoff = dataclasses.replace(source.backoff, max_attempts=None)  # the caller's timings stay
     return source
 
 
