@@ -213,6 +213,12 @@ def test_decision_log_one_flushed_line_per_decision(tmp_path, capture):
     with DecisionLog(path) as again:  # appends, never truncates
         again.write(step.decisions[0])
     assert len(path.read_text().splitlines()) == written + 1
+    # each run's lines carry its own id (track ids restart with every run)
+    runs = [json.loads(line)["run_id"] for line in path.read_text().splitlines()]
+    assert len(set(runs[:written])) == 1 and runs[-1] != runs[0] and runs[0] == log.run_id
+    with DecisionLog(tmp_path / "named.jsonl", run_id="kiosk-3") as named:
+        named.write(step.decisions[0])
+    assert json.loads((tmp_path / "named.jsonl").read_text())["run_id"] == "kiosk-3"
     with pytest.raises(ValueError, match="closed"):
         log.write(step.decisions[0])
     with DecisionLog(tmp_path / "x.jsonl") as other:

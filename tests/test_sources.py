@@ -520,3 +520,31 @@ def test_stream_open_failure_does_not_blame_another_process():
     msg = str(e.value)
     assert "other process" not in msg and "URL" in msg and "--wait-for-source" in msg
     assert isinstance(open_source("https://cam.local/live.m3u8"), StreamSource)
+
+
+def test_camera_asks_the_driver_for_a_short_queue(monkeypatch):
+    """A webcam's driver queues frames; a busy loop would score stale ones. One frame by default, or as asked."""
+    from fiqa_sdk import sources
+
+    calls = []
+
+    class Cam:
+        def __init__(self, *args):
+            calls.append(("open", args))
+
+        isOpened = lambda self: True
+
+        def set(self, prop, value):
+            calls.append((prop, value))
+            return True
+
+        release = lambda self: None
+
+    monkeypatch.setattr(sources.cv2, "VideoCapture", Cam)
+    sources.camera_source(0, width=640)._opener()
+    assert (sources.cv2.CAP_PROP_BUFFERSIZE, 1.0) in calls and (sources.cv2.CAP_PROP_FRAME_WIDTH, 640.0) in calls
+    calls.clear()
+    sources.camera_source(0, buffer_frames=None)._opener()
+    assert [c for c in calls if c[0] != "open"] == []
+    with pytest.raises(ValueError, match="buffer_frames must be >= 1"):
+        sources.camera_source(0, buffer_frames=0)

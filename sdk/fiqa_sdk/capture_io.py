@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import secrets
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -196,21 +197,24 @@ class DecisionLog:
     """Append one JSON object per gate decision to a ``.jsonl`` file, flushed after every line.
 
     Flushing per line means a crash loses at most the line being written, and ``tail -f`` shows decisions live.
-    Safe to share between threads.
+    Safe to share between threads. Every line carries ``run_id`` (default: the UTC start time plus a random
+    suffix): track ids restart with every run, so runs appended to one file stay apart.
     """
 
-    def __init__(self, path: str | os.PathLike, bundle_id: str | None = None):
+    def __init__(self, path: str | os.PathLike, bundle_id: str | None = None, run_id: str | None = None):
         self.path = Path(path)
         if self.path.is_dir():
             raise IsADirectoryError(f"decision log {self.path} is a folder; give a file path such as "
                                     f"{self.path / 'decisions.jsonl'}")
         _ensure_folder(self.path.parent)
         self.bundle_id = bundle_id
+        self.run_id = run_id if run_id is not None else \
+            f"{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}"
         self._file = open(self.path, "a", encoding="utf-8", newline="\n")
         self._lock = threading.Lock()
 
     def write(self, decision: GateDecision, **extra: Any) -> None:
-        record = decision.to_dict()
+        record = {"run_id": self.run_id, **decision.to_dict()}
         if self.bundle_id is not None:
             record["bundle_id"] = self.bundle_id
         clash = sorted(set(extra) & set(record))

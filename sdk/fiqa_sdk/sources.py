@@ -326,13 +326,17 @@ class LiveSource(_CaptureSource):
 
 
 def camera_source(device: int | str, width: int | None = None, height: int | None = None,
-                  fps: float | None = None, **live: Any) -> LiveSource:
+                  fps: float | None = None, buffer_frames: int | None = 1, **live: Any) -> LiveSource:
     """A local camera by index (``0``) or V4L2 device path (``/dev/video0``); size/fps are requests the driver may
-    round to a supported mode."""
+    round to a supported mode. ``buffer_frames``: frames the driver may queue (default 1: V4L2 otherwise queues
+    ~4, so a busy loop scores frames a few hundred ms old; ``None`` leaves the driver's default)."""
+    if buffer_frames is not None and buffer_frames < 1:
+        raise ValueError(f"buffer_frames must be >= 1 or None, got {buffer_frames}")
+
     def opener() -> CaptureLike:
         cap = cv2.VideoCapture(device, cv2.CAP_V4L2) if isinstance(device, str) else cv2.VideoCapture(int(device))
         for prop, value in ((cv2.CAP_PROP_FRAME_WIDTH, width), (cv2.CAP_PROP_FRAME_HEIGHT, height),
-                            (cv2.CAP_PROP_FPS, fps)):
+                            (cv2.CAP_PROP_FPS, fps), (cv2.CAP_PROP_BUFFERSIZE, buffer_frames)):
             if value is not None and cap.isOpened():
                 cap.set(prop, float(value))
         return cap
