@@ -68,6 +68,9 @@ class Detector(ABC):
     @abstractmethod
     def _detect_bgr(self, frame: np.ndarray) -> list[Detection]: ...
 
+    def close(self) -> None:
+        """Release the detector's engine now; most hold nothing that needs it (a TensorRT one frees GPU memory)."""
+
 
 class DetectorUnavailable(RuntimeError):
     """A detector's model or engine is not installed; the message names the pip command that fixes it."""
@@ -119,6 +122,8 @@ RETINAFACE_INPUT = "input"
 CANONICAL_VIEW = 250
 CANONICAL_LANDMARKS = np.array([[104.1, 113.0], [146.9, 112.0], [124.9, 136.9], [107.9, 157.6], [143.8, 156.9]],
                                dtype=np.float32)
+_CANONICAL_CENTRE = CANONICAL_LANDMARKS.mean(0)
+_CANONICAL_IOD = float(np.linalg.norm(CANONICAL_LANDMARKS[1] - CANONICAL_LANDMARKS[0]))
 
 
 def auto_max_side(height: int, width: int) -> int:
@@ -237,13 +242,14 @@ class RetinaFaceDetector(Detector):
         view = warp_to_crop(frame, to_view, CANONICAL_VIEW, border=cv2.BORDER_REPLICATE)
         # The face is known to be there, so a lower bar than the first pass; the view is never downscaled.
         again = self._detect_scaled(view, CANONICAL_VIEW, min(self.score_threshold, 0.5))
-        centre = CANONICAL_LANDMARKS.mean(0)
-        iod = float(np.linalg.norm(CANONICAL_LANDMARKS[1] - CANONICAL_LANDMARKS[0]))
-        near = [d for d in again if np.linalg.norm(d.landmarks.mean(0) - centre) < 0.5 * iod
-                and 0.5 * iod < d.size < 2.0 * iod]  # the same face, not a neighbour or a false hit
+        def offset(d: Detection) -> float:
+            return float(np.linalg.norm(d.landmarks.mean(0) - _CANONICAL_CENTRE))
+
+        near = [d for d in again if offset(d) < 0.5 * _CANONICAL_IOD
+                and 0.5 * _CANONICAL_IOD < d.size < 2.0 * _CANONICAL_IOD]  # the same face, not a neighbour or a false hit
         if not near:
             return det
-        best = min(near, key=lambda d: float(np.linalg.norm(d.landmarks.mean(0) - centre)))
+        best = min(near, key=offset)
         landmarks = transform_points(best.landmarks, cv2.invertAffineTransform(to_view))
         return Detection(box=det.box, landmarks=landmarks.astype(np.float32), score=det.score,
                          extra={"first_pass_landmarks": det.landmarks, **det.extra})

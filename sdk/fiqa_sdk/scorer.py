@@ -206,8 +206,8 @@ class Scorer:
         if self._engine is not None:
             self._engine.close()
             self._engine = None
-        if self._owns_detector and self.detector is not None:  # one the caller passed in is the caller's to close
-            getattr(self.detector, "close", lambda: None)()
+        if self._owns_detector:  # a detector the caller passed in is the caller's to close
+            self.detector.close()
             self._owns_detector = False
 
     def __enter__(self) -> Scorer:
