@@ -44,7 +44,9 @@ def test_builds_a_stratified_set_of_real_faces(pool, calib):
 def test_tensors_are_the_device_preprocessing(calib):
     t = calib.tensors
     assert t.shape == (300, 3, 112, 112) and t.dtype == np.float32
-    np.testing.assert_array_equal(t, faces_to_tensor(calib.faces))
+    # by hand, not through faces_to_tensor (which builds them): RGB order, NCHW, (x - 127.5) / 127.5
+    rgb = calib.faces[..., ::-1].transpose(0, 3, 1, 2).astype(np.float32)
+    np.testing.assert_allclose(t, (rgb - 127.5) / 127.5, atol=1e-6)
     assert -1.0 <= t.min() and t.max() <= 1.0
 
 

@@ -1,6 +1,7 @@
 """fiqa-compile refuses bad input early, with a message naming the problem, and loses nothing."""
 from __future__ import annotations
 
+import json
 import shutil
 
 import cv2
@@ -106,3 +107,121 @@ def test_output_folders_that_would_fail_at_the_end_are_refused_at_the_start(tmp_
     assert main(["--target", "cpu", "--out", str(bundle), "--force"]) == 2
     assert "its manifest does not list (capture.jpg)" in capsys.readouterr().err
     assert (mine / "notes.txt").read_text() == "mine" and (bundle / "capture.jpg").read_bytes() == b"jpeg"
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--target", "cpu", "--distill-epochs", "3"], "--distill-epochs only applies with --faces"),
+    (["--target", "cpu", "--distill-versions", "1"], "--distill-versions only applies with --faces"),
+    (["--target", "cpu", "--student-arch", "student_nano"], "--student-arch only applies with --faces"),
+    (["--target", "android-arm64", "--calibration-method", "entropy"],
+     "--calibration-method tunes the Q/DQ INT8 ONNX, which --target android-arm64"),
+    (["--target", "raspberry-pi", "--keep-head-float"], "--keep-head-float tunes the Q/DQ INT8 ONNX"),
+    (["--target", "cpu", "--precision", "fp32", "--calibration-method", "minmax"], "--precision fp32 does not ship"),
+])
+def test_options_that_would_have_no_effect_are_refused(tmp_path, capsys, flags, message):
+    """Ignoring them would also record them in the manifest's options as if they had shaped the bundle."""
+    assert main([*flags, "--out", str(tmp_path / "b")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_student_is_verified_only_against_the_teachers_it_was_distilled_from(tmp_path, capsys):
+    from fiqa_compile.student_store import EMBEDDED_STUDENT
+
+    student = tmp_path / "student"
+    shutil.copytree(EMBEDDED_STUDENT, student)
+    info = json.loads((student / "student.json").read_text())
+    info["teachers"]["perceptual"]["sha256"] = "0" * 64  # distilled from another DSL-FIQA
+    (student / "student.json").write_text(json.dumps(info))
+    assert main(["--target", "cpu", "--out", str(tmp_path / "b"), "--student", str(student)]) == 2
+    err = capsys.readouterr().err
+    assert "distilled from a perceptual teacher with sha256 000000000000" in err and "--perceptual-teacher" in err
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("kind", ["teacher", "student"])
+@pytest.mark.parametrize("damage", ["not json", "unknown model"])
+def test_malformed_metadata_is_refused_naming_the_file(tmp_path, capsys, kind, damage):
+    from fiqa_compile.student_store import EMBEDDED_STUDENT
+
+    src = embedded_teacher_dirs()["utility"] if kind == "teacher" else EMBEDDED_STUDENT
+    folder = tmp_path / kind
+    shutil.copytree(src, folder)
+    meta = folder / f"{kind}.json"
+    if damage == "not json":
+        meta.write_text("{'model': oops")
+    else:
+        info = json.loads(meta.read_text())
+        info["model" if kind == "teacher" else "student"] = "vit_fiqa_xl"
+        meta.write_text(json.dumps(info))
+    flag = "--utility-teacher" if kind == "teacher" else "--student"
+    assert main(["--target", "cpu", "--out", str(tmp_path / "b"), flag, str(folder)]) == 2
+    err = capsys.readouterr().err
+    assert str(meta) in err
+    assert ("is not a" in err) if damage == "not json" else ("'vit_fiqa_xl', which this fiqa-sdk does not know" in err)
+
+
+def test_an_undefined_rank_agreement_fails_verification():
+    """A collapsed model scores every face alike: its SRCC is NaN, which must fail the gate, not slip past '<'."""
+    from fiqa_compile.compiler import verification_failures
+
+    def v(fp32, teacher):
+        return {"onnx_qdq": {"vs_fp32": {"utility": {"srcc": 0.999}, "perceptual": {"srcc": fp32}},
+                             "vs_teacher": {"utility": {"srcc": 0.93}, "perceptual": {"srcc": teacher}}}}
+
+    assert verification_failures(v(0.999, 0.96), 0.98, 0.80) == []
+    failures = verification_failures(v(float("nan"), float("nan")), 0.98, 0.80)
+    assert failures == ["onnx_qdq perceptual: SRCC vs fp32 student undefined: the score is constant",
+                        "onnx_qdq perceptual: SRCC vs teacher undefined: the score is constant"]
+    assert verification_failures(v(0.97, 0.5), 0.98, 0.80) == ["onnx_qdq perceptual: SRCC vs fp32 student 0.9700 < 0.98",
+                                                               "onnx_qdq perceptual: SRCC vs teacher 0.5000 < 0.8"]
+    assert verification_failures(v(float("nan"), float("nan")), -1, -1) == []  # -1 turns the gates off
+
+
+def test_report_json_is_strict_json():
+    from fiqa_compile.report import finite_or_null
+
+    doc = finite_or_null({"srcc": float("nan"), "n": np.int64(3), "x": [np.float32(0.5), float("inf")]})
+    assert doc == {"srcc": None, "n": 3, "x": [0.5, None]}
+    assert json.loads(json.dumps(doc, allow_nan=False)) == doc
+
+
+def test_the_calibration_method_is_chosen_on_calibration_pool_faces_not_on_the_verification_faces():
+    from fiqa_compile.compiler import method_choice_faces
+
+    pool = np.arange(100, dtype=np.uint8).reshape(100, 1, 1, 1) * np.ones((1, 2, 2, 3), np.uint8)
+    chosen = np.arange(0, 100, 2)  # the calibration set: even rows
+    picked = method_choice_faces(pool, chosen, n=64)[:, 0, 0, 0]
+    assert len(picked) == 64 and set(picked[:50]) == set(range(1, 100, 2))  # every left-out face first
+    assert np.array_equal(np.sort(method_choice_faces(pool, chosen, n=20)[:, 0, 0, 0]) % 2, np.ones(20))
+
+
+def test_a_verification_set_too_small_to_gate_on_is_refused():
+    from fiqa_compile.compiler import CompileError, Faces, check_verification_faces
+
+    def faces(n, people, degraded):
+        return Faces(np.zeros((n, 112, 112, 3), np.uint8), np.arange(n) % people, np.array(["x"] * n),
+                     (np.arange(n) < degraded).astype(float))
+
+    check_verification_faces(faces(60, 3, 40), "ok")
+    with pytest.raises(CompileError, match=r"6 faces of 1 people \(need at least 30 faces of 2 people\)"):
+        check_verification_faces(faces(6, 1, 4), "held-out people of tiny/")
+    check_verification_faces(faces(6, 1, 4), "gates off", gated=False)
+    with pytest.raises(CompileError, match="0 of 60 degraded"):
+        check_verification_faces(faces(60, 3, 0), "no degradations", gated=False)
+
+
+def test_gate_thresholds_separate_clean_faces_from_heavily_degraded_ones():
+    """Youden's J on the verification faces: the accept threshold sits between the clean and the bad scores."""
+    from fiqa_compile.compiler import Faces, gate_thresholds
+
+    rng = np.random.default_rng(0)
+    severity = np.repeat([0.0, 0.3, 0.8], 40)
+    utility = np.where(severity == 0, rng.uniform(62, 90, 120), np.where(severity < 0.7, 50.0, rng.uniform(10, 38, 120)))
+    perceptual = np.where(severity == 0, rng.uniform(71, 95, 120), rng.uniform(5, 45, 120))
+    faces = Faces(np.zeros((120, 112, 112, 3), np.uint8), np.arange(120) % 4, np.array(["x"] * 120), severity)
+    t = gate_thresholds(np.stack([utility, perceptual], 1), faces)
+    clean, bad = severity == 0, severity >= 0.7
+    for name, s in (("utility", utility), ("perceptual", perceptual)):
+        assert s[bad].max() < t[f"{name}_accept"] <= s[clean].min(), (name, t)
+        assert t[f"{name}_release"] == t[f"{name}_accept"] - 10

@@ -319,13 +319,14 @@ def test_mismatched_checkpoint_is_refused_naming_the_keys() -> None:
 @pytest.fixture(scope="module")
 def face_and_landmarks() -> tuple[torch.Tensor, torch.Tensor]:
     """insightface's aligned 112x112 Tom Hanks sample and its dlib 68 landmarks (112-px coordinates)."""
-    cv2 = pytest.importorskip("cv2")
-    dlib = pytest.importorskip("dlib")
-    insightface_spec = importlib.util.find_spec("insightface")
+    import cv2
+    import dlib  # required, not skipped: scripts/setup.sh installs dlib-bin and face_recognition_models
+
+    from fiqa_sdk.samples import load_sample
+
     models_spec = importlib.util.find_spec("face_recognition_models")
-    if insightface_spec is None or models_spec is None:
-        pytest.skip("needs insightface (sample image) and face_recognition_models (dlib 68-point model)")
-    img = cv2.imread(os.path.join(os.path.dirname(insightface_spec.origin), "data", "images", "Tom_Hanks_54745.png"))
+    assert models_spec is not None, "pip install face_recognition_models (dlib's 68-point model)"
+    img = load_sample("tom_hanks")
     big = np.ascontiguousarray(cv2.resize(img, (224, 224))[..., ::-1])       # dlib finds faces >= ~80 px
     rects = dlib.get_frontal_face_detector()(big, 0)
     assert len(rects) == 1

@@ -1,7 +1,6 @@
 """Device-side image and landmark measures on real detected + aligned faces from pip-shipped photos."""
 from __future__ import annotations
 
-import importlib.util
 import math
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import pytest
 
 import fiqa_sdk
 from fiqa_sdk.align import alignment_matrix, transform_points
+from fiqa_sdk.samples import sample_path
 from fiqa_sdk.measures import (
     exposure_fractions, head_pose, image_measures, inter_ocular_distance, landmark_measures, laplacian_variance,
     mean_brightness, rms_contrast, tenengrad,
@@ -19,21 +19,12 @@ from fiqa_sdk.preprocess import ARCFACE_TEMPLATE_112
 
 
 def _grace_hopper_path() -> Path:
-    mpl = pytest.importorskip("matplotlib")
-    path = Path(mpl.get_data_path()) / "sample_data" / "grace_hopper.jpg"
-    if not path.exists():
-        pytest.skip("this matplotlib does not ship sample_data/grace_hopper.jpg")
-    return path
+    return sample_path("grace_hopper")  # required, not skipped: SampleUnavailable names the pip command
 
 
 def _insightface_image(name: str) -> Path:
-    spec = importlib.util.find_spec("insightface")  # locate only: importing it would need its heavy deps
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("insightface (for its sample photos) is not installed")
-    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "images" / name
-    if not path.exists():
-        pytest.skip(f"insightface does not ship {name}")
-    return path
+    assert name == "t1.jpg", name
+    return sample_path("t1")
 
 
 @pytest.fixture(scope="module")

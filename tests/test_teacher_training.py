@@ -78,6 +78,7 @@ def test_label_settings_change_is_refused(label_dir, face_folder, tmp_path, caps
 
     with pytest.raises(SystemExit):
         main(["--faces", str(face_folder), "--out", str(label_dir), "--versions", "3", "--workers", "1"])
+    assert "other settings" in capsys.readouterr().err  # each refusal says why, read after each call
     # the folder is part of the settings: another one's photos are never filed under these shards
     assert json.loads((label_dir / "settings.json").read_text())["faces"] == str(face_folder.resolve())
     other = tmp_path / "other"
@@ -326,6 +327,10 @@ def test_distillation_with_hints_and_ema_saves_the_average_and_resumes(teachers,
                                             (["--augment", "-0.1"], "share of each batch must be in [0, 1]"),
                                             (["--mixup", "1.5"], "share of each batch must be in [0, 1]"),
                                             (["--mixup", "0.3", "--no-online-utility"], "needs --online-utility"),
+                                            (["--augment", "0.3", "--no-online-utility"],
+                                             "--augment needs --online-utility"),
+                                            (["--token-weight", "1", "--no-online-utility"],
+                                             "--token-weight needs --online-utility"),
                                             (["--epochs", "0"], "--epochs 0: need 1 or more"),
                                             (["--batch-size", "0"], "--batch-size 0: need 1 or more"),
                                             (["--held-out", "1.2"], "held-out share must be between 0 and 1"),
@@ -350,6 +355,21 @@ def test_distill_refuses_a_file_as_out_and_a_teacher_of_the_other_role(tmp_path,
     swapped = ["--utility-teacher", str(embedded_teacher_dirs()["perceptual"])]
     assert main(["--crops", str(tmp_path / "no-labels"), "--out", str(tmp_path / "s"), *swapped]) == 2
     assert "is a perceptual teacher" in capsys.readouterr().err and not (tmp_path / "s").exists()
+
+
+def test_distill_refuses_an_out_holding_a_finished_student_it_cannot_resume(tmp_path, capsys):
+    """A bare student.pt (the embedded one, a copied one) is someone's result: fiqa-distill must not overwrite it."""
+    from fiqa_compile.distill import DistillConfig, main
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "student.pt").write_bytes(b"weights")
+    assert main(["--crops", str(tmp_path / "no-labels"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "would be overwritten" in err and f"--init {out}" in err
+    assert (out / "student.pt").read_bytes() == b"weights" and sorted(p.name for p in out.iterdir()) == ["student.pt"]
+    # augmentation's default follows --online-utility rather than being dropped silently without it
+    assert DistillConfig().augment == 0.5 and DistillConfig(online_utility=False).augment == 0.0
 
 
 def test_every_distill_option_is_explained_in_help():
@@ -478,6 +498,15 @@ def test_compile_with_faces_keeps_resumes_and_reuses_the_student(face_folder, te
     report = (tmp_path / "b3" / "report.md").read_text()
     assert manifest["target"] == "cpu" and f"given: {sdir} (INCOMPLETE: 1 of" in report
     assert "is incomplete" in capsys.readouterr().err
+
+    # a gate the artifacts cannot meet fails the compile by name, and no bundle is left behind
+    strict = ["--target", "cpu", "--precision", "fp32", "--utility-teacher", str(teachers / "utility"),
+              "--perceptual-teacher", str(teachers / "perceptual"), "--threads", "1", "--student", str(sdir),
+              "--min-srcc-teacher", "0.999", "--out", str(tmp_path / "b4")]
+    assert main(strict) == 2
+    err = capsys.readouterr().err
+    assert "verification failed on 291 held-out faces" in err and "SRCC vs teacher" in err and "< 0.999" in err
+    assert not (tmp_path / "b4").exists()
 
 
 def test_compile_with_faces_can_start_from_a_distilled_student(face_folder, teachers, tmp_path, capsys):

@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 
 from fiqa_runtimes import BackendUnavailable, available_backends, load_backend
-from fiqa_runtimes.tensorrt_backend import BuildPlan, EngineKey, TensorRTBackend, build_plan, parse_version
+from fiqa_runtimes.tensorrt_backend import (BuildPlan, EngineKey, TensorRTBackend, build_plan, parse_version,
+                                            restamp_calibration_cache)
 
 MAGIC = b"FAKE-TRT-ENGINE\n"
 
@@ -597,6 +598,20 @@ def test_calibration_cache_builds_implicit_int8_from_the_float_onnx(tmp_path, tr
     assert TensorRTBackend(float_model, cache_dir=tmp_path, calibration_cache=CACHE).built is False
     other = TensorRTBackend(float_model, cache_dir=tmp_path, calibration_cache=CACHE.replace(b"3c01", b"3c02"))
     assert other.built and other.engine_path != backend.engine_path
+
+
+def test_calibration_cache_is_restamped_for_the_tensorrt_that_reads_it(tmp_path, monkeypatch):
+    """TensorRT skips a cache stamped for another version; JetPack 6.0 (8.6) must get the scales a 10.3 stamp holds."""
+    assert restamp_calibration_cache(CACHE, "8.6.2.3") == CACHE.replace(b"TRT-100300-", b"TRT-8602-")
+    assert restamp_calibration_cache(CACHE, "10.3.0.30") == CACHE
+    assert restamp_calibration_cache(b"TRT-8502-EntropyCalibration2", "10.3.0") == b"TRT-100300-EntropyCalibration2"
+    with pytest.raises(ValueError, match="is not 'TRT-<version>-<calibrator>'"):
+        restamp_calibration_cache(b"TRT-x-y\nx: 3c010204\n", "10.3.0")
+    with pytest.raises(ValueError, match="TensorRT 5-10"):
+        restamp_calibration_cache(CACHE, "11.0.0")
+    trt8 = install_fakes(monkeypatch, "8.6.2.3")
+    TensorRTBackend(onnx_model(qdq=False), cache_dir=tmp_path, calibration_cache=CACHE)
+    assert trt8.stats["calibration_caches"] == [CACHE.replace(b"TRT-100300-", b"TRT-8602-")]
 
 
 def test_calibration_cache_misuse_is_refused(tmp_path, trt10, monkeypatch):

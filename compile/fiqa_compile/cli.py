@@ -25,6 +25,12 @@ Q/DQ INT8 ONNX, its build settings and a calibration cache, and the Jetson build
 """
 
 
+# options that only shape a --faces distillation: None on the command line means "not given", so one given without
+# --faces is refused rather than ignored (and recorded in the manifest as if it had mattered)
+DISTILL_DEFAULTS = {"distill_epochs": 6, "distill_versions": 2}
+DISTILL_ONLY = ("student_arch", "distill_epochs", "distill_versions", "distill_dir", "distill_init")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="fiqa-compile", description=plain(__doc__), epilog=EPILOG,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -43,10 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--student-arch", default=None,
                    help="student architecture for --faces (default: that of the --distill-init student, else "
                         "student_mfn; student_mfn_deep, student_mfn_full and student_nano are the others)")
-    g.add_argument("--distill-epochs", type=positive_int, default=6, help="epochs of distillation with --faces (default 6)")
-    g.add_argument("--distill-versions", type=non_negative_int, default=2,
-                   help="degraded versions of each --faces photo scored by the teachers (default 2; more versions "
-                        "cost teacher time, and training already re-degrades faces on the fly)")
+    g.add_argument("--distill-epochs", type=positive_int, default=None,
+                   help=f"epochs of distillation with --faces (default {DISTILL_DEFAULTS['distill_epochs']})")
+    g.add_argument("--distill-versions", type=non_negative_int, default=None,
+                   help="degraded versions of each --faces photo, scored once by both teachers and cached (default "
+                        f"{DISTILL_DEFAULTS['distill_versions']}; each version costs teacher time, and these are "
+                        "all the degraded faces the student sees: the compile does not augment on the fly)")
     g.add_argument("--distill-init", default=None, metavar="DIR|default",
                    help="with --faces: start from this distilled student's weights instead of random ones "
                         "('default' = the embedded student; --student-arch may name a deeper variant of its "
@@ -85,10 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.faces is not None and args.student is not None:
         print("fiqa-compile: error: --faces distils a new student; do not also pass --student", file=sys.stderr)
         return 2
-    for flag in ("distill_dir", "distill_init"):
+    for flag in DISTILL_ONLY:
         if getattr(args, flag) is not None and args.faces is None:
             print(f"fiqa-compile: error: --{flag.replace('_', '-')} only applies with --faces", file=sys.stderr)
             return 2
+    for flag, default in DISTILL_DEFAULTS.items():
+        if getattr(args, flag) is None:
+            setattr(args, flag, default)
     if args.calibration_size < MIN_CALIBRATION_FACES:
         print(f"fiqa-compile: error: --calibration-size {args.calibration_size}: an INT8 calibration set needs at "
               f"least {MIN_CALIBRATION_FACES} faces (fewer let single images set the ranges)", file=sys.stderr)

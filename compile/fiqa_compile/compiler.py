@@ -22,7 +22,7 @@ from fiqa_compile.bundle import output_dir_problem
 from fiqa_compile.distill import SCORE_NAMES
 from fiqa_compile.errors import CompileError
 from fiqa_compile.student_store import EMBEDDED_STUDENT, load_student, student_arch_of
-from fiqa_compile.targets import ARTIFACTS, Target, get_target
+from fiqa_compile.targets import ARTIFACTS, TARGETS, Target, get_target
 
 DEFAULT_STUDENT_ARCH = "student_mfn"  # what --faces distils from scratch: fits the hour on 2 CPU cores
 
@@ -50,6 +50,10 @@ class CompileOptions:
     seed: int = 0
     force: bool = False
     threads: int | None = None
+
+    def gated(self) -> bool:
+        """Whether any verification gate is on (-1 turns one off)."""
+        return self.min_srcc_fp32 > -1 or self.min_srcc_teacher > -1
 
     def out_dir(self) -> Path:
         return self.out or Path(f"fiqa-bundle-{self.target}")
@@ -109,6 +113,14 @@ def check_options(opts: CompileOptions, target: Target) -> None:
             raise CompileError(f"{flag} {folder} is not a folder of face photos")
     if opts.threads is not None and opts.threads < 1:
         raise CompileError(f"--threads {opts.threads}: need 1 or more")
+    if "onnx_qdq" not in target.artifacts or opts.precision == "fp32":
+        qdq_targets = ", ".join(t.name for t in TARGETS.values() if "onnx_qdq" in t.artifacts)
+        for flag, given in (("--calibration-method", opts.calibration_method != "auto"),
+                            ("--keep-head-float", opts.keep_head_float)):
+            if given:
+                raise CompileError(f"{flag} tunes the Q/DQ INT8 ONNX, which --target {target.name} "
+                                   f"--precision {opts.precision} does not ship; drop it (it applies to "
+                                   f"--target {qdq_targets} at int8)")
 
 
 def refuse_existing_output(opts: CompileOptions) -> None:
@@ -194,6 +206,56 @@ def to_teacher_scale(z: np.ndarray, student_info: dict) -> np.ndarray:
     return np.stack([z[:, s["index"]] * s["std"] + s["mean"] for s in student_info["scores"]], 1)
 
 
+MIN_VERIFY_FACES = 30   # below this an SRCC threshold says little (its 95 % interval spans ~0.1 at 0.9)
+MIN_VERIFY_PEOPLE = 2   # the EDC needs impostor pairs
+
+
+def below(srcc: float, threshold: float) -> bool:
+    """A failed gate: under the threshold, or undefined (a constant score has no ranking: a collapsed model).
+    A threshold of -1 turns the gate off."""
+    return threshold > -1 and not srcc >= threshold
+
+
+def verification_failures(verification: dict, min_fp32: float, min_teacher: float) -> list[str]:
+    out = []
+    for name, v in verification.items():
+        for n in SCORE_NAMES:
+            for key, what, threshold in (("vs_fp32", "fp32 student", min_fp32), ("vs_teacher", "teacher", min_teacher)):
+                if key in v and below(srcc := v[key][n]["srcc"], threshold):
+                    why = "undefined: the score is constant" if np.isnan(srcc) else f"{srcc:.4f} < {threshold}"
+                    out.append(f"{name} {n}: SRCC vs {what} {why}")
+    return out
+
+
+def failure_advice(artifacts: list[str]) -> str:
+    tips = []
+    if "onnx_qdq" in artifacts:
+        tips.append("--calibration-method percentile or minmax, --keep-head-float")
+    if any(a != "onnx_fp32" for a in artifacts):
+        tips.append("a larger --calibration-size")
+    tips.append("a student distilled longer (--faces ... --distill-epochs)")
+    return "Try " + ", ".join(tips) + "."
+
+
+def check_verification_faces(faces: Faces, where: str, gated: bool = True) -> None:
+    """Refuse a verification set too small to make the SRCC gates (when ``gated``: any is on) and the gate
+    thresholds mean anything."""
+    people = len(np.unique(faces.person))
+    degraded = int(np.sum(faces.severity > 0))
+    problems = []
+    if gated and (len(faces.crops) < MIN_VERIFY_FACES or people < MIN_VERIFY_PEOPLE):
+        problems.append(f"{len(faces.crops)} faces of {people} people (need at least {MIN_VERIFY_FACES} faces of "
+                        f"{MIN_VERIFY_PEOPLE} people)")
+    if degraded == 0 or degraded == len(faces.crops):
+        problems.append(f"{degraded} of {len(faces.crops)} degraded (need clean and degraded faces to set the gate "
+                        "thresholds)")
+    if problems:
+        raise CompileError(f"the verification faces ({where}) are too few to verify a bundle: "
+                           + "; ".join(problems) + ". Give --faces more people (sub-folders), keep "
+                           "--distill-versions at 1 or more, or omit --faces to use the shipped faces "
+                           "(--min-srcc-fp32 -1 --min-srcc-teacher -1 turn the gates off for a trial run)")
+
+
 def gate_thresholds(scores_0_100: np.ndarray, faces: Faces) -> dict:
     """Accept thresholds that best separate clean faces from heavily degraded ones (Youden's J), release 10 below.
 
@@ -223,6 +285,13 @@ def to_0_100(teacher_scale: np.ndarray, student_info: dict) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------- distillation
+def held_out_faces(data, held: np.ndarray, faces_dir: Path) -> Faces:
+    """The distillation's held-out crops as verification faces (version 0 is the clean photo)."""
+    return Faces(data.crop[held], data.group[held], np.where(data.version[held] == 0, "clean", "degraded"),
+                 (data.version[held] > 0).astype(float), lm68=data.lm68[held],
+                 source=f"held-out people of {faces_dir}")
+
+
 def distil_on_faces(opts: CompileOptions, teachers: dict):
     """Distil a student on ``opts.faces`` into ``opts.student_dir()``; returns (student, info, verify faces, origin).
 
@@ -257,11 +326,14 @@ def distil_on_faces(opts: CompileOptions, teachers: dict):
     stamp.write_text(json.dumps(settings, indent=2))
 
     data = crops_from_folder(opts.faces, opts.distill_versions, opts.seed)
+    cfg = DistillConfig(student=arch, epochs=opts.distill_epochs, seed=opts.seed, utility_tta=True,
+                        augment=0.0)
+    # the held-out people the bundle will be verified on, checked now rather than after the distillation
+    check_verification_faces(held_out_faces(data, data.split(cfg.held_out, cfg.seed)[1], opts.faces),
+                             f"held-out people of {opts.faces}", gated=opts.gated())
     # The 10-view utility target is scored once per crop and cached; augmented crops would need it online
     # (10 teacher passes each), which would take this command past an hour on lfw-dev: the compile does not augment.
     targets = distillation_targets(teachers, data, sdir, utility_tta=True)
-    cfg = DistillConfig(student=arch, epochs=opts.distill_epochs, seed=opts.seed, utility_tta=True,
-                        augment=0.0)
     provenance = {"command": "fiqa-compile " + " ".join(sys.argv[1:]) + " (its distillation stage)",
                   "teachers": {k: {"model": v.info["model"], "sha256": v.info["sha256"]} for k, v in teachers.items()},
                   "torch": torch.__version__}
@@ -271,14 +343,37 @@ def distil_on_faces(opts: CompileOptions, teachers: dict):
         provenance["init"] = init_record
     distill(data, targets, sdir, cfg, provenance, utility_teacher=teachers["utility"], init=init)
     student, sinfo = load_student(sdir)
-    held = np.load(sdir / "held_out_rows.npy")
-    verify = Faces(data.crop[held], data.group[held], np.where(data.version[held] == 0, "clean", "degraded"),
-                   (data.version[held] > 0).astype(float), lm68=data.lm68[held],
-                   source=f"held-out people of {opts.faces}")
+    verify = held_out_faces(data, np.load(sdir / "held_out_rows.npy"), opts.faces)
     started = f", starting from the student in {opts.distill_init}" if init is not None else ""
     origin = (f"distilled now from {len(data)} crops of {opts.faces} ({arch}{started}); kept in {sdir} "
               f"(reuse it for other targets with --student {sdir})")
     return student, sinfo, verify, origin
+
+
+def method_choice_faces(pool: np.ndarray, chosen: np.ndarray, n: int = 64) -> np.ndarray:
+    """``n`` calibration-pool faces to rank calibration methods on: those not in the calibration set first, then
+    (for a small pool) calibration faces, spread evenly; never the verification faces the compile is gated on."""
+    rest = np.setdiff1d(np.arange(len(pool)), chosen)
+    if len(rest) >= n:
+        return pool[rest[np.linspace(0, len(rest) - 1, n).astype(int)]]
+    members = np.sort(np.asarray(chosen, dtype=int))
+    k = min(n - len(rest), len(members))
+    top_up = members[np.linspace(0, len(members) - 1, k).astype(int)] if k else members[:0]
+    return pool[np.concatenate([rest, top_up])]
+
+
+def check_student_teachers(student_info: dict, teachers: dict, opts: CompileOptions) -> None:
+    """A student's scores are on its own teachers' scales (student.json's mean/std): verifying it against, and
+    naming in the manifest, other teachers would publish numbers about a pairing that was never trained."""
+    recorded = student_info.get("teachers") or {}
+    for role, teacher in teachers.items():
+        want = (recorded.get(role) or {}).get("sha256")
+        if want is not None and want != teacher.info["sha256"]:
+            flag = f"--{role}-teacher"
+            raise CompileError(f"the student was distilled from a {role} teacher with sha256 {want[:12]}... "
+                               f"({recorded[role].get('model', '?')}), but {flag} is {teacher.info['model']} "
+                               f"{teacher.info['sha256'][:12]}... at {teacher.path}: pass that student's own "
+                               f"teacher, or distil a student from this one (--faces DIR)")
 
 
 # ---------------------------------------------------------------------------------------------- pipeline
@@ -320,6 +415,7 @@ def compile_bundle(opts: CompileOptions) -> Path:
                                    f"{sinfo.get('planned_steps', '?')} steps; re-run its fiqa-distill to finish)")
                 print(f"warning: student {spath} is incomplete; re-run the fiqa-distill that made it to finish it",
                       file=sys.stderr, flush=True)
+        check_student_teachers(sinfo, teachers, opts)
         log.add("student", student_origin, t())
 
         # 3. calibration set (and verification faces when no --faces split gave them)
@@ -339,8 +435,10 @@ def compile_bundle(opts: CompileOptions) -> Path:
         if opts.calibration is None:
             print(f"note: {report_mod.DEFAULT_CALIBRATION_ADVICE}", flush=True)
 
-        # 4. emit and verify each artifact right after writing it
-        check_x = faces_to_tensor(verify.crops[np.linspace(0, len(verify.crops) - 1, 64).astype(int)])
+        check_verification_faces(verify, verify.source, gated=opts.gated())
+        # 4. emit and verify each artifact right after writing it. --calibration-method auto picks its method on
+        # calibration-pool faces (those left out of the set first): the verification faces stay a test.
+        check_x = faces_to_tensor(method_choice_faces(calib_pool.crops, calib.source_index))
         ref_z = student_z(student, verify.crops)
         files = work / "bundle"
         files.mkdir()
@@ -353,6 +451,7 @@ def compile_bundle(opts: CompileOptions) -> Path:
                 f"max |torch-ORT| {rep.max_abs_diff:.2e}", t())
         want = [a for a in target.artifacts if opts.precision == "int8" or a == "onnx_fp32"]
         tensorrt = None
+        calibration_record = {"source": calib_pool.source, "faces": len(calib), "method_asked": opts.calibration_method}
         if "onnx_qdq" in want:
             from fiqa_compile.export.qdq import build_qdq
             from fiqa_compile.export.trt_check import check_tensorrt_compat
@@ -363,6 +462,8 @@ def compile_bundle(opts: CompileOptions) -> Path:
             q = build_qdq(fp32_path, qdq_path, calib_x, method=opts.calibration_method,
                           keep_head_float=opts.keep_head_float, trt_cache_path=cache, check_inputs=check_x,
                           min_srcc=None)
+            calibration_record["onnx_qdq"] = {"method": q.ranges.method.value, "candidates": q.candidates,
+                                              "keep_head_float": opts.keep_head_float}
             trt = check_tensorrt_compat(qdq_path)
             if not trt.ok:
                 raise CompileError(f"Q/DQ ONNX is not TensorRT-compatible: {trt.summary()}")
@@ -382,6 +483,8 @@ def compile_bundle(opts: CompileOptions) -> Path:
             out_lo, out_hi = score_output_range(sinfo["scores"])
             convert_int8(student, tfl_path, calib_x, check_inputs=check_x, min_srcc=None,
                          output_range=(out_lo, out_hi))
+            calibration_record["tflite_int8"] = {"method": "PT2E histogram observers (per-tensor activations, "
+                                                 "per-channel symmetric weights)", "output_range_z": [out_lo, out_hi]}
             log.add("tflite int8", f"{tfl_path.name} {tfl_path.stat().st_size / 1e6:.2f} MB (full INT8, PT2E, "
                     f"output range {out_lo:+.2f}..{out_hi:+.2f} z)", t())
 
@@ -405,17 +508,10 @@ def compile_bundle(opts: CompileOptions) -> Path:
                 "vs_fp32": {n: correlation_report(z[:, i], ref_z[:, i]) for i, n in enumerate(SCORE_NAMES)},
                 "vs_teacher": {n: correlation_report(ts[:, i], teacher_scores[:, i]) for i, n in enumerate(SCORE_NAMES)},
             }
-        failures = []
-        for name, v in verification.items():
-            for n in SCORE_NAMES:
-                if "vs_fp32" in v and v["vs_fp32"][n]["srcc"] < opts.min_srcc_fp32:
-                    failures.append(f"{name} {n}: SRCC vs fp32 student {v['vs_fp32'][n]['srcc']:.4f} < {opts.min_srcc_fp32}")
-                if v["vs_teacher"][n]["srcc"] < opts.min_srcc_teacher:
-                    failures.append(f"{name} {n}: SRCC vs teacher {v['vs_teacher'][n]['srcc']:.4f} < {opts.min_srcc_teacher}")
+        failures = verification_failures(verification, opts.min_srcc_fp32, opts.min_srcc_teacher)
         if failures:
             raise CompileError("verification failed on " + f"{len(verify.crops)} held-out faces ({verify.source}):\n  "
-                               + "\n  ".join(failures) + "\nTry --calibration-method percentile or minmax, a larger "
-                               "--calibration-size, --keep-head-float, or distil longer (--distill-epochs).")
+                               + "\n  ".join(failures) + "\n" + failure_advice(want))
         log.add("verify", f"{len(want)} artifacts on {len(verify.crops)} held-out faces: all above thresholds", t())
 
         # 6. thresholds, report, bundle
@@ -425,7 +521,8 @@ def compile_bundle(opts: CompileOptions) -> Path:
         report_files = report_mod.write_report(
             files, target=target, verify=verify, teacher_scores=teacher_scores, student_scale=fp32_teacher_scale,
             outputs={k: to_teacher_scale(v, sinfo) for k, v in outputs.items()}, verification=verification,
-            stages=log.rows, student_origin=student_origin, thresholds=thresholds, opts=opts, calib=calib)
+            stages=log.rows, student_origin=student_origin, thresholds=thresholds, opts=opts, calib=calib,
+            calibration_record=calibration_record)
         log.add("report", f"{len(report_files)} files", t())
         t = _timer()
         from fiqa_compile.bundle import ModelArtifact, write_bundle
@@ -443,6 +540,7 @@ def compile_bundle(opts: CompileOptions) -> Path:
                       "student_sha256": sinfo["sha256"],
                       "teachers": {k: {"model": v.info["model"], "sha256": v.info["sha256"]} for k, v in teachers.items()},
                       "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(opts).items()},
+                      "calibration": calibration_record,
                       "tools": tool_versions()}
         path = write_bundle(out, target.name, models, scores, thresholds, tensorrt=tensorrt, extra_files=extra,
                             provenance=provenance, force=opts.force)

@@ -207,7 +207,7 @@ class DistillConfig:
     max_minutes: float | None = None
     online_utility: bool = True   # score the utility teacher on each augmented batch (else: cached scores)
     feature_weight: float = 1.0   # weight of the teacher-feature hint loss (online utility only)
-    augment: float = 0.5          # share of each batch re-aligned/re-lit/re-degraded (online utility only)
+    augment: float | None = None  # share of each batch re-aligned/re-lit/re-degraded; None: 0.5 online, else 0
     token_weight: float = 0.0     # weight of the patch-token hint: student map vs teacher tokens (online only)
     embedding_weight: float = 0.0  # weight of the FR-embedding hint, 1 - cosine (online utility only)
     mixup: float = 0.0            # share of each batch blended with another face of it (online utility only)
@@ -237,12 +237,20 @@ class DistillConfig:
                 raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be 0 or more")
         if not 0.0 <= self.ema < 1.0:
             raise ValueError(f"--ema {self.ema}: the decay must be in [0, 1) (0 = off; e.g. 0.998)")
+        if self.augment is None:
+            self.augment = 0.5 if self.online_utility else 0.0
         if not 0.0 <= self.augment <= 1.0:
             raise ValueError(f"--augment {self.augment}: the share of each batch must be in [0, 1]")
         if not 0.0 <= self.mixup <= 1.0:
             raise ValueError(f"--mixup {self.mixup}: the share of each batch must be in [0, 1]")
-        if self.mixup > 0 and not self.online_utility:
-            raise ValueError("--mixup needs --online-utility: a blend of two faces has no cached teacher score")
+        if not self.online_utility:  # each of these needs the teacher's output on the crop the student sees
+            for name, why in (("mixup", "a blend of two faces has no cached teacher score"),
+                              ("augment", "an augmented crop has no cached teacher score"),
+                              ("token_weight", "the teacher's patch tokens come from the online teacher"),
+                              ("embedding_weight", "the teacher's embedding comes from the online teacher")):
+                if getattr(self, name) > 0:
+                    raise ValueError(f"--{name.replace('_', '-')} needs --online-utility: {why} "
+                                     f"(pass --{name.replace('_', '-')} 0, or drop --no-online-utility)")
 
 
 def changed_keys(was: dict, now: dict) -> list[str]:
@@ -581,7 +589,8 @@ OPTION_HELP = {
     "max_minutes": "stop after this many minutes with a checkpoint (re-run to continue)",
     "online_utility": "run the utility teacher on every batch (exact targets for augmented crops, feature hints)",
     "feature_weight": "weight of the hint loss on the teacher's quality features",
-    "augment": "share of each batch re-aligned, re-lit and freshly degraded (needs --online-utility)",
+    "augment": "share of each batch re-aligned, re-lit and freshly degraded (needs --online-utility; "
+               "default 0.5 with it, 0 without)",
     "token_weight": "weight of the hint loss on the teacher's patch tokens (0 = off)",
     "embedding_weight": "weight of the hint loss on the teacher's face-recognition embedding (0 = off)",
     "mixup": "share of each batch blended with another face of the batch and scored by the online teacher "
@@ -613,7 +622,10 @@ def build_parser() -> argparse.ArgumentParser:
         if isinstance(f.default, bool):
             ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=what)
             continue
-        ap.add_argument(flag, type=type(f.default) if f.default is not None else float, default=f.default,
+        if f.default is None:  # resolved by DistillConfig (a time limit, or a default that depends on others)
+            ap.add_argument(flag, type=float, default=None, help=what)
+            continue
+        ap.add_argument(flag, type=type(f.default), default=f.default,
                         help=f"{what} (default {f.default})" if what else f"default {f.default}")
     ap.add_argument("--seed", type=int, default=0, help="seed of the split, batches, augmentation and degradations")
     ap.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -640,6 +652,11 @@ def _main(argv: list[str] | None) -> int:
         torch.set_num_threads(args.threads)
     if args.out.exists() and not args.out.is_dir():
         raise CompileError(f"--out {args.out} is a file; pass a folder for the run")
+    if (args.out / "student.pt").exists() and not (args.out / "last.pt").exists():
+        # a finished run keeps last.pt (re-running resumes it); a bare student is someone's result, not a run
+        raise CompileError(f"--out {args.out} holds a student (student.pt) that no fiqa-distill run there can "
+                           "resume; it would be overwritten: pass a new --out (start from that student with "
+                           f"--init {args.out})")
     cfg = DistillConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DistillConfig)})
     teachers = load_teacher_pair(args.utility_teacher, args.perceptual_teacher)
     provenance = {"command": "fiqa-distill " + " ".join(sys.argv[1:] if argv is None else argv),

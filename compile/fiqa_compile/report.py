@@ -60,8 +60,31 @@ DEFAULT_CALIBRATION_ADVICE = (
     "0.9992 / 0.9981), but photos like your captures are the better set: pass --calibration DIR with a few hundred.")
 
 
+def finite_or_null(obj):
+    """``obj`` with every NaN/inf float (numpy scalars included) as None, and numpy scalars as Python numbers."""
+    if isinstance(obj, dict):
+        return {k: finite_or_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite_or_null(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+def used_methods(asked: str, record: dict | None) -> str:
+    """'entropy ranges (chosen by auto)' for the Q/DQ model; the TFLite converter's own observers otherwise."""
+    parts = []
+    if record and "onnx_qdq" in record:
+        parts.append(f"Q/DQ ONNX {record['onnx_qdq']['method']} ranges" + (" (chosen by auto)" if asked == "auto" else ""))
+    if record and "tflite_int8" in record:
+        parts.append("TFLite PT2E histogram-observer ranges")
+    return ", ".join(parts) or "no INT8 artifact"
+
+
 def write_report(files: Path, *, target, verify, teacher_scores, student_scale, outputs, verification, stages,
-                 student_origin, thresholds, opts, calib) -> list[Path]:
+                 student_origin, thresholds, opts, calib, calibration_record: dict | None = None) -> list[Path]:
     from fiqa_compile.eval.plots import plot_edc, plot_histograms, plot_scatter
 
     plots = files / "plots"
@@ -84,15 +107,17 @@ def write_report(files: Path, *, target, verify, teacher_scores, student_scale, 
     data = {"target": target.name, "target_description": target.description, "student": student_origin,
             "verification_faces": {"n": int(len(verify.crops)), "source": verify.source,
                                    "people": int(len(np.unique(verify.person)))},
-            "calibration": {"n": len(calib), "strata": calib.strata(), "method": opts.calibration_method},
+            "calibration": {"n": len(calib), "strata": calib.strata(), "method": opts.calibration_method,
+                            **(calibration_record or {})},
             "stages": stages, "verification": verification, "thresholds": thresholds, "edc": edc_summary}
-    (files / "report.json").write_text(json.dumps(data, indent=2, default=float))
+    # strict JSON: an undefined statistic (NaN) is null, which every JSON reader takes
+    (files / "report.json").write_text(json.dumps(finite_or_null(data), indent=2, allow_nan=False))
     written.append(files / "report.json")
     lines = [f"# fiqa-sdk bundle report: `{target.name}`", "", target.description, "",
              f"**Student:** {student_origin}", "",
              f"**Verification:** {len(verify.crops)} held-out faces of {data['verification_faces']['people']} people "
              f"({verify.source}). **Calibration:** {len(calib)} faces, {len(calib.strata())} strata, "
-             f"{opts.calibration_method} ranges. **Utility teacher:** the mean of its 10 test-time views (the "
+             f"{used_methods(opts.calibration_method, calibration_record)}. **Utility teacher:** the mean of its 10 test-time views (the "
              "face and its mirror, as is and shifted 2 px four ways; one view is not repeatable at that scale).", ""]
     if opts.calibration is None:
         lines += [f"> {DEFAULT_CALIBRATION_ADVICE}", ""]

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from fiqa_compile.errors import CompileError
+from fiqa_compile.records import read_record
 
 EMBEDDED_STUDENT = Path(__file__).resolve().parent / "weights" / "student_mfn"
 
@@ -34,12 +35,16 @@ def load_student(path: Path) -> tuple[torch.nn.Module, dict]:
     if not meta_path.is_file() or not weights.is_file():
         missing = "; the embedded default is missing from this install" if path == EMBEDDED_STUDENT else ""
         raise CompileError(f"student at {path} needs student.json and student.pt (made by fiqa-distill){missing}")
-    info = json.loads(meta_path.read_text())
+    info = read_record(meta_path, ("student", "scores", "sha256"), CompileError, "restore it, or re-run fiqa-distill")
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()
     if digest != info.get("sha256"):
         raise CompileError(f"{weights} has sha256 {digest[:12]}..., student.json records {str(info.get('sha256'))[:12]}"
                            "...: the file is corrupt or was replaced; re-run fiqa-distill or restore it")
-    model = create_model(info["student"])
+    try:
+        model = create_model(info["student"])
+    except KeyError as e:
+        raise CompileError(f"{meta_path} names architecture {info['student']!r}, which this fiqa-sdk does not "
+                           f"know ({e.args[0] if e.args else e}); use the fiqa-sdk version that distilled it") from e
     try:
         model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     except Exception as e:  # noqa: BLE001

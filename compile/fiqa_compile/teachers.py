@@ -7,13 +7,13 @@ the weights are read, and the weights are read with ``weights_only=True``.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from fiqa_compile.records import read_record
 from fiqa_compile.train.data import to_tensor
 
 EMBEDDED_TEACHERS = Path(__file__).resolve().parent / "weights"
@@ -92,12 +92,16 @@ def load_teacher(path: str | Path) -> Teacher:
     weights = meta_path.with_name("teacher.pt") if path.is_dir() else path
     if not meta_path.is_file() or not weights.is_file():
         raise TeacherError(f"teacher at {path} needs teacher.json and teacher.pt (made by fiqa-train)")
-    info = json.loads(meta_path.read_text())
+    info = read_record(meta_path, ("model", "task", "sha256"), TeacherError, "restore it, or retrain with fiqa-train")
     digest = hashlib.sha256(weights.read_bytes()).hexdigest()
     if digest != info.get("sha256"):
         raise TeacherError(f"{weights} has sha256 {digest[:12]}..., but {meta_path.name} records "
                            f"{str(info.get('sha256'))[:12]}...: the file is corrupt or was replaced; retrain or restore it")
-    model = create_model(info["model"])
+    try:
+        model = create_model(info["model"])
+    except KeyError as e:
+        raise TeacherError(f"{meta_path} names model {info['model']!r}, which this fiqa-sdk does not know "
+                           f"({e.args[0] if e.args else e}); use the fiqa-sdk version that trained it") from e
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
         model.load_state_dict(state, strict=True)

@@ -50,6 +50,34 @@ def parse_version(version: str) -> tuple[int, int]:
     return int(m.group(1)), int(m.group(2))
 
 
+def calibration_cache_version(version: str) -> int:
+    """TensorRT's NV_TENSORRT_VERSION, as a calibration cache's header names it: '8.6.2' -> 8602, '10.3.0' -> 100300
+    (major*1000+minor*100+patch up to TensorRT 9, major*10000+... from 10). Caches exist for TensorRT 5-10 only."""
+    m = re.match(r"^\s*(\d+)\.(\d+)(?:\.(\d+))?", str(version))
+    if not m:
+        raise ValueError(f"TensorRT version must look like '10.3.0', got {version!r}")
+    major, minor, patch = int(m.group(1)), int(m.group(2)), int(m.group(3) or 0)
+    if not 5 <= major <= 10:
+        raise ValueError(f"TensorRT {version}: implicit-INT8 calibration caches are for TensorRT 5-10 "
+                         "(TensorRT 10 deprecates them; use the Q/DQ ONNX there)")
+    return major * (10000 if major >= 10 else 1000) + minor * 100 + patch
+
+
+def restamp_calibration_cache(cache: bytes, trt_version: str) -> bytes:
+    """The cache with its header naming the running TensorRT (``TRT-<NV_TENSORRT_VERSION>-<calibrator>``).
+
+    TensorRT silently skips a cache stamped with another version and would then have nothing to calibrate with.
+    The bundle's scales come from the compile, not from any TensorRT's calibration, so they hold for every
+    version that reads the format (5-10): JetPack 5.1 (8.5), 6.0 (8.6) and 6.1/6.2 (10.3) all get them.
+    """
+    head, sep, body = cache.partition(b"\n")
+    parts = head.decode("ascii", "replace").strip().split("-")
+    if len(parts) != 3 or parts[0] != "TRT" or not parts[1].isdigit():
+        raise ValueError(f"calibration cache header {head[:60]!r} is not 'TRT-<version>-<calibrator>'; pass the "
+                         "bundle's trt_calibration.cache")
+    return f"TRT-{calibration_cache_version(trt_version)}-{parts[2]}".encode("ascii") + sep + body
+
+
 @dataclass(frozen=True)
 class BuildPlan:
     """How to ask a given TensorRT for a given precision: names of ``NetworkDefinitionCreationFlag`` and
@@ -406,6 +434,7 @@ class TensorRTBackend(NamedIOBackend):
             if not calibration_cache.startswith(b"TRT-"):
                 raise ValueError("calibration_cache is not a TensorRT calibration cache (its first line must be "
                                  "'TRT-<version>-<calibrator>'); pass the bundle's trt_calibration.cache")
+            calibration_cache = restamp_calibration_cache(calibration_cache, trt.__version__)
         self._calibration_cache = calibration_cache
         self._trt = trt
         self._cuda = _cuda(device)

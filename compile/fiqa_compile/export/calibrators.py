@@ -282,16 +282,10 @@ TRT_CACHE_ALGORITHM = "EntropyCalibration2"
 
 
 def trt_version_number(version: str) -> int:
-    """'8.6.2' -> 8602, '10.3.0' -> 100300 (TensorRT's NV_TENSORRT_VERSION)."""
-    try:
-        parts = [int(p) for p in version.split(".")[:3]]
-    except ValueError:
-        raise ValueError(f"TensorRT version must look like '10.3.0', got {version!r}") from None
-    major, minor, patch = (parts + [0, 0])[:3]
-    if not 5 <= major <= 10:
-        raise ValueError(f"TensorRT {version}: implicit-INT8 calibration caches are for TensorRT 5-10 "
-                         "(TensorRT 10 deprecates them; use the Q/DQ ONNX there)")
-    return major * (10000 if major >= 10 else 1000) + minor * 100 + patch
+    """'8.6.2' -> 8602, '10.3.0' -> 100300 (TensorRT's NV_TENSORRT_VERSION; the device runtime's own rule)."""
+    from fiqa_runtimes.tensorrt_backend import calibration_cache_version
+
+    return calibration_cache_version(version)
 
 
 def _scale_hex(scale: float) -> str:
@@ -303,7 +297,9 @@ def write_trt_calibration_cache(ranges: ActivationRanges, path: str | Path, trt_
                                 scales: Mapping[str, float] | None = None) -> Path:
     """Write the activation scales as a TensorRT calibration cache (``trtexec --int8 --calib=PATH``).
 
-    ``trt_version`` must be the device's TensorRT (JetPack 5.1: 8.5.2, JetPack 6.0: 8.6.2, 6.1/6.2: 10.3.0).
+    ``trt_version`` stamps the header (JetPack 5.1: 8.5.2, JetPack 6.0: 8.6.2, 6.1/6.2: 10.3.0). TensorRT skips a
+    cache stamped for another version, so the device runtime re-stamps it for the TensorRT it runs
+    (:func:`fiqa_runtimes.tensorrt_backend.restamp_calibration_cache`): one bundle serves all of them.
     ``tensor_names`` restricts the cache to these tensors (default: every calibrated tensor).
     ``scales`` overrides amax/127 for the tensors it names: pass the scales a Q/DQ model settled on
     (:attr:`fiqa_compile.export.qdq.QDQScan.activation_scales`) so both deployments quantise alike -- ORT gives a
