@@ -11,19 +11,24 @@ Every frame goes through detect -> track -> align -> score -> measures -> gate (
 captures are written to --out as image + JSON sidecar and printed; every gate decision can be appended to a
 JSON-lines log. With a display (and an OpenCV built with GUI support) a window shows boxes, scores and the
 reasons for each rejection; headless OpenCV wheels have no window support, so --display auto then runs
-headless. A frame that cannot be processed is counted and skipped: one bad frame never ends the run.
+headless. A frame that cannot be processed is counted and skipped: one bad frame never ends the run. Ctrl-C and
+SIGTERM (systemctl stop, docker stop) end the run cleanly: the last best-of-N windows are still written and the
+summary printed.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, TextIO
+from typing import Iterable, Iterator, TextIO
 
 import cv2
 import numpy as np
@@ -31,7 +36,7 @@ import numpy as np
 from fiqa_sdk.bundle import BundleError
 from fiqa_sdk.capture_io import CaptureWriter, DecisionLog
 from fiqa_sdk.frames import FrameError
-from fiqa_sdk.pipeline import CapturePipeline, FrameReport
+from fiqa_sdk.pipeline import SKIP_NO_POSE, SKIP_NON_FINITE, CapturePipeline, FrameReport
 from fiqa_sdk.scorer import Scorer
 from fiqa_sdk.sources import Frame, SourceError, SourceSpecError, open_source
 
@@ -65,7 +70,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="overlay window: auto = when a display and GUI-enabled OpenCV exist")
     p.add_argument("--image-format", choices=("jpg", "png"), default="jpg", help="capture image format")
     p.add_argument("--save-aligned", action="store_true", help="also store the 112x112 aligned face")
-    p.add_argument("-v", "--verbose", action="store_true", help="log every skipped frame and reconnect")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="also log (INFO) every bad read a source skips and every face kept from the gate, with why; "
+                        "reconnects and unprocessable frames are logged as warnings either way")
     args = p.parse_args(argv)
     if args.max_frames is not None and args.max_frames < 1:
         p.error("--max-frames must be >= 1")
@@ -87,6 +94,15 @@ def display_available() -> tuple[bool, str]:
     return True, ""
 
 
+def skip_label(reason: str) -> str:
+    """A short overlay note for a face the pipeline kept from the gate, from its reason."""
+    if reason.startswith(SKIP_NO_POSE):
+        return "pose?"
+    if reason.startswith(SKIP_NON_FINITE):
+        return "score nan" if "nan" in reason else "score inf"
+    return reason.split(":", 1)[0][:20]
+
+
 def draw_overlay(frame: np.ndarray, report: FrameReport, fps: float) -> np.ndarray:
     """Boxes coloured by this frame's verdict (green accepted, red rejected with reasons, yellow still a
     candidate in its best-of-N window, gray not gated), with track id and scores."""
@@ -96,7 +112,7 @@ def draw_overlay(frame: np.ndarray, report: FrameReport, fps: float) -> np.ndarr
     for face, tid in zip(report.faces, report.track_ids):
         d = report.decision_for(tid)
         if tid in skipped:
-            color, note = GRAY, "pose?"
+            color, note = GRAY, skip_label(skipped[tid])
         elif d is None:
             color, note = YELLOW, "candidate"
         elif d.accepted or (tid, report.frame_index) in accepted_now:
@@ -110,6 +126,33 @@ def draw_overlay(frame: np.ndarray, report: FrameReport, fps: float) -> np.ndarr
         cv2.putText(img, note, (x1, max(24, y1 - 4)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, color, 1, cv2.LINE_AA)
     cv2.putText(img, f"{fps:.1f} FPS", (8, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (255, 255, 255), 2, cv2.LINE_AA)
     return img
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived. A BaseException, like KeyboardInterrupt, so no ``except Exception`` on the way swallows it
+    and :func:`run` ends the way Ctrl-C ends it."""
+
+
+@contextlib.contextmanager
+def stop_on_sigterm() -> Iterator[None]:
+    """While the block runs, the first SIGTERM raises :class:`Terminated` (later ones are ignored, so the final
+    flush is not cut short); the previous handler comes back after. Without it SIGTERM kills the process before
+    the open windows are written. Python lets only the main thread set handlers: elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        if not fired:
+            fired.append(signum)
+            raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 @dataclass
@@ -140,7 +183,8 @@ def _announce(report: FrameReport, stats: RunStats, out: TextIO | None = None) -
 
 def run(frames: Iterable[Frame], pipeline: CapturePipeline, max_frames: int | None = None, show: bool = False,
         out: TextIO | None = None) -> RunStats:
-    """Feed frames through the pipeline until the source ends, ``max_frames``, 'q'/Esc in the window or Ctrl-C."""
+    """Feed frames through the pipeline until the source ends, ``max_frames``, 'q'/Esc in the window, Ctrl-C or
+    SIGTERM (under :func:`stop_on_sigterm`); the pipeline is flushed however it ends."""
     out = out or sys.stdout
     stats = RunStats()
     t0 = time.perf_counter()
@@ -169,6 +213,8 @@ def run(frames: Iterable[Frame], pipeline: CapturePipeline, max_frames: int | No
             stats.stopped_by = "--max-frames"
     except KeyboardInterrupt:
         stats.stopped_by = "Ctrl-C"
+    except Terminated:
+        stats.stopped_by = "SIGTERM"
     except SourceError as e:
         if stats.frames + stats.bad_frames == 0:
             raise  # it never delivered a frame: a wrong index/URL, not a lost source (main says so, exit 1)
@@ -180,9 +226,9 @@ def run(frames: Iterable[Frame], pipeline: CapturePipeline, max_frames: int | No
 
 
 def _skip_summary(stats: RunStats, total: int) -> str:
-    """``skipped N`` faces the pipeline kept from the gate, with why (they have no decision in the log)."""
+    """``N not gated`` faces the pipeline kept from the gate, with why (they have no decision in the log)."""
     reasons = "; ".join(f"{n}x {why}" for why, n in stats.skip_reasons.most_common())
-    return f"skipped {total}" + (f" ({reasons})" if reasons else "")
+    return f"{total} not gated" + (f" ({reasons})" if reasons else "")
 
 
 def open_outputs(args: argparse.Namespace) -> tuple[CaptureWriter, DecisionLog | None]:
@@ -193,10 +239,16 @@ def open_outputs(args: argparse.Namespace) -> tuple[CaptureWriter, DecisionLog |
     return writer, logger
 
 
+def configure_logging(verbose: bool) -> None:
+    """Warnings (reconnects, unprocessable frames) always; ``-v`` adds the SDK's INFO lines (each bad read a source
+    skips, each face kept from the gate). The level is set even where logging was configured already."""
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(logging.INFO if verbose else logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    configure_logging(args.verbose)
     try:
         source = open_source(args.source, wait=args.wait_for_source)
     except (SourceSpecError, SourceError) as e:
@@ -236,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         logger.bundle_id = i.bundle_id
     pipeline = CapturePipeline(scorer, writer=writer, logger=logger)
     try:
-        with source:
+        with stop_on_sigterm(), source:
             stats = run(source, pipeline, args.max_frames, show)
     except SourceError as e:  # the source could not even start
         print(f"error: {e}", file=sys.stderr)
@@ -248,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         if show:
             cv2.destroyAllWindows()
     reasons = ", ".join(f"{k} {v}" for k, v in pipeline.reasons.most_common()) or "none"
-    print(f"{stats.frames} frames ({stats.bad_frames} skipped) in {stats.seconds:.1f} s = {stats.fps:.1f} FPS; "
+    print(f"{stats.frames} frames ({stats.bad_frames} unprocessable, skipped) in {stats.seconds:.1f} s = "
+          f"{stats.fps:.1f} FPS; "
           f"{pipeline.counts['faces']} faces, {_skip_summary(stats, pipeline.counts['skipped'])}; "
           f"{len(stats.captures)} captures in {args.out}; "
           f"rejections: {reasons}; stopped by {stats.stopped_by}", flush=True)

@@ -77,6 +77,23 @@ def test_align_face_warps_pixels_where_the_matrix_says():
     assert crop[5, 5].max() == 0
 
 
+def test_a_face_cut_by_the_frame_edge_aligns_as_in_training():
+    """Past the frame edge the device repeats edge pixels exactly as the training crops do (not black padding)."""
+    from fiqa_calibration.crops import aligned_canvas, crop_from_canvas
+
+    rng = np.random.default_rng(0)
+    frame = cv2.GaussianBlur(rng.integers(40, 220, (240, 320, 3), dtype=np.uint8), (0, 0), 3)
+    m = _similarity(1.2, 10.0, -40.0, 20.0)  # the left third of the crop lies left of the frame
+    landmarks = ARCFACE_TEMPLATE_112 @ m[:, :2].T + m[:, 2]
+    from fiqa_sdk.pipeline import outside_fraction
+
+    assert outside_fraction(frame.shape, landmarks) > 0.3
+    crop = align_face(frame, landmarks)
+    assert crop[:, :20].min() > 0  # no black band where the frame ends
+    training = crop_from_canvas(aligned_canvas(frame, landmarks)[0])
+    assert np.abs(crop.astype(int) - training).max() <= 1
+
+
 @pytest.mark.parametrize("fmt", ["gray", "bgra", "float"])
 def test_align_face_gives_a_bgr_uint8_crop_from_any_frame_format_the_detector_takes(fmt):
     """The crop feeds faces_to_tensor, which takes only 112x112x3 uint8: the frame's format must not leak into it."""

@@ -2,6 +2,9 @@
 model loads, --wait-for-source makes live sources wait, the summary counts faces kept from the gate."""
 from __future__ import annotations
 
+import logging
+import os
+import signal
 from pathlib import Path
 
 import cv2
@@ -10,10 +13,11 @@ import pytest
 from example_helpers import UpsideDownLandmarks, load_example
 
 from fiqa_sdk import load_sample
+from fiqa_sdk.detection import Detection
 from fiqa_sdk.pipeline import FrameReport
 from fiqa_sdk.samples import SampleUnavailable
-from fiqa_sdk.scorer import Scorer
-from fiqa_sdk.sources import LiveSource, SourceError, VideoFileSource, open_source
+from fiqa_sdk.scorer import FaceResult, Scorer
+from fiqa_sdk.sources import Frame, FrameSource, LiveSource, SourceError, VideoFileSource, open_source
 
 
 @pytest.fixture()
@@ -90,8 +94,8 @@ def test_skipped_faces_are_counted_with_their_reasons(ex):
     stats = ex.RunStats()
     ex._announce(FrameReport(0, 0.0, skipped=[(1, "why a"), (2, "why b")]), stats)
     ex._announce(FrameReport(1, 0.1, skipped=[(1, "why a")]), stats)
-    assert ex._skip_summary(stats, 3) == "skipped 3 (2x why a; 1x why b)"
-    assert ex._skip_summary(ex.RunStats(), 0) == "skipped 0"
+    assert ex._skip_summary(stats, 3) == "3 not gated (2x why a; 1x why b)"
+    assert ex._skip_summary(ex.RunStats(), 0) == "0 not gated"
 
 
 def test_summary_reports_faces_the_pipeline_skipped(ex, video, retinaface_ort, tmp_path, capsys, monkeypatch):
@@ -102,7 +106,7 @@ def test_summary_reports_faces_the_pipeline_skipped(ex, video, retinaface_ort, t
     out = capsys.readouterr().out
     assert code == 0, out
     summary = out.strip().splitlines()[-1]
-    assert "3 faces, skipped 3 (3x pose unavailable from its landmarks: " in summary, summary
+    assert "3 faces, 3 not gated (3x pose unavailable from its landmarks: " in summary, summary
     assert "0 captures" in summary and log.read_text() == ""  # skipped faces get no gate decision
 
 
@@ -152,3 +156,102 @@ def test_waiting_keeps_the_callers_back_off_timings():
     mine = Backoff(initial_s=2.0, max_delay_s=60.0, max_attempts=3)
     waiting = open_source("0", wait=True, backoff=mine)
     assert waiting.backoff == Backoff(initial_s=2.0, max_delay_s=60.0, max_attempts=None)
+
+
+# -- SIGTERM, overlay labels, -v ---------------------------------------------------------------------------------------
+
+class _TerminatedAfter(FrameSource):
+    """The portrait video's frames, with SIGTERM sent to this very process (as systemctl/docker stop would) before
+    frame ``after``; no frame after it is delivered."""
+
+    description = "terminated mid-run"
+
+    def __init__(self, video: Path, after: int):
+        self.frames, self.after, self.closed = [f.image for f in VideoFileSource(video)], after, False
+
+    def __iter__(self):
+        for i, image in enumerate(self.frames):
+            if i == self.after:
+                os.kill(os.getpid(), signal.SIGTERM)
+            yield Frame(i, i / 10, image)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_sigterm_ends_the_run_like_ctrl_c_flushing_the_open_windows(ex, video, retinaface_ort, tmp_path, capsys,
+                                                                   monkeypatch):
+    stray = []  # if main installed no handler, this catches the signal instead of it killing pytest
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stray.append(signum))
+    flushed = []
+
+    class SpyPipeline(ex.CapturePipeline):
+        def flush(self):
+            flushed.append(self.counts["frames"])
+            return super().flush()
+
+    source = _TerminatedAfter(video, after=2)
+    monkeypatch.setattr(ex, "open_source", lambda spec, **kw: source)
+    monkeypatch.setattr(ex, "CapturePipeline", SpyPipeline)
+    monkeypatch.setattr(ex, "Scorer", lambda *a, **k: Scorer(detector=retinaface_ort, threads=1))
+    log = tmp_path / "log.jsonl"
+    try:
+        code = ex.main(["--source", "x", "--out", str(tmp_path / "caps"), "--log", str(log), "--display", "off"])
+        handler_after = signal.getsignal(signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    out = capsys.readouterr().out
+    assert code == 0 and stray == [], out
+    summary = out.strip().splitlines()[-1]
+    assert summary.startswith("2 frames") and summary.endswith("stopped by SIGTERM"), summary
+    assert flushed == [2] and source.closed
+    # the one window the two frames opened was settled by the flush: both frames decided and logged, the winner
+    # (a sharp frontal portrait) written
+    assert len(log.read_text().splitlines()) == 2
+    assert "1 captures" in summary and len(list((tmp_path / "caps").glob("*.json"))) == 1
+    assert handler_after is not previous and handler_after.__name__ == "<lambda>"  # the test's own, restored
+
+
+def test_overlay_labels_a_skipped_face_by_why_it_was_skipped(ex):
+    assert ex.skip_label("pose unavailable from its landmarks: mouth above the eyes") == "pose?"
+    assert ex.skip_label("non-finite score utility=nan (model output overflowed?)") == "score nan"
+    assert ex.skip_label("non-finite score perceptual=inf (model output overflowed?)") == "score inf"
+
+
+def test_overlay_draws_the_skip_label(ex, video, monkeypatch):
+    frame = next(iter(VideoFileSource(video))).image
+    det = Detection(np.array([200.0, 100.0, 400.0, 350.0]), np.zeros((5, 2)), 0.99)
+    face = FaceResult(det, np.zeros((112, 112, 3), np.uint8), float("nan"), 50.0, {})
+    drawn, real = [], cv2.putText
+
+    def spy(img, text, *args, **kwargs):
+        drawn.append(text)
+        return real(img, text, *args, **kwargs)
+
+    monkeypatch.setattr(ex.cv2, "putText", spy)
+    report = FrameReport(0, 0.0, faces=[face], track_ids=[7],
+                         skipped=[(7, "non-finite score utility=nan (model output overflowed?)")])
+    ex.draw_overlay(frame, report, 10.0)
+    assert "score nan" in drawn and "pose?" not in drawn
+
+
+@pytest.fixture()
+def root_level():
+    """main() sets the root logger's level (-v): put it back for the other tests."""
+    root = logging.getLogger()
+    level = root.level
+    yield
+    root.setLevel(level)
+
+
+def test_verbose_logs_each_face_kept_from_the_gate(ex, video, retinaface_ort, tmp_path, caplog, root_level,
+                                                    monkeypatch):
+    monkeypatch.setattr(ex, "Scorer", lambda *a, **k: Scorer(detector=UpsideDownLandmarks(retinaface_ort),
+                                                             threads=1))
+    args = ["--source", str(video), "--out", str(tmp_path / "caps"), "--display", "off", "--max-frames", "1"]
+    assert ex.main(args + ["-v"]) == 0
+    kept = [r for r in caplog.records if r.name == "fiqa_sdk.pipeline" and r.levelno == logging.INFO]
+    assert len(kept) == 1 and "face of track 1 not gated: pose unavailable" in kept[0].getMessage()
+    caplog.clear()
+    assert ex.main(args) == 0
+    assert [r for r in caplog.records if r.levelno < logging.WARNING] == []

@@ -122,6 +122,43 @@ def test_filesystem_without_hard_links(tmp_path, capture, monkeypatch):
     assert listing(tmp_path) == ["x-1.jpg", "x-1.json", "x.jpg"]
 
 
+
+def test_without_hard_links_no_final_name_ever_holds_an_empty_file(tmp_path, capture, monkeypatch):
+    """A watcher of the folder must never see a 0-byte reservation under a capture's name: the stem is reserved
+    by a hidden lock file, and each finished temp file is moved onto a name that did not exist until then."""
+    def no_link(src, dst):
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+
+    real_replace, seen = os.replace, []
+
+    def watching_replace(src, dst):
+        dst = Path(dst)
+        seen.append((dst.name, dst.exists(), (dst.parent / ".x.lock").exists(), os.path.getsize(src)))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(capture_io.os, "link", no_link)
+    monkeypatch.setattr(capture_io.os, "replace", watching_replace)
+    monkeypatch.setattr(CaptureWriter, "_stem", lambda self, c, now, n: "x" if n == 0 else f"x-{n}")
+    files = CaptureWriter(tmp_path, save_aligned=True).write(capture)
+    assert [name for name, *_ in seen] == ["x.jpg", "x_aligned.png", "x.json"]  # sidecar last
+    assert all(not existed and locked and size > 0 for _, existed, locked, size in seen)
+    assert listing(tmp_path) == ["x.jpg", "x.json", "x_aligned.png"]  # lock removed, no temp files
+    assert json.loads(files.sidecar.read_text())["id"] == "x"
+
+
+def test_a_stem_another_writer_holds_or_partly_uses_is_skipped(tmp_path, capture, monkeypatch):
+    def no_link(src, dst):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(capture_io.os, "link", no_link)
+    monkeypatch.setattr(CaptureWriter, "_stem", lambda self, c, now, n: "x" if n == 0 else f"x-{n}")
+    (tmp_path / ".x.lock").write_bytes(b"")  # a writer is publishing "x" right now
+    (tmp_path / "x-1.json").write_text("an older sidecar")  # only the sidecar name of "x-1" is taken
+    files = CaptureWriter(tmp_path).write(capture)
+    assert files.stem == "x-2"
+    assert (tmp_path / ".x.lock").exists() and (tmp_path / "x-1.json").read_text() == "an older sidecar"
+    assert listing(tmp_path) == [".x.lock", "x-1.json", "x-2.jpg", "x-2.json"]
+
 def test_interrupted_write_leaves_nothing(tmp_path, capture, monkeypatch):
     real_write = os.write
 

@@ -270,7 +270,7 @@ def test_example_cli_runs_a_video_headless(quality_bundle, clip, tmp_path, capsy
     assert len(captured) == 1 and int(captured[0].split()[4].rstrip(":")) in range(0, 6)
     assert len(list((tmp_path / "caps").glob("*.json"))) == 1
     assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 16
-    assert "16 frames (0 skipped)" in out and "rejections: " in out
+    assert "16 frames (0 unprocessable, skipped)" in out and "rejections: " in out
 
 
 def test_example_loop_survives_a_bad_frame(scorer, clip):
@@ -281,7 +281,6 @@ def test_example_loop_survives_a_bad_frame(scorer, clip):
     out = io.StringIO()
     stats = ex.run(stream, CapturePipeline(scorer), out=out)
     assert (stats.frames, stats.bad_frames, stats.stopped_by) == (3, 2, "end of source")
-    assert stats.fps > 0
 
 
 def test_example_tells_a_source_that_never_started_from_one_that_was_lost(scorer, clip):

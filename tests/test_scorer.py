@@ -206,3 +206,16 @@ def test_closing_a_scorer_releases_its_engine_once_and_stops_scoring(bundle_path
     assert closed == [True]
     with pytest.raises(RuntimeError, match="this Scorer was closed"):
         s.score(faces[:1])
+
+
+def test_the_manifest_index_picks_each_scores_model_output_column(tmp_path, bundle_path, faces):
+    """A bundle whose model emits (perceptual, utility): each score must read the column its ``index`` names."""
+    manifest = json.loads((bundle_path / "manifest.json").read_text())
+    specs = [ScoreSpec(s["name"], 1 - s["index"], s["teacher"], s["mean"], s["std"], s["lo"], s["hi"])
+             for s in manifest["scores"]]
+    swapped = write_test_bundle(tmp_path / "swapped", bundle_path / "student.onnx", specs=specs)
+    got = Scorer(swapped, backend="onnxruntime", detector=None, threads=1).score(faces)
+    z, expected = _by_hand(swapped, faces)
+    np.testing.assert_allclose(got.scores, expected, atol=1e-3)
+    np.testing.assert_allclose([f.utility_z for f in got], z[:, 1], atol=1e-5)
+    assert not np.allclose(z[:, 0], z[:, 1])  # the two columns differ, so a mix-up would show

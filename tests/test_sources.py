@@ -548,3 +548,138 @@ def test_camera_asks_the_driver_for_a_short_queue(monkeypatch):
     assert [c for c in calls if c[0] != "open"] == []
     with pytest.raises(ValueError, match="buffer_frames must be >= 1"):
         sources.camera_source(0, buffer_frames=0)
+
+
+# -- camera paths: any character device -------------------------------------------------------------------------------
+
+def test_a_udev_symlink_to_a_character_device_is_a_camera(tmp_path):
+    """/dev/v4l/by-id/...-video-index0 is a symlink to /dev/videoN: a camera, not a video file. /dev/null stands in
+    for the device node: it is a character device on every Linux."""
+    by_id = tmp_path / "usb-Logitech_C920_1234-video-index0"
+    by_id.symlink_to("/dev/null")
+    src = open_source(str(by_id))
+    assert isinstance(src, LiveSource) and src.target == str(by_id)
+    with pytest.raises(SourceError, match="is a character device.*open it as a camera"):
+        VideoFileSource(by_id)
+
+
+def test_a_v4l_name_not_plugged_in_yet_is_a_camera_to_wait_for():
+    missing = "/dev/v4l/by-id/usb-Not_Plugged_In-video-index0"
+    with pytest.raises(SourceError, match=r"camera device .* does not exist.*wait=True"):
+        open_source(missing)
+    assert isinstance(open_source(missing, wait=True), LiveSource)
+
+
+def test_a_path_that_is_neither_a_file_nor_a_device_says_so(tmp_path):
+    fifo = tmp_path / "frames.pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(SourceSpecError, match="exists but is not a regular file"):
+        open_source(str(fifo))
+    with pytest.raises(SourceError, match="exists but is not a regular file"):
+        VideoFileSource(fifo)
+
+
+# -- close(): the way to stop a source, from any thread ----------------------------------------------------------------
+
+def test_close_after_a_frame_ends_the_iteration_without_reopening():
+    photo = face_photos()[0]
+    clock = FakeClock()
+    cap = FakeCapture([photo] * 5)
+    src = live([cap, FakeCapture([photo])], clock)
+    it = iter(src)
+    assert next(it).index == 0
+    src.close()
+    assert list(it) == [] and cap.released and len(src.opened) == 1 and src.closed
+    assert list(src) == [] and len(src.opened) == 1  # closed stays closed: nothing is opened again
+
+
+def test_close_during_a_reconnection_back_off_ends_it_cleanly():
+    photo = face_photos()[0]
+    clock = FakeClock()
+    src = live([FakeCapture([photo]), FakeCapture([photo])], clock, max_bad_reads=1)
+
+    def close_while_waiting(delay):  # what close() from another thread does to a source backing off
+        clock.sleeps.append(delay)
+        src.close()
+
+    src._sleep = close_while_waiting
+    assert [f.index for f in src] == [0]  # StopIteration, not SourceError, and no reopen after close
+    assert clock.sleeps == [0.5] and len(src.opened) == 1 and src.reconnects == 0
+
+
+def test_close_from_another_thread_waits_for_the_read_under_way():
+    photo = face_photos()[0]
+    events: list[str] = []
+    reading, proceed = threading.Event(), threading.Event()
+
+    class BlockingCapture(FakeCapture):
+        def read(self):
+            if len(events) == 1:  # the second read blocks, like a camera waiting for its next frame
+                reading.set()
+                proceed.wait()
+            events.append("read")
+            return True, photo
+
+        def release(self):
+            events.append("release")
+            super().release()
+
+    src = LiveSource(lambda: BlockingCapture([]), "blocking camera")
+    got: list = []
+    consumer = threading.Thread(target=lambda: got.extend(src))
+    consumer.start()
+    reading.wait()
+    closer = threading.Thread(target=src.close)
+    closer.start()
+    proceed.set()
+    closer.join()
+    consumer.join()
+    assert events == ["read", "read", "release"]  # never released under a read
+    assert [f.index for f in got] == [0, 1]  # then the loop ended cleanly, no AttributeError on a released device
+
+
+def test_close_wakes_a_live_source_waiting_out_its_back_off():
+    """With the default sleep, close() cuts a long back-off short: a service stopping a camera loop that waits for
+    its device (--wait-for-source) does not hang until the next attempt."""
+    photo = face_photos()[0]
+    backing_off = threading.Event()
+
+    class Noticed(logging.Handler):
+        def emit(self, record):
+            if "reconnect attempt 1" in record.getMessage():
+                backing_off.set()
+
+    handler = Noticed()
+    logging.getLogger("fiqa_sdk.sources").addHandler(handler)
+    caps = iter([FakeCapture([photo]), FakeCapture([photo])])
+    src = LiveSource(lambda: next(caps), "waiting camera", max_bad_reads=1,
+                     backoff=Backoff(initial_s=3600.0, max_delay_s=3600.0, max_attempts=None))
+    got: list = []
+    consumer = threading.Thread(target=lambda: got.extend(src), daemon=True)
+    try:
+        consumer.start()
+        backing_off.wait()
+        src.close()
+        consumer.join(timeout=60)  # a bound against hanging, not a speed check: the back-off is an hour
+    finally:
+        logging.getLogger("fiqa_sdk.sources").removeHandler(handler)
+    assert not consumer.is_alive() and [f.index for f in got] == [0]
+
+
+def test_a_closed_video_file_ends_without_calling_the_file_damaged(video, caplog):
+    path, _ = video
+    src = VideoFileSource(path)
+    it = iter(src)
+    with caplog.at_level(logging.INFO, logger="fiqa_sdk.sources"):
+        assert next(it).index == 0
+        src.close()
+        assert list(it) == []
+    assert "damaged" not in caplog.text and "undecodable" not in caplog.text and "ended early" not in caplog.text
+
+
+def test_closing_an_in_memory_source_stops_its_iteration_too():
+    src = ListSource(face_photos()[:3])
+    it = iter(src)
+    assert next(it).index == 0
+    src.close()
+    assert list(it) == []

@@ -93,7 +93,8 @@ register_backend("tflite-runtime", "tflite_runtime", "fiqa_runtimes.litert_backe
                  (ModelFormat.TFLITE,))
 register_backend("tensorrt", "tensorrt", "fiqa_runtimes.tensorrt_backend:TensorRTBackend", (ModelFormat.ONNX,),
                  install_hint="TensorRT's Python bindings come with JetPack on a Jetson (create the venv with "
-                              "--system-site-packages to see them), or from NVIDIA's 'tensorrt' wheels on a CUDA machine")
+                              "--system-site-packages to see them), or from NVIDIA's 'tensorrt' wheels on a CUDA "
+                              "machine")
 
 
 def _installed(module: str) -> bool:
@@ -104,16 +105,68 @@ def _installed(module: str) -> bool:
 
 
 def available_backends(fmt: ModelFormat | str | None = None) -> list[str]:
-    """Backends whose engine is importable here, in 'auto' preference order."""
+    """Backends whose engine module is installed here, in 'auto' preference order. Found, not imported (importing
+    every engine would be slow): an installed engine that fails to load shows when :func:`load_backend` tries it."""
     fmt = ModelFormat(fmt) if fmt is not None else None
     names = [n for n in _AUTO_ORDER if n in _REGISTRY] + [n for n in _REGISTRY if n not in _AUTO_ORDER]
     return [n for n in names
             if _installed(_REGISTRY[n][0]) and (fmt is None or fmt in _REGISTRY[n][2])]
 
 
+def _broken(name: str, error: BaseException) -> BackendUnavailable:
+    """An engine that is installed but cannot load (a missing shared library, an ABI mismatch) is as unusable as a
+    missing one: saying so as BackendUnavailable lets "auto" move on to the next runtime."""
+    requires = _REGISTRY[name][0]
+    hint = _HINTS.get(name, f"pip install {requires}")
+    return BackendUnavailable(f"backend {name!r}: the Python module {requires!r} is installed but failed to load "
+                              f"({type(error).__name__}: {error}); a missing or mismatched shared library is the usual "
+                              f"cause: reinstall it ({hint}), or pick another backend")
+
+
 def _factory(name: str) -> Callable[..., Backend]:
-    module, cls = _REGISTRY[name][1].split(":")
-    return getattr(importlib.import_module(module), cls)
+    """The backend's class, after importing its engine, so a broken install fails here as BackendUnavailable."""
+    requires, factory, _ = _REGISTRY[name]
+    module, cls = factory.split(":")
+    try:
+        importlib.import_module(requires)
+        return getattr(importlib.import_module(module), cls)
+    except (ImportError, OSError) as e:
+        raise _broken(name, e) from e
+
+
+def _construct(name: str, model: bytes, options: dict) -> Backend:
+    """Instantiate a backend; its lazy imports of engine submodules fail as BackendUnavailable, like its module's.
+
+    ``model`` is already read, so an OSError here is the engine's (a shared library it loads), not the model file's.
+    """
+    cls = _factory(name)
+    try:
+        return cls(model, **options)
+    except (ImportError, OSError) as e:
+        raise _broken(name, e) from e
+
+
+# NodeProto.op_type (field 4, length-delimited) = "QuantizeLinear", byte for byte as protobuf writes it.
+_QDQ_MARKER = b"\x22\x0eQuantizeLinear"
+
+
+def has_qdq_nodes(onnx: bytes) -> bool:
+    """Whether an ONNX model holds QuantizeLinear nodes (an explicitly quantized INT8 graph). Found from the bytes
+    protobuf writes for that op type, so a device needs no onnx package to tell."""
+    return _QDQ_MARKER in onnx
+
+
+def _auto_options(name: str, model: bytes, options: dict) -> dict:
+    """Options for a backend tried by "auto". TensorRT defaults to INT8, which only a Q/DQ graph can build: unless
+    the caller chose a precision (or gave an INT8 calibration cache), a float graph gets the float precision."""
+    if name != "tensorrt" or "precision" in options or options.get("calibration_cache") is not None:
+        return options
+    if has_qdq_nodes(model):
+        return {**options, "precision": "int8"}
+    _factory(name)  # a broken TensorRT is BackendUnavailable here, before float_precision() imports it
+    from fiqa_runtimes.tensorrt_backend import float_precision
+
+    return {**options, "precision": float_precision()}
 
 
 def check_threads(threads: object) -> None:
@@ -122,24 +175,8 @@ def check_threads(threads: object) -> None:
         raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
 
 
-def load_backend(model: bytes | str, fmt: ModelFormat | str, backend: str = "auto", **options) -> Backend:
-    """Load ``model`` (bytes or a path) with the named backend, or the best installed one for ``fmt``."""
-    check_threads(options.get("threads"))
-    fmt = ModelFormat(fmt)
-    if backend == "auto":  # the best installed one that can actually start (TensorRT without a GPU cannot)
-        candidates = available_backends(fmt)
-        if not candidates:
-            wanted = {ModelFormat.ONNX: "onnxruntime (pip install onnxruntime: fiqa-sdk's 'onnx' extra)",
-                      ModelFormat.TFLITE: "ai-edge-litert (pip install ai-edge-litert: fiqa-sdk's 'tflite' extra)"}[fmt]
-            raise BackendUnavailable(f"no runtime installed that runs {fmt.value} models; install {wanted}")
-        reasons = []
-        for name in candidates:
-            try:
-                return load_backend(model, fmt, name, **options)
-            except BackendUnavailable as e:
-                log.warning("backend %s unavailable (%s); trying the next one", name, e)
-                reasons.append(f"{name}: {e}")
-        raise BackendUnavailable(f"no installed backend could load the {fmt.value} model: {'; '.join(reasons)}")
+def _check_named(backend: str, fmt: ModelFormat) -> None:
+    """A known backend, for this format, whose engine module is installed (BackendUnavailable otherwise)."""
     if backend not in _REGISTRY:
         raise ValueError(f"unknown backend {backend!r}; known: {sorted(_REGISTRY)}")
     requires, _, formats = _REGISTRY[backend]
@@ -147,8 +184,41 @@ def load_backend(model: bytes | str, fmt: ModelFormat | str, backend: str = "aut
         raise ValueError(f"backend {backend!r} runs {[f.value for f in formats]} models, not {fmt.value}")
     if not _installed(requires):
         hint = _HINTS.get(backend, f"pip install {requires}")
-        raise BackendUnavailable(f"backend {backend!r} needs the Python module {requires!r}, which is not installed: {hint}")
-    return _factory(backend)(model, **options)
+        raise BackendUnavailable(f"backend {backend!r} needs the Python module {requires!r}, which is not installed: "
+                                 f"{hint}")
+
+
+def _load_auto(model: bytes, fmt: ModelFormat, options: dict) -> Backend:
+    """The best installed backend that can actually start (TensorRT without a GPU, or a broken install, cannot)."""
+    candidates = available_backends(fmt)
+    if not candidates:
+        wanted = {ModelFormat.ONNX: "onnxruntime (pip install onnxruntime: fiqa-sdk's 'onnx' extra)",
+                  ModelFormat.TFLITE: "ai-edge-litert (pip install ai-edge-litert: fiqa-sdk's 'tflite' extra)"}[fmt]
+        raise BackendUnavailable(f"no runtime installed that runs {fmt.value} models; install {wanted}")
+    reasons = []
+    for name in candidates:
+        try:
+            _check_named(name, fmt)
+            return _construct(name, model, _auto_options(name, model, options))
+        except BackendUnavailable as e:
+            log.warning("backend %s unavailable (%s); trying the next one", name, e)
+            reasons.append(f"{name}: {e}")
+    raise BackendUnavailable(f"no installed backend could load the {fmt.value} model: {'; '.join(reasons)}")
+
+
+def load_backend(model: bytes | str, fmt: ModelFormat | str, backend: str = "auto", **options) -> Backend:
+    """Load ``model`` (bytes or a path) with the named backend, or the best installed one for ``fmt``.
+
+    An engine that is missing, or installed but fails to load (ImportError/OSError), raises BackendUnavailable;
+    with ``auto`` that moves on to the next installed engine. ``auto`` builds TensorRT in INT8 only for a Q/DQ
+    graph (a float one in fp16, or fp32 on TensorRT 11) unless ``precision`` is given.
+    """
+    check_threads(options.get("threads"))
+    fmt = ModelFormat(fmt)
+    if backend == "auto":
+        return _load_auto(read_model(model), fmt, options)
+    _check_named(backend, fmt)
+    return _construct(backend, read_model(model), options)
 
 
 def read_model(model: bytes | str) -> bytes:

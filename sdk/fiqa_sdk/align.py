@@ -68,8 +68,12 @@ def warp_to_crop(frame: np.ndarray, matrix: np.ndarray, size: int | tuple[int, i
 
 def align_face(frame: np.ndarray, landmarks: np.ndarray, size: int = SPEC.size) -> np.ndarray:
     """Warp a face to the aligned crop, size x size x 3 BGR uint8 whatever the frame's format (gray, BGR, BGRA,
-    float in [0, 1]: what the detector accepts). ``landmarks``: 5x2 (eyes, nose, mouth corners) in frame pixels."""
-    return warp_to_crop(to_bgr(frame), alignment_matrix(landmarks, size), size)
+    float in [0, 1]: what the detector accepts). ``landmarks``: 5x2 (eyes, nose, mouth corners) in frame pixels.
+
+    Where the crop reaches past the frame edge the edge pixels are repeated, as in the crops the teachers and the
+    student were trained on (:mod:`fiqa_calibration.crops`): black padding there would be a degradation the models
+    never saw, and a face cut by the edge would score unlike the same face in training."""
+    return warp_to_crop(to_bgr(frame), alignment_matrix(landmarks, size), size, border=cv2.BORDER_REPLICATE)
 
 
 def transform_points(points: np.ndarray, matrix: np.ndarray) -> np.ndarray:

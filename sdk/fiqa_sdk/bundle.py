@@ -413,7 +413,8 @@ class Bundle:
             raise BundleError(
                 f"no installed runtime can run any model of bundle {self.path}: its models need "
                 f"{sorted({b for m in self.models for b in m.backends})}, installed are {available_backends()}; "
-                "pip install ai-edge-litert (LiteRT) or onnxruntime (ONNX Runtime): fiqa-sdk's 'tflite' / 'onnx' extras")
+                "pip install ai-edge-litert (LiteRT) or onnxruntime (ONNX Runtime): fiqa-sdk's 'tflite' / 'onnx' "
+                "extras")
         return found[0]
 
     def load_model(self, backend: str = "auto", threads: int | None = None, model: str | None = None) -> LoadedModel:
@@ -586,13 +587,15 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
 
 # -- embedded defaults ------------------------------------------------------------------------------------------------
 
-def default_bundle_path(bundles_dir: str | os.PathLike | None = None, backend: str = "auto") -> Path:
-    """The embedded bundle that best fits the installed runtimes, or the runtime asked for.
+def default_bundle_paths(bundles_dir: str | os.PathLike | None = None, backend: str = "auto") -> list[Path]:
+    """The embedded bundles, best fit first for the installed runtimes or the runtime asked for.
 
-    With LiteRT (or tflite-runtime) installed, the ``android-arm64`` bundle: its full-INT8 TFLite runs on XNNPACK's
-    int8 kernels on ARM and x86 alike (about 2x faster than the fp32 ONNX in ONNX Runtime on x86 in our
-    measurements). Otherwise the ``cpu`` bundle. A named ``backend`` picks the bundle whose models it runs (ONNX
-    engines: ``cpu``; TFLite interpreters: ``android-arm64``). Falls back to whichever exists.
+    With LiteRT (or tflite-runtime) installed, the ``android-arm64`` bundle first: its full-INT8 TFLite runs on
+    XNNPACK's int8 kernels on ARM and x86 alike (about 2x faster than the fp32 ONNX in ONNX Runtime on x86 in our
+    measurements), then ``cpu``. Otherwise ``cpu`` first. A named ``backend`` puts first the bundle whose models it
+    runs (ONNX engines: ``cpu``; TFLite interpreters: ``android-arm64``). Only bundles that exist are listed.
+    "Installed" means found, not imported: a runtime that turns out broken when loaded is why the second exists
+    (:class:`~fiqa_sdk.scorer.Scorer` falls back to it).
     """
     from fiqa_runtimes import available_backends
 
@@ -604,10 +607,16 @@ def default_bundle_path(bundles_dir: str | os.PathLike | None = None, backend: s
     else:
         has_tflite = any(b in available_backends("tflite") for b in _TFLITE_BACKENDS)
     order = ["android-arm64", "cpu"] if has_tflite else ["cpu", "android-arm64"]
-    for target in order:
-        p = root / DEFAULT_BUNDLES[target]
-        if (p / MANIFEST).is_file():
-            return p
-    raise BundleError(f"no embedded default bundle in {root} (looked for {[DEFAULT_BUNDLES[t] for t in order]}): "
-                      "this fiqa-sdk build ships none yet. Build one with `fiqa-compile --target cpu --out "
-                      "<folder>` and pass Scorer(bundle='<folder>')")
+    return [root / DEFAULT_BUNDLES[t] for t in order if (root / DEFAULT_BUNDLES[t] / MANIFEST).is_file()]
+
+
+def default_bundle_path(bundles_dir: str | os.PathLike | None = None, backend: str = "auto") -> Path:
+    """The embedded bundle that best fits the installed runtimes, or the runtime asked for: the first of
+    :func:`default_bundle_paths`."""
+    found = default_bundle_paths(bundles_dir, backend)
+    if not found:
+        root = Path(bundles_dir) if bundles_dir is not None else BUNDLES_DIR
+        raise BundleError(f"no embedded default bundle in {root} (looked for {sorted(DEFAULT_BUNDLES.values())}): "
+                          "this fiqa-sdk build ships none yet. Build one with `fiqa-compile --target cpu --out "
+                          "<folder>` and pass Scorer(bundle='<folder>')")
+    return found[0]

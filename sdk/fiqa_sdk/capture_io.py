@@ -1,14 +1,17 @@
 """Persist the gate's output: capture files written atomically, and a JSON-lines log of every decision.
 
 A capture is an image plus a JSON sidecar. Each file is written to a hidden temp file in the target folder,
-flushed (and fsynced), then published under its final name in one atomic step that never replaces an existing
-file: ``os.link`` (fails if the name exists), or, on filesystems without hard links (FAT/exFAT SD cards),
-an ``O_EXCL`` reservation of the name followed by ``os.replace`` over that reservation. The sidecar is published
-last, so a consumer that reacts to ``*.json`` never sees a capture whose image is missing or partial. A write
-that fails midway removes its temp file and any part of the capture already published.
+flushed (and fsynced), then published under its final name without ever replacing an existing file. The writer
+first reserves the capture's stem with a hidden ``.<stem>.lock`` file created with ``O_EXCL`` (so two writers
+never publish under one stem) and checks that none of its names is taken; each file then gets its name with
+``os.link`` (which fails if the name exists), or, on filesystems without hard links (FAT/exFAT SD cards),
+``os.replace``, which the reservation makes safe. No final name ever holds an empty or partial file. The sidecar
+is published last, so a consumer that reacts to ``*.json`` never sees a capture whose image is missing or partial.
+A write that fails midway removes its temp files and any part of the capture already published.
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -18,7 +21,7 @@ import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import cv2
 import numpy as np
@@ -27,6 +30,7 @@ from fiqa_sdk.gate import Capture, GateDecision, GateStep
 
 SIDECAR_SCHEMA = 1
 _TMP_PREFIX = ".tmp-"
+_LOCK_SUFFIX = ".lock"
 _NO_HARDLINK = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EMLINK, errno.ENOSYS}
 
 
@@ -51,9 +55,10 @@ def _write_fd(fd: int, data: bytes) -> None:
         view = view[n:]
 
 
-def _publish(data: bytes, final: Path, fsync: bool) -> None:
-    """Write ``data`` to ``final`` atomically; raise FileExistsError rather than replace an existing file."""
-    fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=_TMP_PREFIX, suffix=final.suffix)
+def _write_temp(data: bytes, folder: Path, suffix: str, fsync: bool) -> Path:
+    """``data`` in a hidden temp file of ``folder``, flushed (and fsynced), so only complete files get published;
+    removed again if writing fails."""
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=_TMP_PREFIX, suffix=suffix)
     try:
         try:
             _write_fd(fd, data)
@@ -61,23 +66,37 @@ def _publish(data: bytes, final: Path, fsync: bool) -> None:
                 os.fsync(fd)
         finally:
             os.close(fd)
-        try:
-            os.link(tmp, final)
-        except FileExistsError:
-            raise
-        except OSError as e:
-            if e.errno not in _NO_HARDLINK:
-                raise
-            # No hard links here: reserve the name exclusively, then move the finished file over the reservation.
-            os.close(os.open(final, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-            try:
-                os.replace(tmp, final)
-            except BaseException:
-                os.unlink(final)
-                raise
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return Path(tmp)
+
+
+@contextlib.contextmanager
+def _stem_lock(folder: Path, stem: str) -> Iterator[None]:
+    """Hold ``stem`` in ``folder`` for this writer: a hidden ``.<stem>.lock`` made with ``O_EXCL`` (FileExistsError
+    while another writer holds it). A filesystem without hard links cannot refuse to replace a name by itself, so
+    the names are checked and published under this reservation; it is removed afterwards."""
+    lock = folder / f".{stem}{_LOCK_SUFFIX}"
+    os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    try:
+        yield
     finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        lock.unlink(missing_ok=True)
+
+
+def _place(tmp: Path, final: Path) -> None:
+    """Give a finished temp file its final name in one atomic step: a hard link, which refuses an existing name
+    (the temp file stays, the caller removes it); without hard links, ``os.replace`` (the temp file is consumed),
+    safe because the caller holds the stem's lock and checked the name was free."""
+    try:
+        os.link(tmp, final)
+    except FileExistsError:
+        raise
+    except OSError as e:
+        if e.errno not in _NO_HARDLINK:
+            raise
+        os.replace(tmp, final)
 
 
 def _encode(image: np.ndarray, ext: str, jpeg_quality: int) -> bytes:
@@ -164,33 +183,59 @@ class CaptureWriter:
             json.dumps(doc, allow_nan=False)
         except (TypeError, ValueError) as e:
             raise ValueError(f"capture metadata cannot be stored as JSON: {e}") from e
-        for attempt in range(10_000):
-            stem = self._stem(capture, now, attempt)
-            files = CaptureFiles(stem, self.directory / f"{stem}{self.ext}", self.directory / f"{stem}.json",
-                                 self.directory / f"{stem}_aligned.png" if aligned is not None else None)
-            try:
-                _publish(image, files.image, self.fsync)
-            except FileExistsError:
-                continue
-            except OSError as e:
-                raise CaptureWriteError(f"writing {files.image} failed ({e}); nothing was kept") from e
-            break
-        else:
-            raise CaptureWriteError(f"no free file name for {stem} in {self.directory}")
-        published = [files.image]
+        temps: list[Path] = []
         try:
+            temps.append(_write_temp(image, self.directory, self.ext, self.fsync))
             if aligned is not None:
-                _publish(aligned, files.aligned, self.fsync)
-                published.append(files.aligned)
-            doc = self.sidecar(capture, files, now, extra)
-            _publish(json.dumps(doc, indent=1, allow_nan=False).encode(), files.sidecar, self.fsync)
-        except BaseException as e:
+                temps.append(_write_temp(aligned, self.directory, ".png", self.fsync))
+            return self._publish(capture, now, extra, temps)
+        except CaptureWriteError:
+            raise
+        except OSError as e:
+            raise CaptureWriteError(f"writing a capture into {self.directory} failed ({e}); nothing was kept") from e
+        finally:
+            for tmp in temps:
+                tmp.unlink(missing_ok=True)
+
+    def _files(self, capture: Capture, now: datetime, attempt: int, aligned: bool) -> CaptureFiles:
+        stem = self._stem(capture, now, attempt)
+        return CaptureFiles(stem, self.directory / f"{stem}{self.ext}", self.directory / f"{stem}.json",
+                            self.directory / f"{stem}_aligned.png" if aligned else None)
+
+    def _publish(self, capture: Capture, now: datetime, extra: Mapping[str, Any] | None,
+                 temps: list[Path]) -> CaptureFiles:
+        """Publish the written temp files (image, then aligned face) and the sidecar under the first free stem."""
+        for attempt in range(10_000):
+            files = self._files(capture, now, attempt, aligned=len(temps) > 1)
+            names = [files.image, files.sidecar] + ([files.aligned] if files.aligned else [])
+            try:
+                with _stem_lock(self.directory, files.stem):
+                    if any(os.path.lexists(p) for p in names):
+                        continue
+                    self._publish_files(capture, now, extra, temps, files)
+                    return files
+            except FileExistsError:  # another writer holds this stem, or took one of its names (hard links)
+                continue
+        raise CaptureWriteError(f"no free file name for {files.stem} in {self.directory}")
+
+    def _publish_files(self, capture: Capture, now: datetime, extra: Mapping[str, Any] | None, temps: list[Path],
+                       files: CaptureFiles) -> None:
+        """Images first, sidecar last; whatever was published is removed again if a later step fails."""
+        published: list[Path] = []
+        try:
+            for tmp, final in zip(temps, (files.image, files.aligned)):
+                _place(tmp, final)
+                published.append(final)
+            doc = json.dumps(self.sidecar(capture, files, now, extra), indent=1, allow_nan=False).encode()
+            sidecar_tmp = _write_temp(doc, self.directory, ".json", self.fsync)
+            try:
+                _place(sidecar_tmp, files.sidecar)
+            finally:
+                sidecar_tmp.unlink(missing_ok=True)
+        except BaseException:
             for path in published:
                 path.unlink(missing_ok=True)
-            if isinstance(e, OSError):
-                raise CaptureWriteError(f"writing capture {stem} failed ({e}); nothing was kept") from e
             raise
-        return files
 
 
 class DecisionLog:

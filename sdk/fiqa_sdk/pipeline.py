@@ -28,6 +28,10 @@ from fiqa_sdk.tracking import IouTracker
 
 log = logging.getLogger(__name__)
 
+# How the reasons a face is kept from the gate begin (FrameReport.skipped): callers tell them apart by these.
+SKIP_NON_FINITE = "non-finite score"
+SKIP_NO_POSE = "pose unavailable from its landmarks"
+
 
 class SkippedFace(NamedTuple):
     """A face of this frame that was not given to the gate: its track, why, and the face (box, scores,
@@ -102,7 +106,7 @@ _CROP_GRID = np.stack(np.meshgrid(np.arange(SPEC.size), np.arange(SPEC.size)), -
 
 
 def outside_fraction(frame_shape: tuple[int, ...], landmarks: np.ndarray) -> float:
-    """Fraction (0-1) of the aligned crop's pixels that lie outside the frame: the black padding
+    """Fraction (0-1) of the aligned crop's pixels that lie outside the frame: the repeated edge pixels
     :func:`fiqa_sdk.align_face` fills in for a face cut by the frame edge (the gate's ``at_edge`` check).
 
     Measured on the aligned crop rather than on the detection box because the crop is what was scored and what
@@ -122,7 +126,7 @@ def _non_finite_scores(face: FaceResult) -> str | None:
     bad = {k: v for k, v in face.scores.items() if not math.isfinite(float(v))}
     if not bad:
         return None
-    return "non-finite score " + ", ".join(f"{k}={v}" for k, v in bad.items()) + " (model output overflowed?)"
+    return f"{SKIP_NON_FINITE} " + ", ".join(f"{k}={v}" for k, v in bad.items()) + " (model output overflowed?)"
 
 
 def _gate_scores(face: FaceResult, better: dict[str, float]) -> dict[str, float]:
@@ -179,7 +183,7 @@ class CapturePipeline:
         if bad_scores is not None:
             return bad_scores
         if face.pose_error is not None and self._needs_pose():
-            return f"pose unavailable from its landmarks: {face.pose_error}"
+            return f"{SKIP_NO_POSE}: {face.pose_error}"
         return None
 
     def process(self, frame: np.ndarray, frame_index: int, timestamp: float) -> FrameReport:
@@ -195,6 +199,7 @@ class CapturePipeline:
         for face, tid in zip(faces, step.ids):
             why = self._skip_reason(face)
             if why is not None:
+                log.info("frame %d: face of track %d not gated: %s", frame_index, tid, why)
                 report.skipped.append((tid, why))
                 continue
             measures = {**face.measures, "outside_fraction": outside_fraction(bgr.shape, face.detection.landmarks)}

@@ -15,9 +15,9 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from fiqa_runtimes import check_threads
+from fiqa_runtimes import BackendUnavailable, check_threads
 from fiqa_sdk.align import align_face
-from fiqa_sdk.bundle import Bundle, LoadedModel, default_bundle_path, load_bundle
+from fiqa_sdk.bundle import Bundle, LoadedModel, default_bundle_path, default_bundle_paths, load_bundle
 from fiqa_sdk.detection import Detection, Detector, create_detector
 from fiqa_sdk.frames import to_bgr
 from fiqa_sdk.measures import image_measures, landmark_measures
@@ -146,12 +146,41 @@ def _check_faces(faces: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
     return faces
 
 
+def _load_from(path: Path, backend: str, threads: int | None, model: str | None) -> tuple[Bundle, LoadedModel]:
+    bundle = load_bundle(path)
+    return bundle, bundle.load_model(backend=backend, threads=threads, model=model)
+
+
+def _load_model(bundle: str | os.PathLike | Bundle | None, backend: str, threads: int | None,
+                model: str | None) -> tuple[Bundle, LoadedModel]:
+    """The bundle and its model loaded into an engine. ``None``: the embedded defaults, best fit first; with
+    ``auto``, one that no runtime can load (found but broken, e.g. a missing shared library) gives way to the next,
+    so a broken LiteRT install does not stop the ONNX bundle from running."""
+    if isinstance(bundle, Bundle):
+        return bundle, bundle.load_model(backend=backend, threads=threads, model=model)
+    if bundle is not None:
+        return _load_from(Path(bundle), backend, threads, model)
+    paths = default_bundle_paths(backend=backend)
+    if backend != "auto" or len(paths) < 2:  # a named runtime runs one of them; its own error is the useful one
+        return _load_from(default_bundle_path(backend=backend), backend, threads, model)
+    failures = []
+    for path in paths:
+        try:
+            return _load_from(path, backend, threads, model)
+        except BackendUnavailable as e:
+            log.warning("embedded bundle %s: no runtime could load it (%s); trying the next one", path.name, e)
+            failures.append(f"{path.name}: {e}")
+    raise BackendUnavailable("no embedded default bundle could be loaded (" + "; ".join(failures) + "); reinstall "
+                             "the runtime named above, or pip install onnxruntime (fiqa-sdk's 'onnx' extra)")
+
+
 class Scorer:
     """Scores faces with a bundle's student model.
 
     Args:
         bundle: a bundle folder, a loaded :class:`~fiqa_sdk.bundle.Bundle`, or ``None`` for the embedded default
-            (:func:`~fiqa_sdk.bundle.default_bundle_path`).
+            (:func:`~fiqa_sdk.bundle.default_bundle_paths`: with ``backend="auto"``, the next one when no runtime
+            of the first can load).
         backend: ``"auto"`` (the bundle's ``backend_preference`` among installed runtimes) or a backend name.
         detector: a detector name for :func:`fiqa_sdk.create_detector`, a :class:`Detector`, or ``None`` when only
             :meth:`score` is used (then :meth:`score_frame` raises).
@@ -167,13 +196,20 @@ class Scorer:
         check_threads(threads)  # before the bundle's files are hashed
         if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
             raise ValueError(f"max_batch must be a positive integer, got {max_batch!r}")
-        if isinstance(bundle, Bundle):
-            self.bundle = bundle
-        else:
-            self.bundle = load_bundle(default_bundle_path(backend=backend) if bundle is None else Path(bundle))
-        self._loaded: LoadedModel = self.bundle.load_model(backend=backend, threads=threads, model=model)
-        choice = self._loaded.choice
+        self.bundle, self._loaded = _load_model(bundle, backend, threads, model)
         self._engine = self._loaded.backend
+        self.detector: Detector | None = None
+        self._owns_detector = False
+        try:  # the engine (TensorRT: device memory) must not outlive a Scorer that failed to finish its set-up
+            self._set_up(detector, threads, max_batch, detector_options)
+        except BaseException:
+            self.close()
+            raise
+
+    def _set_up(self, detector: str | Detector | None, threads: int | None, max_batch: int,
+                detector_options: dict[str, Any] | None) -> None:
+        """Everything after the model load: checks against the manifest, the detector, the warm-up run."""
+        choice = self._loaded.choice
         self._input, self._output = choice.model.input, choice.model.output
         if self._input not in self._engine.input_names:
             raise ValueError(f"bundle {self.bundle.path}: model {choice.model.file} has no input tensor "
@@ -182,7 +218,6 @@ class Scorer:
         trt_max = int(choice.options.get("max_batch", max_batch))
         self.max_batch = min(max_batch, trt_max)
         self.threads = threads
-        self._owns_detector = not (isinstance(detector, Detector) or detector is None)
         if isinstance(detector, Detector) or detector is None:
             self.detector = detector
         else:
@@ -190,6 +225,7 @@ class Scorer:
             if threads is not None and detector == "retinaface":
                 options.setdefault("threads", threads)
             self.detector = create_detector(detector, **options)
+            self._owns_detector = True
         self.info = ScorerInfo(
             target=self.bundle.target, bundle_id=self.bundle.bundle_id, bundle_path=str(self.bundle.path),
             backend=choice.backend, model=choice.model.name, model_file=choice.model.file, format=choice.model.format,

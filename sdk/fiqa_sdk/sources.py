@@ -5,13 +5,16 @@ source from a spec string. Live sources (cameras, streams, Jetson CSI) survive a
 frames by reopening with bounded exponential back-off, logging each attempt; a video file (also one served over
 http(s)://) skips an undecodable frame, ends at its last frame and is timed by the container. Indexes keep
 counting across reconnects and timestamps never go backwards, so the tracker and the capture gate downstream see
-one continuous stream.
+one continuous stream. :meth:`FrameSource.close` stops a source, also from another thread: its iteration then
+ends cleanly (``StopIteration``) at the next frame.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
 import os
+import stat
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, NamedTuple, Protocol, Sequence
@@ -80,7 +83,8 @@ class Backoff:
 
 
 class FrameSource:
-    """Iterable of :class:`Frame`. Use as a context manager (or call :meth:`close`) to release the device."""
+    """Iterable of :class:`Frame`. Use as a context manager (or call :meth:`close`) to release the device; close()
+    is also how another thread stops a capture loop that is iterating the source."""
 
     description = "?"
 
@@ -88,7 +92,7 @@ class FrameSource:
         raise NotImplementedError
 
     def close(self) -> None:
-        """Release the underlying device; iteration already releases it when it ends."""
+        """Stop the source and release the underlying device; iteration already releases it when it ends."""
 
     def __enter__(self) -> FrameSource:
         return self
@@ -109,21 +113,65 @@ class ListSource(FrameSource):
         self._frames = [to_bgr(f) for f in frames]
         self.fps = float(fps)
         self.description = f"{len(self._frames)} in-memory frames"
+        self._stop = threading.Event()
 
     def __iter__(self) -> Iterator[Frame]:
         for i, f in enumerate(self._frames):
+            if self._stop.is_set():
+                return
             yield Frame(i, i / self.fps, f)
+
+    def close(self) -> None:
+        """Stop an iteration under way (like every source's close); the frames stay in memory."""
+        self._stop.set()
 
 
 class _CaptureSource(FrameSource):
-    """A source backed by one OpenCV-style capture object, released by :meth:`close` (and reopened by subclasses)."""
+    """A source backed by one OpenCV-style capture object, which only the iterating thread reads (or reopens).
 
-    _cap: CaptureLike | None = None
+    Each step of the iteration runs under a lock that :meth:`close` takes too, so a close from another thread never
+    releases the capture under a read in progress; the iteration sees the source closed before its next step and
+    ends with ``StopIteration`` instead of reading a released (or reopened) device.
+    """
+
+    def __init__(self) -> None:
+        self._cap: CaptureLike | None = None
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+
+    @property
+    def closed(self) -> bool:
+        return self._stop.is_set()
 
     def close(self) -> None:
-        if self._cap is not None:
-            self._cap.release()
-            self._cap = None
+        """Stop iterating and release the device, from this thread or another (how a service or UI stops a capture
+        loop). A read under way finishes first (at most the device's read timeout) and a reconnection back-off
+        under way is cut short; the iteration then ends cleanly. A closed source stays closed: open a new one."""
+        self._stop.set()
+        self._release()
+
+    def _release(self) -> None:
+        """Release the capture (end of iteration, before a reopen, or close) without closing the source."""
+        with self._lock:
+            if self._cap is not None:
+                self._cap.release()
+                self._cap = None
+
+    def _guarded(self, frames: Iterator[Frame]) -> Iterator[Frame]:
+        """``frames``, each step taken under the lock and only while the source is open."""
+        try:
+            while True:
+                with self._lock:
+                    if self._stop.is_set():
+                        return
+                    try:
+                        frame = next(frames)
+                    except StopIteration:
+                        return
+                yield frame
+        finally:
+            with self._lock:
+                frames.close()
 
 
 def _cap_get(cap: CaptureLike, prop: int) -> float:
@@ -154,24 +202,27 @@ def _read_image(cap: CaptureLike) -> tuple[np.ndarray | None, str]:
         return None, f"bad frame ({e})"
 
 
-def media_frames(cap: CaptureLike, name: str, max_bad_reads: int = 30) -> Iterator[Frame]:
+def media_frames(cap: CaptureLike, name: str, max_bad_reads: int = 30,
+                 stopped: Callable[[], bool] = lambda: False) -> Iterator[Frame]:
     """Frames of finite media (a file, local or over HTTP) in container time, until its end.
 
     While the container says frames remain (``FRAME_COUNT``; a failed read consumes a frame that OpenCV's
     ``POS_FRAMES`` does not count), up to ``max_bad_reads`` failed reads in a row are skipped rather than ending
     the file at its first damaged frame; a warning says how many frames were skipped and whether the file ended
-    before its declared length. The caller releases ``cap``.
+    before its declared length. ``stopped``: the caller closed the source, so reading ends there (and reads that
+    failed since then do not make the file look damaged). The caller releases ``cap``.
     """
     fps = _cap_get(cap, cv2.CAP_PROP_FPS)
     total = _cap_get(cap, cv2.CAP_PROP_FRAME_COUNT)
     step = 1.0 / fps if fps > 0 else 1.0 / 30.0
     index, last, bad, skipped, problem = 0, -np.inf, 0, 0, ""
     try:
-        while True:
+        while not stopped():
             image, why = _read_image(cap)
             if image is None:
                 bad, problem = bad + 1, why
                 if bad < max_bad_reads and _cap_get(cap, cv2.CAP_PROP_POS_FRAMES) + skipped + bad < total:
+                    log.info("%s: skipped an undecodable frame (%s)", name, why)
                     continue  # frames remain: skip this one
                 return
             skipped += bad
@@ -184,7 +235,7 @@ def media_frames(cap: CaptureLike, name: str, max_bad_reads: int = 30) -> Iterat
             index += 1
     finally:
         consumed = _cap_get(cap, cv2.CAP_PROP_POS_FRAMES) + skipped
-        _report_media_end(name, index, skipped, bad, problem, consumed, total)
+        _report_media_end(name, index, skipped, 0 if stopped() else bad, problem, consumed, total)
 
 
 def _report_media_end(name: str, delivered: int, skipped: int, bad: int, problem: str, consumed: float,
@@ -204,17 +255,20 @@ class VideoFileSource(_CaptureSource):
 
     def __init__(self, path: str | os.PathLike, opener: Callable[[str], CaptureLike] | None = None,
                  max_bad_reads: int = 30):
+        super().__init__()
         self.path = os.fspath(path)
         if not os.path.isfile(self.path):
-            raise SourceError(f"video file {self.path!r} does not exist")
+            raise SourceError(_not_a_video_file(self.path))
         if max_bad_reads < 1:
             raise ValueError(f"max_bad_reads must be >= 1, got {max_bad_reads}")
         self._opener = opener or (lambda p: cv2.VideoCapture(p))
         self.max_bad_reads = int(max_bad_reads)
         self.description = self.path
-        self._cap: CaptureLike | None = None
 
     def __iter__(self) -> Iterator[Frame]:
+        return self._guarded(self._frames())
+
+    def _frames(self) -> Iterator[Frame]:
         cap = self._opener(self.path)
         if not cap.isOpened():
             cap.release()
@@ -222,9 +276,9 @@ class VideoFileSource(_CaptureSource):
                               "file (pip OpenCV reads MJPG/AVI and H.264/MP4 through FFmpeg)")
         self._cap = cap
         try:
-            yield from media_frames(cap, self.path, self.max_bad_reads)
+            yield from media_frames(cap, self.path, self.max_bad_reads, self._stop.is_set)
         finally:
-            self.close()
+            self._release()
 
 
 class LiveSource(_CaptureSource):
@@ -238,8 +292,9 @@ class LiveSource(_CaptureSource):
 
     def __init__(self, opener: Callable[[], CaptureLike], description: str, backoff: Backoff | None = None,
                  max_bad_reads: int = 5, retry_initial_open: bool = False,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] | None = None,
                  target: str = ""):
+        super().__init__()
         if max_bad_reads < 1:
             raise ValueError(f"max_bad_reads must be >= 1, got {max_bad_reads}")
         self._opener = opener
@@ -248,8 +303,8 @@ class LiveSource(_CaptureSource):
         self.backoff = backoff or Backoff()
         self.max_bad_reads = int(max_bad_reads)
         self.retry_initial_open = bool(retry_initial_open)
-        self._clock, self._sleep = clock, sleep
-        self._cap: CaptureLike | None = None
+        self._clock = clock
+        self._sleep = sleep if sleep is not None else self._stop.wait  # default: a back-off close() cuts short
         self.reconnects = 0
         self.bad_reads = 0
         self._episode: Iterator[float] | None = None  # back-off delays of the reconnection under way
@@ -266,18 +321,21 @@ class LiveSource(_CaptureSource):
         cap.release()
         return None
 
-    def _reopen(self, why: str) -> CaptureLike:
-        """Reopen within the current reconnection episode. An episode ends only with a good frame (see
-        ``__iter__``), not with a device that opens: one that opens but never delivers (a camera held by another
-        process, a stream that connects and sends nothing) keeps backing off until ``max_attempts``."""
+    def _reopen(self, why: str) -> CaptureLike | None:
+        """Reopen within the current reconnection episode; ``None`` once the source is closed. An episode ends only
+        with a good frame (see ``_live_frames``), not with a device that opens: one that opens but never delivers (a
+        camera held by another process, a stream that connects and sends nothing) keeps backing off until
+        ``max_attempts``."""
         if self._episode is None:
             self._episode, self._episode_attempts = self.backoff.delays(), 0
         for delay in self._episode:
+            if self._stop.is_set():
+                return None
             self._episode_attempts += 1
             log.warning("%s: %s; reconnect attempt %d in %.1f s", self.description, why, self._episode_attempts,
                         delay)
             self._sleep(delay)
-            cap = self._try_open()
+            cap = None if self._stop.is_set() else self._try_open()
             if cap is not None:
                 self.reconnects += 1
                 log.warning("%s: reopened after %d attempt(s)", self.description, self._episode_attempts)
@@ -286,8 +344,9 @@ class LiveSource(_CaptureSource):
                           f"reconnect attempt(s); {self.check_hint}, or raise Backoff.max_attempts "
                           f"(--wait-for-source in the capture_gate CLI retries forever)")
 
-    def _open_first(self) -> CaptureLike:
-        """The first open: fail fast (a wrong index or URL), or back off when asked to wait for the device."""
+    def _open_first(self) -> CaptureLike | None:
+        """The first open: fail fast (a wrong index or URL), or back off when asked to wait for the device;
+        ``None`` when the source was closed meanwhile."""
         self._episode = None
         cap = self._try_open()
         if cap is None:
@@ -297,7 +356,12 @@ class LiveSource(_CaptureSource):
         return cap
 
     def __iter__(self) -> Iterator[Frame]:
-        yield from self._live_frames(self._open_first())
+        return self._guarded(self._frames())
+
+    def _frames(self) -> Iterator[Frame]:
+        cap = self._open_first()
+        if cap is not None:
+            yield from self._live_frames(cap)
 
     def _live_frames(self, cap: CaptureLike) -> Iterator[Frame]:
         """Frames in wall-clock time since the first one, reopening the device when reads keep failing."""
@@ -305,14 +369,17 @@ class LiveSource(_CaptureSource):
         t0 = self._clock()
         index, last, bad = 0, -np.inf, 0
         try:
-            while True:
+            while not self._stop.is_set():
                 image, problem = _read_image(self._cap)
                 if image is None:
                     bad += 1
                     self.bad_reads += 1
+                    log.info("%s: skipped a bad read (%d in a row): %s", self.description, bad, problem)
                     if bad >= self.max_bad_reads:
-                        self.close()
+                        self._release()
                         self._cap = self._reopen(f"{bad} bad reads in a row, last: {problem}")
+                        if self._cap is None:
+                            return
                         bad = 0
                     continue
                 bad = 0
@@ -322,12 +389,13 @@ class LiveSource(_CaptureSource):
                 yield Frame(index, t, image)
                 index += 1
         finally:
-            self.close()
+            self._release()
 
 
 def camera_source(device: int | str, width: int | None = None, height: int | None = None,
                   fps: float | None = None, buffer_frames: int | None = 1, **live: Any) -> LiveSource:
-    """A local camera by index (``0``) or V4L2 device path (``/dev/video0``); size/fps are requests the driver may
+    """A local camera by index (``0``) or V4L2 device path (``/dev/video0``, or a stable name such as
+    ``/dev/v4l/by-id/usb-...-video-index0``, a symlink to one); size/fps are requests the driver may
     round to a supported mode. ``buffer_frames``: frames the driver may queue (default 1: V4L2 otherwise queues
     ~4, so a busy loop scores frames a few hundred ms old; ``None`` leaves the driver's default)."""
     if buffer_frames is not None and buffer_frames < 1:
@@ -361,17 +429,19 @@ class StreamSource(LiveSource):
         self.max_bad_media_reads = int(max_bad_media_reads)
         self.finite: bool | None = None  # known after the first open
 
-    def __iter__(self) -> Iterator[Frame]:
+    def _frames(self) -> Iterator[Frame]:
         cap = self._open_first()
+        if cap is None:
+            return
         self.finite = self.detect_media and declares_frame_count(cap)
         if not self.finite:
             yield from self._live_frames(cap)
             return
         self._cap = cap
         try:
-            yield from media_frames(cap, self.description, self.max_bad_media_reads)
+            yield from media_frames(cap, self.description, self.max_bad_media_reads, self._stop.is_set)
         finally:
-            self.close()
+            self._release()
 
 
 def stream_source(url: str, timeout_s: float = 5.0, **live: Any) -> StreamSource:
@@ -450,9 +520,9 @@ def csi_source(sensor_id: int = 0, width: int = 1280, height: int = 720, framera
 _CSI_QUERY = {"width": "width", "height": "height", "fps": "framerate", "framerate": "framerate",
               "flip": "flip_method", "flip_method": "flip_method"}
 
-_SPEC_HELP = ("use a camera index ('0'), a V4L2 device ('/dev/video0'), a video file path, a stream URL "
-              "(rtsp://, rtsps://, rtmp://, http(s)://) or a Jetson CSI camera ('csi://0?width=1920&height=1080"
-              "&fps=30&flip=0')")
+_SPEC_HELP = ("use a camera index ('0'), a V4L2 device ('/dev/video0', '/dev/v4l/by-id/...'), a video file path, "
+              "a stream URL (rtsp://, rtsps://, rtmp://, http(s)://) or a Jetson CSI camera "
+              "('csi://0?width=1920&height=1080&fps=30&flip=0')")
 
 
 def _csi_from_spec(spec: str, options: dict[str, Any]) -> LiveSource:
@@ -519,13 +589,41 @@ def _open_source(spec: str | int, wait: bool, options: dict[str, Any]) -> FrameS
         if scheme == "file":
             return VideoFileSource(file_url_path(text), **options)
         raise SourceSpecError(f"unsupported source scheme {scheme!r} in {text!r}; " + _SPEC_HELP)
-    if text.startswith("/dev/video"):
+    if is_camera_path(text):
         if not os.path.exists(text) and not wait:
-            raise SourceError(f"camera device {text} does not exist (is the camera plugged in? `ls /dev/video*`; "
-                              f"{WAIT_HINT})")
+            raise SourceError(f"camera device {text} does not exist (is the camera plugged in? `ls /dev/video* "
+                              f"/dev/v4l/by-id`; {WAIT_HINT})")
         return camera_source(text, **options)
     if not os.path.exists(text):
         raise SourceSpecError(f"{text!r} is not an existing file and not a camera/stream spec; " + _SPEC_HELP)
     if os.path.isdir(text):
         raise SourceSpecError(f"{text!r} is a folder; point to a video file inside it")
+    if not os.path.isfile(text):
+        raise SourceSpecError(_not_a_video_file(text) + "; " + _SPEC_HELP)
     return VideoFileSource(text, **options)
+
+
+CAMERA_PREFIXES = ("/dev/video", "/dev/v4l/")  # V4L2 nodes and their udev names (by-id, by-path)
+
+
+def _is_char_device(path: str) -> bool:
+    try:
+        return stat.S_ISCHR(os.stat(path).st_mode)  # follows symlinks: by-id names link to /dev/videoN
+    except (OSError, ValueError):
+        return False
+
+
+def is_camera_path(path: str) -> bool:
+    """Whether a path names a V4L2 camera: a character device (whatever it is called, symlinks followed), or a
+    V4L2 name that may not exist yet (a camera still to be plugged in, waited for with ``wait=True``)."""
+    return path.startswith(CAMERA_PREFIXES) or _is_char_device(path)
+
+
+def _not_a_video_file(path: str) -> str:
+    """Why ``path`` cannot be read as a video file, naming what to pass instead."""
+    if not os.path.exists(path):
+        return f"video file {path!r} does not exist"
+    if _is_char_device(path):
+        return (f"{path!r} is a character device, not a video file; open it as a camera with "
+                "open_source(path) or camera_source(path)")
+    return f"{path!r} exists but is not a regular file (a folder, pipe or socket); point to a video file"

@@ -1,0 +1,149 @@
+"""Runtimes that are found but cannot start: a broken install and TensorRT's INT8 default on a float graph must
+make ``auto`` (and the embedded default bundle) move on, not raise; a Scorer that fails its set-up releases its
+engine."""
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_tensorrt_backend import install_fakes, onnx_model
+
+import fiqa_runtimes.base as base
+from fiqa_runtimes import BackendUnavailable, load_backend
+from fiqa_runtimes.onnxruntime_backend import OnnxRuntimeBackend
+from fiqa_runtimes.tensorrt_backend import TensorRTBackend
+from fiqa_sdk.bundle import BUNDLES_DIR, DEFAULT_BUNDLES, default_bundle_path
+from fiqa_sdk.detection import Detector
+from fiqa_sdk.scorer import Scorer
+
+CPU = BUNDLES_DIR / DEFAULT_BUNDLES["cpu"]
+ANDROID = BUNDLES_DIR / DEFAULT_BUNDLES["android-arm64"]
+
+
+def break_module(monkeypatch, tmp_path: Path, name: str, error: str) -> None:
+    """Shadow the installed ``name`` with a package whose import raises ``error`` (e.g. a missing .so)."""
+    pkg = tmp_path / "broken" / name
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text(f"raise {error}\n")
+    monkeypatch.syspath_prepend(str(pkg.parent))
+    for mod in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
+        monkeypatch.delitem(sys.modules, mod)
+    importlib.invalidate_caches()
+
+
+def test_a_broken_engine_is_unavailable_and_auto_falls_back(tmp_path, monkeypatch):
+    break_module(monkeypatch, tmp_path, "onnxruntime",
+                 "ImportError('libonnxruntime.so.1: cannot open shared object file')")
+    model = (CPU / "student_fp32.onnx").read_bytes()
+    with pytest.raises(BackendUnavailable, match=r"'onnxruntime' is installed but failed to load "
+                                                 r"\(ImportError: libonnxruntime\.so\.1.*pip install onnxruntime"):
+        load_backend(model, "onnx", backend="onnxruntime")
+    assert load_backend(model, "onnx").name == "opencv"
+
+
+def test_an_oserror_from_the_engine_constructor_is_unavailable(tmp_path, monkeypatch):
+    def missing_library(self, model, **options):
+        raise OSError("libnvinfer.so.10: cannot open shared object file")
+
+    monkeypatch.setattr(OnnxRuntimeBackend, "__init__", missing_library)
+    model = (CPU / "student_fp32.onnx").read_bytes()
+    with pytest.raises(BackendUnavailable, match=r"OSError: libnvinfer\.so\.10"):
+        load_backend(model, "onnx", backend="onnxruntime")
+    assert load_backend(model, "onnx").name == "opencv"
+
+
+def test_a_missing_model_file_is_not_mistaken_for_a_broken_engine(tmp_path):
+    with pytest.raises(FileNotFoundError):
+        load_backend(str(tmp_path / "nope.onnx"), "onnx")
+
+
+def test_default_scorer_falls_back_to_the_cpu_bundle_when_litert_is_broken(tmp_path, monkeypatch, caplog):
+    break_module(monkeypatch, tmp_path, "ai_edge_litert", "OSError('libLiteRt.so: undefined symbol')")
+    monkeypatch.setitem(sys.modules, "tflite_runtime", None)  # not installed here either way
+    assert default_bundle_path() == ANDROID  # found, so still the first choice
+    with caplog.at_level(logging.WARNING, logger="fiqa_sdk.scorer"):
+        scorer = Scorer(detector=None, threads=1)
+    assert scorer.info.target == "cpu" and scorer.info.backend == "onnxruntime"
+    assert "default-android-arm64: no runtime could load it" in caplog.text and "libLiteRt.so" in caplog.text
+    assert len(scorer.score(np.zeros((112, 112, 3), np.uint8))) == 1
+    scorer.close()
+
+
+def test_a_named_backend_on_the_default_bundle_raises_its_own_error(tmp_path, monkeypatch):
+    break_module(monkeypatch, tmp_path, "ai_edge_litert", "OSError('libLiteRt.so: undefined symbol')")
+    with pytest.raises(BackendUnavailable, match="libLiteRt.so"):
+        Scorer(backend="litert", detector=None)
+
+
+# -- TensorRT in auto mode --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("version, flags", [("10.3.0", ["FP16"]), ("11.4.0", [])])
+def test_auto_builds_a_float_graph_in_a_float_precision(tmp_path, monkeypatch, version, flags):
+    trt = install_fakes(monkeypatch, version)
+    backend = load_backend(onnx_model(qdq=False), "onnx", cache_dir=tmp_path)
+    assert isinstance(backend, TensorRTBackend)
+    assert trt.stats["builder_flags"] == [flags]
+    backend.close()
+
+
+def test_auto_keeps_a_precision_the_caller_chose(tmp_path, monkeypatch):
+    install_fakes(monkeypatch, "10.3.0")
+    with pytest.raises(ValueError, match="no QuantizeLinear nodes"):
+        load_backend(onnx_model(qdq=False), "onnx", cache_dir=tmp_path, precision="int8")
+
+
+def test_qdq_graphs_are_told_from_float_ones_by_their_bytes():
+    qdq, fp32 = (CPU / "student_qdq.onnx").read_bytes(), (CPU / "student_fp32.onnx").read_bytes()
+    assert base.has_qdq_nodes(qdq) and not base.has_qdq_nodes(fp32)
+    assert base._auto_options("tensorrt", qdq, {"threads": 1}) == {"threads": 1, "precision": "int8"}
+    assert base._auto_options("onnxruntime", fp32, {}) == {}
+
+
+# -- Scorer set-up failures -------------------------------------------------------------------------------------------
+
+class _FakeDetector(Detector):
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.closed = 0
+
+    def _detect_bgr(self, frame):
+        return []
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def _count_engine_closes(monkeypatch) -> list[object]:
+    closed: list[object] = []
+    monkeypatch.setattr(OnnxRuntimeBackend, "close", lambda self: closed.append(self))
+    return closed
+
+
+def test_a_failing_detector_releases_the_loaded_engine(monkeypatch):
+    closed = _count_engine_closes(monkeypatch)
+    with pytest.raises(ValueError, match="unknown detector 'nope'"):
+        Scorer(CPU, backend="onnxruntime", detector="nope")
+    assert len(closed) == 1 and isinstance(closed[0], OnnxRuntimeBackend)
+
+
+def test_a_failing_warm_up_releases_the_engine_and_the_detector_it_made(monkeypatch):
+    closed = _count_engine_closes(monkeypatch)
+    detector = _FakeDetector()
+    monkeypatch.setattr("fiqa_sdk.scorer.create_detector", lambda name, **options: detector)
+
+    def broken_run(self, inputs):
+        raise RuntimeError("engine fault")
+
+    monkeypatch.setattr(OnnxRuntimeBackend, "run", broken_run)
+    with pytest.raises(RuntimeError, match="engine fault"):
+        Scorer(CPU, backend="onnxruntime", detector="retinaface")
+    assert len(closed) == 1 and detector.closed == 1
+    passed_in = _FakeDetector()
+    with pytest.raises(RuntimeError, match="engine fault"):
+        Scorer(CPU, backend="onnxruntime", detector=passed_in)
+    assert len(closed) == 2 and passed_in.closed == 0  # the caller's detector stays the caller's to close
