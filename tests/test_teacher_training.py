@@ -508,6 +508,42 @@ def test_compile_with_faces_keeps_resumes_and_reuses_the_student(face_folder, te
     assert "verification failed on 291 held-out faces" in err and "SRCC vs teacher" in err and "< 0.999" in err
     assert not (tmp_path / "b4").exists()
 
+    # the other targets' branches of the compile
+    import onnx
+
+    from fiqa_compile.export.calibrators import read_trt_calibration_cache
+    from fiqa_compile.export.tflite import score_output_range
+    from fiqa_sdk import Scorer
+    from fiqa_sdk.bundle import load_bundle
+
+    face = load_sample("tom_hanks")  # already a 112x112 aligned crop
+    base = ["--utility-teacher", str(teachers / "utility"), "--perceptual-teacher", str(teachers / "perceptual"),
+            "--student", str(sdir), "--calibration-size", "100", "--threads", "1", "--min-srcc-teacher", "-1",
+            "--min-srcc-fp32", "-1"]
+    jetson = tmp_path / "jetson"
+    assert main(["--target", "jetson-orin", "--calibration-method", "minmax", "--out", str(jetson), *base]) == 0
+    manifest = json.loads((jetson / "manifest.json").read_text())
+    assert [m["file"] for m in manifest["models"]] == ["student_qdq.onnx", "student_fp32.onnx"]
+    assert manifest["tensorrt"]["onnx"] == "student_qdq.onnx"
+    assert manifest["tensorrt"]["calibration_cache"] == "trt_calibration.cache"
+    assert manifest["provenance"]["calibration"]["onnx_qdq"]["method"] == "minmax"
+    cache = read_trt_calibration_cache(jetson / "trt_calibration.cache")  # for implicit INT8 from the fp32 ONNX
+    fp32_tensors = {o for n in onnx.load(str(jetson / "student_fp32.onnx")).graph.node for o in n.output} | {"faces"}
+    assert cache.algorithm == "EntropyCalibration2" and cache.scales and set(cache.scales) <= fp32_tensors
+    assert all(np.isfinite(v) and v > 0 for v in cache.scales.values())
+    assert load_bundle(jetson).tensorrt.calibration_cache == "trt_calibration.cache"
+    assert np.isfinite(Scorer(jetson, backend="onnxruntime", detector=None).score(face).scores).all()
+
+    phone = tmp_path / "phone"
+    assert main(["--target", "android-arm64", "--out", str(phone), *base]) == 0
+    manifest = json.loads((phone / "manifest.json").read_text())
+    assert [(m["file"], m["precision"]) for m in manifest["models"]] == [("student_int8.tflite", "int8")]
+    assert manifest["tensorrt"] is None and not (phone / "trt_calibration.cache").exists()
+    pinned = manifest["provenance"]["calibration"]["tflite_int8"]["output_range_z"]
+    assert pinned == pytest.approx(list(score_output_range(info["scores"])))  # the student's span, not the faces'
+    scorer = Scorer(phone, backend="litert", detector=None)
+    assert scorer.info.precision == "int8" and np.isfinite(scorer.score(face).scores).all()
+
 
 def test_compile_with_faces_can_start_from_a_distilled_student(face_folder, teachers, tmp_path, capsys):
     """--distill-init: the --faces distillation fine-tunes a given student (recorded), at half the rate."""
