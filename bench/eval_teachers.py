@@ -1,7 +1,7 @@
 """Issue #4's acceptance numbers for the trained teachers, all on identities they never trained on.
 
     python bench/eval_teachers.py --labels runs/labels/lfw-dev \\
-        --utility runs/teachers/vit_fiqa_tiny --perceptual runs/teachers/dsl_fiqa_tiny
+        --utility compile/fiqa_compile/weights/vit_fiqa_mini --perceptual compile/fiqa_compile/weights/dsl_fiqa_tiny
 
 (a) Agreement with their own labels on the held-out identities (``LabelSet.split(0.15, seed=0)``, the split
     fiqa-train holds out): utility teacher vs the certainty ratio ``cr``, perceptual teacher vs the pseudo-MOS.

@@ -7,6 +7,8 @@
 #
 #   FIQA_VENV=path   where the virtual environment goes (default: .venv in the repository)
 #   PYTHON=python3.11   the interpreter that creates it (default: python3)
+#   TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu   where the CPU torch wheel comes from, on a machine
+#                    whose pip has no find-links folder holding torch-2.13.0+cpu (PyPI's torch is the CUDA build)
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -61,11 +63,16 @@ pipq() {
 }
 
 say "installing $TORCH first (CPU build), so no dependency can pull a CUDA torch"
-pipq "$TORCH"
+if [ -n "${TORCH_INDEX_URL:-}" ]; then
+    pipq --index-url "$TORCH_INDEX_URL" "$TORCH"
+else
+    pipq "$TORCH"
+fi
 torch_version="$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("torch"))')"
 case "$torch_version" in
     *+cpu) ;;
-    *) say "installed torch $torch_version is not the CPU build; remove it ('$VENV/bin/pip uninstall torch') and check pip's find-links"
+    *) say "installed torch $torch_version is not the CPU build; remove it ('$VENV/bin/pip uninstall torch'), then" \
+           "put torch-2.13.0+cpu in pip's find-links or set TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu"
        exit 1 ;;
 esac
 
