@@ -5,6 +5,7 @@ normalised here by hand, then the manifest's formula.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -219,3 +220,34 @@ def test_the_manifest_index_picks_each_scores_model_output_column(tmp_path, bund
     np.testing.assert_allclose(got.scores, expected, atol=1e-3)
     np.testing.assert_allclose([f.utility_z for f in got], z[:, 1], atol=1e-5)
     assert not np.allclose(z[:, 0], z[:, 1])  # the two columns differ, so a mix-up would show
+
+
+def test_an_engine_built_for_a_batch_cap_never_gets_a_larger_batch(bundle_path, faces, scorer, monkeypatch):
+    """TensorRT engines are built for tensorrt.build.max_batch faces: 16 faces must go 8 + 8, and the skipped
+    candidates (e.g. tensorrt without a GPU) are reported in Scorer.info."""
+    original = sdk_bundle.Bundle.load_model
+    sizes: list[int] = []
+
+    def capped(self, backend="auto", threads=None, model=None):
+        loaded = original(self, backend=backend, threads=threads, model=model)
+        loaded.choice = dataclasses.replace(loaded.choice, options={**loaded.choice.options, "max_batch": 8})
+        engine_run = loaded.backend.run
+
+        def run(feeds):
+            n = len(next(iter(feeds.values())))
+            assert n <= 8, f"engine built for 8 got a batch of {n}"
+            sizes.append(n)
+            return engine_run(feeds)
+
+        loaded.backend.run = run
+        loaded.skipped.append((loaded.choice, "tensorrt: no GPU (test)"))
+        return loaded
+
+    monkeypatch.setattr(sdk_bundle.Bundle, "load_model", capped)
+    trt_like = Scorer(bundle_path, backend="onnxruntime", detector=None, threads=1, max_batch=32)
+    assert trt_like.max_batch == 8 and trt_like.info.skipped == ("onnxruntime/student.onnx: tensorrt: no GPU (test)",)
+    sixteen = np.concatenate([faces, faces])
+    sizes.clear()
+    got = trt_like.score(sixteen)
+    assert sizes == [8, 8]
+    np.testing.assert_allclose(got.scores, scorer.score(sixteen).scores, atol=1e-4)

@@ -350,9 +350,13 @@ def distil_on_faces(opts: CompileOptions, teachers: dict):
     return student, sinfo, verify, origin
 
 
-def method_choice_faces(pool: np.ndarray, chosen: np.ndarray, n: int = 64) -> np.ndarray:
+def method_choice_faces(pool: np.ndarray, chosen: np.ndarray, n: int = 256) -> np.ndarray:
     """``n`` calibration-pool faces to rank calibration methods on: those not in the calibration set first, then
-    (for a small pool) calibration faces, spread evenly; never the verification faces the compile is gated on."""
+    (for a small pool) calibration faces, spread evenly; never the verification faces the compile is gated on.
+
+    256, not fewer: the methods differ by a few thousandths of SRCC, which 64 faces do not resolve (on the LFW
+    calibration folder 64 picked min-max, 0.9967 perceptual SRCC with fp32 on 3,519 unseen LFW faces; 256 pick
+    percentile, 0.9981)."""
     rest = np.setdiff1d(np.arange(len(pool)), chosen)
     if len(rest) >= n:
         return pool[rest[np.linspace(0, len(rest) - 1, n).astype(int)]]
