@@ -30,7 +30,7 @@ from typing import Callable
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py, also when loaded by path
-from common import cpu_name  # noqa: E402
+from common import cpu_name, time_interleaved  # noqa: E402
 import torch
 
 from fiqa_calibration.calibration_set import build_calibration_set, sample_pool
@@ -43,29 +43,6 @@ from fiqa_compile.models.students import export_ready
 from fiqa_runtimes import load_backend
 
 THREADS = (1, 2)
-
-
-def summarise(samples: list[float]) -> dict:
-    t = np.asarray(samples)
-    return {"median_ms": round(float(np.median(t)), 3), "p90_ms": round(float(np.percentile(t, 90)), 3),
-            "min_ms": round(float(t.min()), 3), "runs": len(t)}
-
-
-def time_interleaved(fns: dict[str, Callable[[], object]], runs: int, warmup: int, rounds: int = 4) -> dict:
-    """Time every callable in ``rounds`` interleaved passes of ``runs // rounds`` calls, so a load change on the
-    shared machine hits all configurations alike instead of whichever happened to run then."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    samples: dict[str, list[float]] = {k: [] for k in fns}
-    per_round = max(1, runs // rounds)
-    for _ in range(rounds):
-        for key, fn in fns.items():
-            for _ in range(per_round):
-                t0 = time.perf_counter()
-                fn()
-                samples[key].append((time.perf_counter() - t0) * 1000)
-    return {k: summarise(v) for k, v in samples.items()}
 
 
 def machine() -> dict:

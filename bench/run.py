@@ -88,6 +88,7 @@ BENCHES: tuple[Bench, ...] = (
           inputs=lambda a: None if a.faces.is_dir() else f"no LFW-style photo folder at {a.faces} (pass --faces)"),
     Bench("teachers", "bench_teachers.py", ("teachers.json",), quick=("--runs", "1")),
     Bench("student", "bench_student.py", ("student.json",), quick=("--runs", "20", "--warmup", "3")),
+    Bench("speedup", "bench_speedup.py", ("speedup.json",), inputs=_bundle_missing, quick=("--runs", "20")),
     Bench("pipeline", "bench_pipeline.py", ("pipeline.json",), inputs=_bundle_missing,
           quick=("--frames", "10", "--warmup", "2")),
     Bench("degradations", "plot_degradations.py", ("degradations_timing.json",), quick=("--repeats", "20"),
