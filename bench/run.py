@@ -99,6 +99,8 @@ BENCHES: tuple[Bench, ...] = (
           inputs=lambda a: label_set_missing(a.labels)),
     Bench("teacher_repeatability", "teacher_repeatability.py", ("teacher_repeatability.json",),
           args=lambda a: ["--labels", str(a.labels)], inputs=lambda a: label_set_missing(a.labels)),
+    Bench("student_mirror", "student_mirror.py", ("student_mirror.json",),
+          args=lambda a: ["--labels", str(a.labels)], inputs=lambda a: label_set_missing(a.labels)),
 )
 
 

@@ -39,6 +39,7 @@ from fiqa_sdk.frames import FrameError
 from fiqa_sdk.pipeline import SKIP_NO_POSE, SKIP_NON_FINITE, CapturePipeline, FrameReport
 from fiqa_sdk.scorer import Scorer
 from fiqa_sdk.sources import Frame, SourceError, SourceSpecError, open_source
+from fiqa_sdk.tracking import IouTracker
 
 log = logging.getLogger("capture_gate")
 WINDOW = "fiqa capture gate"
@@ -63,6 +64,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("captures"), help="folder for accepted captures")
     p.add_argument("--log", type=Path, default=None, help="append every gate decision to this .jsonl file")
     p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    p.add_argument("--track-timeout", type=float, default=1.0,
+                   help="seconds a face may go unseen (turned away, occluded) and still be the same person for the "
+                        "gate's best-of-N window and cooldown; longer gaps make a new person (default 1.0)")
     p.add_argument("--wait-for-source", action="store_true",
                    help="camera/stream/CSI: wait for a source that is not up yet, and retry a lost one forever "
                         "(unattended kiosks), instead of failing")
@@ -76,6 +80,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.max_frames is not None and args.max_frames < 1:
         p.error("--max-frames must be >= 1")
+    if not args.track_timeout >= 0:
+        p.error("--track-timeout must be >= 0 seconds")
     if args.detector != "retinaface" and (args.detector_backend != "auto" or args.max_side is not None):
         p.error(f"--detector-backend and --max-side are options of the retinaface detector, not of "
                 f"--detector {args.detector}")
@@ -286,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
     writer.bundle_id = i.bundle_id
     if logger is not None:
         logger.bundle_id = i.bundle_id
-    pipeline = CapturePipeline(scorer, writer=writer, logger=logger)
+    pipeline = CapturePipeline(scorer, writer=writer, logger=logger,
+                               tracker=IouTracker(max_missed_seconds=args.track_timeout))
     try:
         with stop_on_sigterm(), source:
             stats = run(source, pipeline, args.max_frames, show)

@@ -255,3 +255,22 @@ def test_verbose_logs_each_face_kept_from_the_gate(ex, video, retinaface_ort, tm
     caplog.clear()
     assert ex.main(args) == 0
     assert [r for r in caplog.records if r.levelno < logging.WARNING] == []
+
+
+def test_track_timeout_reaches_the_pipelines_tracker(ex, video, tmp_path, capsys, monkeypatch):
+    """--track-timeout makes the example's tracker end tracks by time, not by a frame count that varies with FPS."""
+    made = {}
+    real = ex.CapturePipeline
+
+    def spy(*args, **kwargs):
+        made["tracker"] = kwargs["tracker"]
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ex, "CapturePipeline", spy)
+    args = ["--source", str(video), "--out", str(tmp_path / "caps"), "--display", "off", "--max-frames", "2"]
+    assert ex.main(args + ["--track-timeout", "2.5"]) == 0
+    assert made["tracker"].max_missed_seconds == 2.5
+    assert ex.parse_args(args).track_timeout == 1.0
+    with pytest.raises(SystemExit):
+        ex.parse_args(args + ["--track-timeout", "-1"])
+    assert "--track-timeout must be >= 0" in capsys.readouterr().err

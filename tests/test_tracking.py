@@ -127,3 +127,22 @@ def test_real_detections_in_panning_group_photo():
     # The leftmost face leaves the view at frame 6: its track is missing 2 frames, not yet past max_missed=2.
     assert ended == []
     assert sorted(t.missed for t in tracker.tracks) == [0, 0, 2]
+
+
+def test_a_time_limit_keeps_the_same_person_whatever_the_frame_rate():
+    """max_missed_seconds: a 0.5 s look-away is one track at 30 FPS (15 missed frames) and at 4 FPS (2 frames); a
+    1.5 s absence ends it at either rate. Counting frames instead, 10 missed frames are 0.33 s or 2.5 s."""
+    for fps in (30.0, 4.0):
+        for gap_s, same in ((0.5, True), (1.5, False)):
+            tracker = IouTracker(max_missed_seconds=1.0)
+            first = tracker.update(np.array([box(200, 200, 100)]), 0.0).ids
+            n_missing = int(round(gap_s * fps))
+            ended = []
+            for k in range(1, n_missing + 1):
+                ended += tracker.update(np.zeros((0, 4)), k / fps).ended
+            back = tracker.update(np.array([box(200, 200, 100)]), (n_missing + 1) / fps).ids
+            assert (back == first) is same and (ended == []) is same, (fps, gap_s, first, back, ended)
+    with pytest.raises(ValueError, match="pass each frame's timestamp"):
+        IouTracker(max_missed_seconds=1.0).update(np.array([box(200, 200, 100)]))
+    with pytest.raises(ValueError, match="max_missed_seconds must be >= 0"):
+        IouTracker(max_missed_seconds=-1.0)

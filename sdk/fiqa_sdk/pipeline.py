@@ -192,7 +192,7 @@ class CapturePipeline:
         bgr = to_bgr(frame)
         faces = self.scorer.score_frame(bgr)
         t1 = time.perf_counter()
-        step = self.tracker.update([f.detection for f in faces])
+        step = self.tracker.update([f.detection for f in faces], timestamp)
         report = FrameReport(frame_index=int(frame_index), timestamp=float(timestamp), faces=faces,
                              track_ids=list(step.ids), ended_tracks=list(step.ended))
         observations = []

@@ -3,7 +3,8 @@
 The capture gate works per person (best-of-N, cooldown), so it needs to know which detection in frame t is the
 same face as in frame t-1. Faces in a doorway or at a kiosk move slowly and rarely overlap for long, so a greedy
 matcher over predicted boxes is enough and keeps the device free of scipy/Kalman dependencies. Ids are never
-reused: a face that leaves for longer than ``max_missed`` frames comes back as a new track.
+reused: a face that leaves for longer than ``max_missed`` frames (or ``max_missed_seconds``, which does not depend on
+the frame rate) comes back as a new track.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ class Track:
     velocity: np.ndarray = field(default_factory=lambda: np.zeros(4, np.float64))
     hits: int = 1
     missed: int = 0
+    last_seen: float | None = None  # timestamp of the last matched frame (when the caller passes timestamps)
 
     def predicted(self) -> np.ndarray:
         """Where the box should be this frame (one step of constant velocity per missed frame)."""
@@ -77,10 +79,13 @@ class IouTracker:
         max_centre_distance: largest centre distance, in units of the track's box diagonal, to match without overlap.
         max_missed: frames a track may go unmatched before it ends (a face that reappears later gets a new id).
         velocity_smoothing: weight of the newest displacement in the velocity estimate (0 disables prediction).
+        max_missed_seconds: when set, a track ends after this long unmatched instead of after ``max_missed``
+            frames, so a person who looks away for a moment is the same track at 5 FPS and at 60 FPS (then
+            :meth:`update` needs each frame's timestamp).
     """
 
     def __init__(self, iou_threshold: float = 0.3, max_centre_distance: float = 0.5, max_missed: int = 10,
-                 velocity_smoothing: float = 0.5):
+                 velocity_smoothing: float = 0.5, max_missed_seconds: float | None = None):
         if not 0.0 < iou_threshold <= 1.0:
             raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
         if max_centre_distance < 0:
@@ -89,6 +94,9 @@ class IouTracker:
             raise ValueError(f"max_missed must be >= 0 frames, got {max_missed}")
         if not 0.0 <= velocity_smoothing <= 1.0:
             raise ValueError(f"velocity_smoothing must be in [0, 1], got {velocity_smoothing}")
+        if max_missed_seconds is not None and not max_missed_seconds >= 0:
+            raise ValueError(f"max_missed_seconds must be >= 0 seconds (or None: count frames), got {max_missed_seconds}")
+        self.max_missed_seconds = None if max_missed_seconds is None else float(max_missed_seconds)
         self.iou_threshold = float(iou_threshold)
         self.max_centre_distance = float(max_centre_distance)
         self.max_missed = int(max_missed)
@@ -115,8 +123,14 @@ class IouTracker:
         scores[overlap] = 1.0 + iou[overlap]
         return scores
 
-    def update(self, detections: Sequence[Detection] | np.ndarray) -> TrackerStep:
-        """Assign a track id to each detection of this frame (Detections, or an (N, 4) array of x1, y1, x2, y2)."""
+    def update(self, detections: Sequence[Detection] | np.ndarray, timestamp: float | None = None) -> TrackerStep:
+        """Assign a track id to each detection of this frame (Detections, or an (N, 4) array of x1, y1, x2, y2).
+
+        ``timestamp``: the frame's time in seconds; required with ``max_missed_seconds``.
+        """
+        if self.max_missed_seconds is not None and (timestamp is None or not np.isfinite(timestamp)):
+            raise ValueError(f"this tracker ends tracks after {self.max_missed_seconds} s unmatched: pass each frame's "
+                             f"timestamp (seconds) to update(), got {timestamp!r}")
         boxes = _as_boxes(detections)
         ids = [0] * len(boxes)
         matched_tracks: set[int] = set()
@@ -134,18 +148,25 @@ class IouTracker:
                 ids[di] = self._tracks[ti].track_id
         ended = []
         for i, track in enumerate(self._tracks):
-            if i not in matched_tracks:
-                track.missed += 1
-                if track.missed > self.max_missed:
-                    ended.append(track.track_id)
+            if i in matched_tracks:
+                track.last_seen = timestamp
+                continue
+            track.missed += 1
+            if self._expired(track, timestamp):
+                ended.append(track.track_id)
         self._tracks = [t for t in self._tracks if t.track_id not in set(ended)]
         for di in range(len(boxes)):
             if not ids[di]:
-                track = Track(self._next_id, boxes[di].copy())
+                track = Track(self._next_id, boxes[di].copy(), last_seen=timestamp)
                 self._next_id += 1
                 self._tracks.append(track)
                 ids[di] = track.track_id
         return TrackerStep(ids=ids, ended=ended)
+
+    def _expired(self, track: Track, timestamp: float | None) -> bool:
+        if self.max_missed_seconds is None or track.last_seen is None:
+            return track.missed > self.max_missed
+        return timestamp - track.last_seen > self.max_missed_seconds
 
     def _match(self, track: Track, box: np.ndarray) -> None:
         step = (box - track.box) / (track.missed + 1)
