@@ -216,6 +216,10 @@ class GateConfig:
     def keys(cls) -> list[str]:
         return [f.name for f in fields(cls)]
 
+    def checks_pose(self) -> bool:
+        """Whether any head-pose limit is on (then a face needs a pose estimate to be judged)."""
+        return any(v is not None for v in (self.max_yaw_deg, self.max_pitch_deg, self.max_roll_deg))
+
     @classmethod
     def from_manifest(cls, manifest: Mapping[str, Any], **overrides: Any) -> GateConfig:
         """Read a bundle manifest's ``thresholds`` section; keyword overrides win over the manifest.
@@ -306,6 +310,15 @@ class CaptureGate:
                 self._close(tid, st, step)
         self._forget_idle()
         return step
+
+    def assess(self, observation: FaceObservation) -> GateDecision:
+        """The verdict on one face by itself: a still photo, with no track history, best-of-N window or cooldown.
+
+        The quality checks are the ones :meth:`update` applies to every frame (size, edge, pose, exposure, blur,
+        utility and perceptual at their accept thresholds); the gate's state is neither read nor changed.
+        """
+        reasons, _ = self._check(observation, None)
+        return self._decision(observation, reasons)
 
     def flush(self) -> GateStep:
         """Close every open window (end of stream) and forget all tracks."""

@@ -140,6 +140,32 @@ def _gate_scores(face: FaceResult, better: dict[str, float]) -> dict[str, float]
     return scores
 
 
+def z_signs(scorer: Scorer) -> dict[str, float]:
+    """+1 for each higher-is-better score of the scorer's bundle, -1 otherwise (see :func:`face_observation`)."""
+    return {s.name: 1.0 if s.higher_is_better else -1.0 for s in scorer.bundle.scores}
+
+
+def face_observation(face: FaceResult, frame_bgr: np.ndarray, track_id: int, frame_index: int, timestamp: float,
+                     z_sign: dict[str, float], crop_margin: float = 0.25) -> FaceObservation:
+    """What the gate judges of one scored face: its 0-100 scores (+ oriented z-scores), its measures plus how much
+    of its aligned crop lies outside the frame, and a crop of the frame around it for the capture file."""
+    measures = {**face.measures, "outside_fraction": outside_fraction(frame_bgr.shape, face.detection.landmarks)}
+    return FaceObservation(track_id=int(track_id), frame_index=int(frame_index), timestamp=float(timestamp),
+                           detection=face.detection, aligned_face=face.aligned, scores=_gate_scores(face, z_sign),
+                           measures=measures, crop=face_crop(frame_bgr, face.detection, crop_margin))
+
+
+def skip_reason(face: FaceResult, needs_pose: bool) -> str | None:
+    """Why a face cannot be given to the gate (it would raise there), or None: non-finite scores, or no pose
+    estimate when a pose check is on."""
+    bad_scores = _non_finite_scores(face)
+    if bad_scores is not None:
+        return bad_scores
+    if face.pose_error is not None and needs_pose:
+        return f"{SKIP_NO_POSE}: {face.pose_error}"
+    return None
+
+
 class CapturePipeline:
     """Run the capture loop on frames you feed it.
 
@@ -159,7 +185,7 @@ class CapturePipeline:
         if crop_margin < 0:
             raise ValueError(f"crop_margin must be >= 0, got {crop_margin}")
         self.scorer = scorer
-        self._z_sign = {s.name: 1.0 if s.higher_is_better else -1.0 for s in scorer.bundle.scores}
+        self._z_sign = z_signs(scorer)
         if gate is None:
             gate = CaptureGate(scorer.bundle.gate_config())
         elif isinstance(gate, GateConfig):
@@ -173,18 +199,9 @@ class CapturePipeline:
         self.reasons: Counter = Counter()
         self._last_ts = 0.0
 
-    def _needs_pose(self) -> bool:
-        c = self.gate.config
-        return any(v is not None for v in (c.max_yaw_deg, c.max_pitch_deg, c.max_roll_deg))
-
     def _skip_reason(self, face: FaceResult) -> str | None:
         """Why a face cannot be given to the gate (it would raise there and lose the whole frame), or None."""
-        bad_scores = _non_finite_scores(face)
-        if bad_scores is not None:
-            return bad_scores
-        if face.pose_error is not None and self._needs_pose():
-            return f"{SKIP_NO_POSE}: {face.pose_error}"
-        return None
+        return skip_reason(face, self.gate.config.checks_pose())
 
     def process(self, frame: np.ndarray, frame_index: int, timestamp: float) -> FrameReport:
         """Score one frame's faces, update tracks and the gate, write what the gate accepted."""
@@ -202,11 +219,8 @@ class CapturePipeline:
                 log.info("frame %d: face of track %d not gated: %s", frame_index, tid, why)
                 report.skipped.append((tid, why))
                 continue
-            measures = {**face.measures, "outside_fraction": outside_fraction(bgr.shape, face.detection.landmarks)}
-            observations.append(FaceObservation(
-                track_id=tid, frame_index=int(frame_index), timestamp=float(timestamp), detection=face.detection,
-                aligned_face=face.aligned, scores=_gate_scores(face, self._z_sign), measures=measures,
-                crop=face_crop(bgr, face.detection, self.crop_margin)))
+            observations.append(face_observation(face, bgr, tid, frame_index, timestamp, self._z_sign,
+                                                 self.crop_margin))
         gate_step = self.gate.update(observations, float(timestamp), ended=step.ended)
         t2 = time.perf_counter()
         self._settle(gate_step, report)

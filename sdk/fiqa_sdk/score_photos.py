@@ -1,0 +1,211 @@
+"""``fiqa-score``: score the faces in still photos and say which would pass the capture gate, and why not.
+
+The still-photo side of the device journey (enrolment photos, a gallery to curate, a folder of captures to
+audit): every photo is detected, aligned and scored by a bundle, and each face gets the gate's verdict on its own
+(:meth:`fiqa_sdk.gate.CaptureGate.assess`: the per-frame checks, no best-of-N window or cooldown). Device side:
+needs no torch.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+from fiqa_runtimes import BackendUnavailable
+from fiqa_sdk.bundle import BundleError
+from fiqa_sdk.detection import DetectorUnavailable
+from fiqa_sdk.frames import FrameError
+from fiqa_sdk.gate import CaptureGate
+from fiqa_sdk.pipeline import face_observation, skip_reason, z_signs
+from fiqa_sdk.scorer import FaceResult, Scorer
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
+COLUMNS = ("image", "face", "utility", "perceptual", "verdict", "reasons", "iod_px", "box")
+
+DESCRIPTION = """\
+Score the faces in still photos with a fiqa bundle and give each one the capture gate's verdict: accept, or
+reject with the reasons (too small, at the frame edge, turned away, blurred, too dark/bright, low utility, low
+perceptual quality). Without --all-faces only the largest face of each photo (its subject) is judged.
+
+IMAGE may be photos or folders (searched recursively for .jpg .jpeg .png .bmp .webp .tif .tiff .ppm .pgm).
+A photo that cannot be read is listed with verdict 'error' (exit status 1); one without a face gets 'no_face'.
+
+examples:
+  fiqa-score enrolment/                          # the subject of every photo, with verdicts
+  fiqa-score shots/ --all-faces --sort utility --csv ranked.csv
+  fiqa-score photo.jpg --bundle fiqa-bundle-cpu --json verdicts.json
+"""
+
+
+@dataclass
+class Row:
+    """One output line: a face of a photo (or the photo itself when it has no face or could not be read)."""
+
+    image: str
+    face: int | None = None
+    utility: float | None = None
+    perceptual: float | None = None
+    verdict: str = "error"
+    reasons: list[str] = field(default_factory=list)
+    iod_px: float | None = None
+    box: list[float] | None = None
+
+    def cells(self) -> list[str]:
+        num = (lambda v: "" if v is None else f"{v:.1f}")
+        return [self.image, "" if self.face is None else str(self.face), num(self.utility), num(self.perceptual),
+                self.verdict, ";".join(self.reasons), num(self.iod_px),
+                "" if self.box is None else ",".join(f"{v:.0f}" for v in self.box)]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="fiqa-score", description=DESCRIPTION,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="photos and/or folders of photos")
+    p.add_argument("--bundle", default=None, help="bundle folder (default: the embedded default bundle)")
+    p.add_argument("--backend", default="auto",
+                   help="inference backend: auto, tensorrt, litert, tflite-runtime, onnxruntime or opencv")
+    p.add_argument("--detector", default="retinaface", choices=("retinaface", "dlib"),
+                   help="face detector (default: retinaface)")
+    p.add_argument("--max-side", type=int, default=None,
+                   help="longest side RetinaFace sees (default: half the photo's, within 320..640)")
+    p.add_argument("--threads", type=int, default=None, help="inference threads (default: the engine's choice)")
+    p.add_argument("--all-faces", action="store_true", help="judge every face, not only each photo's largest")
+    p.add_argument("--sort", choices=("name", "utility", "perceptual"), default="name",
+                   help="row order: by file name (default), or best score first")
+    p.add_argument("--csv", type=Path, default=None, help="also write the rows to this CSV file")
+    p.add_argument("--json", type=Path, default=None, help="also write the rows (and the bundle used) as JSON")
+    p.add_argument("--force", action="store_true", help="replace an existing --csv / --json file")
+    args = p.parse_args(argv)
+    if args.max_side is not None and args.detector != "retinaface":
+        p.error("--max-side is an option of the retinaface detector")
+    for flag in ("csv", "json"):
+        out = getattr(args, flag)
+        if out is not None and out.exists() and not args.force:
+            p.error(f"--{flag} {out} exists; pass --force to replace it, or another path")
+        if out is not None and out.exists() and not out.is_file():
+            p.error(f"--{flag} {out} is not a file")
+    return args
+
+
+def find_images(paths: list[Path]) -> Iterator[Path]:
+    """The photos named, and those inside the folders named (sorted, recursive); a missing path raises."""
+    for path in paths:
+        if path.is_dir():
+            yield from sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            yield path
+        else:
+            raise FileNotFoundError(f"{path} is neither a photo nor a folder")
+
+
+def judge_photo(name: str, image: np.ndarray, scorer: Scorer, gate: CaptureGate, all_faces: bool) -> list[Row]:
+    """Rows for one photo: its largest face (or every face), each with the gate's verdict on it alone."""
+    faces: list[FaceResult] = scorer.score_frame(image)
+    if not faces:
+        return [Row(name, verdict="no_face")]
+    order = sorted(range(len(faces)), key=lambda k: -faces[k].detection.size)
+    rows = []
+    signs = z_signs(scorer)
+    for k in order if all_faces else order[:1]:
+        face = faces[k]
+        row = Row(name, face=k, utility=face.utility, perceptual=face.perceptual,
+                  iod_px=float(face.detection.size), box=[float(v) for v in face.detection.box])
+        why = skip_reason(face, gate.config.checks_pose())
+        if why is not None:
+            row.verdict, row.reasons = "not_judged", [why]
+        else:
+            decision = gate.assess(face_observation(face, image, k, 0, 0.0, signs))
+            row.verdict = "accept" if decision.accepted else "reject"
+            row.reasons = [r.value for r in decision.reasons]
+        rows.append(row)
+    return rows
+
+
+def score_photos(files: list[Path], scorer: Scorer, all_faces: bool = False) -> list[Row]:
+    """Rows for every photo, in order; a photo that cannot be read or scored is a row with verdict 'error'."""
+    gate = CaptureGate(scorer.bundle.gate_config())
+    rows: list[Row] = []
+    show = sys.stderr.isatty()
+    for i, path in enumerate(files, 1):
+        if show:
+            print(f"\rscoring {i}/{len(files)}", end="", file=sys.stderr, flush=True)
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            rows.append(Row(str(path), reasons=["unreadable: not an image OpenCV can decode, or damaged"]))
+            continue
+        try:
+            rows.extend(judge_photo(str(path), image, scorer, gate, all_faces))
+        except (FrameError, ValueError, cv2.error) as e:
+            rows.append(Row(str(path), reasons=[f"could not be scored: {e}"]))
+    if show:
+        print(file=sys.stderr)
+    return rows
+
+
+def sort_rows(rows: list[Row], key: str) -> list[Row]:
+    if key == "name":
+        return rows
+    return sorted(rows, key=lambda r: -np.inf if getattr(r, key) is None else -getattr(r, key))
+
+
+def print_table(rows: list[Row]) -> None:
+    cells = [list(COLUMNS)] + [r.cells() for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(len(COLUMNS))]
+    for line in cells[:1] + [["-" * w for w in widths]] + cells[1:]:
+        print("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip())
+
+
+def write_outputs(rows: list[Row], args: argparse.Namespace, scorer: Scorer) -> None:
+    if args.csv is not None:
+        with open(args.csv, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(COLUMNS)
+            w.writerows(r.cells() for r in rows)
+    if args.json is not None:
+        doc = {"bundle_id": scorer.info.bundle_id, "bundle": scorer.info.bundle_path, "target": scorer.info.target,
+               "backend": scorer.info.backend, "thresholds": scorer.bundle.thresholds,
+               "rows": [r.__dict__ for r in rows]}
+        args.json.write_text(json.dumps(doc, indent=2))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        files = list(find_images(args.images))
+    except FileNotFoundError as e:
+        print(f"fiqa-score: error: {e}", file=sys.stderr)
+        return 2
+    if not files:
+        print(f"fiqa-score: error: no photos found in {', '.join(map(str, args.images))} (looked for "
+              f"{' '.join(sorted(IMAGE_SUFFIXES))})", file=sys.stderr)
+        return 2
+    options = {"max_side": args.max_side} if args.detector == "retinaface" else None
+    try:
+        scorer = Scorer(args.bundle, backend=args.backend, detector=args.detector, threads=args.threads,
+                        detector_options=options)
+    except (BundleError, BackendUnavailable, DetectorUnavailable, RuntimeError, ValueError) as e:
+        print(f"fiqa-score: error: {e}", file=sys.stderr)
+        return 2
+    with scorer:
+        rows = sort_rows(score_photos(files, scorer, args.all_faces), args.sort)
+        print_table(rows)
+        try:
+            write_outputs(rows, args, scorer)
+        except OSError as e:
+            print(f"fiqa-score: error: could not write the results: {e}", file=sys.stderr)
+            return 2
+    counts = {v: sum(r.verdict == v for r in rows) for v in ("accept", "reject", "not_judged", "no_face", "error")}
+    print(f"{len(files)} photos: " + ", ".join(f"{n} {v}" for v, n in counts.items() if n) +
+          f" (bundle {scorer.info.bundle_id}, {scorer.info.backend})")
+    return 1 if counts["error"] else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,91 @@
+"""fiqa-score: the gate's verdict on the faces of still photos, with the default bundle on shipped sample photos."""
+from __future__ import annotations
+
+import csv
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from fiqa_sdk import Scorer, load_sample
+from fiqa_sdk.gate import CaptureGate
+from fiqa_sdk.pipeline import face_observation, z_signs
+from fiqa_sdk.score_photos import main
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    d = tmp_path_factory.mktemp("photos")
+    for name in ("t1", "grace_hopper", "astronaut"):
+        cv2.imwrite(str(d / f"{name}.jpg"), load_sample(name))
+    (d / "sub").mkdir()
+    cv2.imwrite(str(d / "sub" / "blank.png"), np.full((200, 300, 3), 128, np.uint8))
+    (d / "broken.jpg").write_bytes(b"not a jpeg")
+    (d / "notes.txt").write_text("not a photo: ignored")
+    return d
+
+
+def test_every_photo_gets_a_row_and_the_verdicts_are_the_gates(photos, tmp_path, capsys):
+    out_csv, out_json = tmp_path / "rows.csv", tmp_path / "rows.json"
+    assert main([str(photos), "--backend", "onnxruntime", "--csv", str(out_csv), "--json", str(out_json)]) == 1
+    stdout = capsys.readouterr().out
+    assert "5 photos: " in stdout and "1 no_face" in stdout and "1 error" in stdout  # exit 1: a photo failed
+    rows = list(csv.DictReader(out_csv.open()))
+    by_image = {r["image"].split("/")[-1]: r for r in rows}
+    assert set(by_image) == {"t1.jpg", "grace_hopper.jpg", "astronaut.jpg", "blank.png", "broken.jpg"}
+    assert by_image["blank.png"]["verdict"] == "no_face" and by_image["broken.jpg"]["verdict"] == "error"
+    assert "unreadable" in by_image["broken.jpg"]["reasons"]
+
+    # each judged face's verdict is CaptureGate.assess on that face, recomputed here
+    scorer = Scorer(backend="onnxruntime", detector="retinaface")
+    gate = CaptureGate(scorer.bundle.gate_config())
+    for name in ("t1", "grace_hopper", "astronaut"):
+        image = cv2.imread(str(photos / f"{name}.jpg"))
+        faces = scorer.score_frame(image)
+        k = max(range(len(faces)), key=lambda i: faces[i].detection.size)  # the photo's subject
+        decision = gate.assess(face_observation(faces[k], image, k, 0, 0.0, z_signs(scorer)))
+        row = by_image[f"{name}.jpg"]
+        assert row["verdict"] == ("accept" if decision.accepted else "reject")
+        assert row["reasons"] == ";".join(r.value for r in decision.reasons)
+        assert float(row["utility"]) == pytest.approx(faces[k].utility, abs=0.06)
+    doc = json.loads(out_json.read_text())
+    assert doc["bundle_id"] == scorer.info.bundle_id and len(doc["rows"]) == 5
+    assert doc["thresholds"] == scorer.bundle.thresholds
+    reasons = {r for row in rows for r in row["reasons"].split(";") if row["verdict"] == "reject"}
+    assert reasons, "the sample photos should include rejected faces, so the reasons path is exercised"
+
+
+def test_all_faces_sorted_best_first(photos, capsys):
+    assert main([str(photos / "t1.jpg"), "--all-faces", "--sort", "utility", "--backend", "onnxruntime"]) == 0
+    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith(str(photos))]
+    utilities = [float(ln.split()[2]) for ln in lines]
+    assert len(utilities) == 6 and utilities == sorted(utilities, reverse=True)
+
+
+def test_assess_leaves_the_gate_state_alone(photos):
+    scorer = Scorer(backend="onnxruntime", detector="retinaface")
+    gate = CaptureGate(scorer.bundle.gate_config())
+    image = cv2.imread(str(photos / "grace_hopper.jpg"))
+    face = scorer.score_frame(image)[0]
+    obs = face_observation(face, image, 1, 0, 0.0, z_signs(scorer))
+    first = gate.assess(obs)
+    assert gate.open_windows == {}  # no window opened, no track remembered, no cooldown started
+    again = gate.assess(obs)
+    assert (again.accepted, again.reasons) == (first.accepted, first.reasons)
+    step = gate.update([obs], 0.0)  # the stateful path still starts from scratch: the face opens a window
+    assert step.decisions == [] and gate.open_windows == {1: 1}
+
+
+def test_bad_arguments_are_refused_without_touching_files(photos, tmp_path, capsys):
+    mine = tmp_path / "mine.csv"
+    mine.write_text("keep me")
+    with pytest.raises(SystemExit) as e:
+        main([str(photos), "--csv", str(mine)])
+    assert e.value.code == 2 and "pass --force" in capsys.readouterr().err and mine.read_text() == "keep me"
+    assert main([str(tmp_path / "missing")]) == 2
+    assert "is neither a photo nor a folder" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([str(empty)]) == 2
+    assert "no photos found" in capsys.readouterr().err
