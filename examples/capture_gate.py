@@ -80,8 +80,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.max_frames is not None and args.max_frames < 1:
         p.error("--max-frames must be >= 1")
-    if not args.track_timeout >= 0:
-        p.error("--track-timeout must be >= 0 seconds")
+    if not 0 <= args.track_timeout < float("inf"):
+        p.error("--track-timeout must be a finite number of seconds >= 0")
     if args.detector != "retinaface" and (args.detector_backend != "auto" or args.max_side is not None):
         p.error(f"--detector-backend and --max-side are options of the retinaface detector, not of "
                 f"--detector {args.detector}")
@@ -139,26 +139,37 @@ class Terminated(BaseException):
     and :func:`run` ends the way Ctrl-C ends it."""
 
 
-@contextlib.contextmanager
-def stop_on_sigterm() -> Iterator[None]:
-    """While the block runs, the first SIGTERM raises :class:`Terminated` (later ones are ignored, so the final
-    flush is not cut short); the previous handler comes back after. Without it SIGTERM kills the process before
-    the open windows are written. Python lets only the main thread set handlers: elsewhere this does nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    fired: list[int] = []
+class SigtermStop:
+    """What SIGTERM does under :func:`stop_on_sigterm`: the first one raises :class:`Terminated` while ``armed``
+    (the frame loop); once the run disarms it for the final flush, a SIGTERM is only noted, so it cannot cut the
+    flush short. Later ones are ignored either way."""
 
-    def handler(signum: int, frame: object) -> None:
-        if not fired:
-            fired.append(signum)
+    def __init__(self) -> None:
+        self.armed = True
+        self.fired = False
+
+    def handler(self, signum: int, frame: object) -> None:
+        if self.fired:
+            return
+        self.fired = True
+        if self.armed:
             raise Terminated()
 
-    previous = signal.signal(signal.SIGTERM, handler)
+
+@contextlib.contextmanager
+def stop_on_sigterm() -> Iterator[SigtermStop]:
+    """While the block runs, SIGTERM stops the run like Ctrl-C (see :class:`SigtermStop`); the previous handler
+    comes back after. Without it SIGTERM kills the process before the open windows are written. Python lets only
+    the main thread set handlers: elsewhere this installs nothing."""
+    stop = SigtermStop()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+    previous = signal.signal(signal.SIGTERM, stop.handler)
     try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+        yield stop
+    finally:  # a handler set outside Python reads as None and cannot be put back: the default is the nearest
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 @dataclass
@@ -188,9 +199,10 @@ def _announce(report: FrameReport, stats: RunStats, out: TextIO | None = None) -
 
 
 def run(frames: Iterable[Frame], pipeline: CapturePipeline, max_frames: int | None = None, show: bool = False,
-        out: TextIO | None = None) -> RunStats:
+        out: TextIO | None = None, sigterm: SigtermStop | None = None) -> RunStats:
     """Feed frames through the pipeline until the source ends, ``max_frames``, 'q'/Esc in the window, Ctrl-C or
-    SIGTERM (under :func:`stop_on_sigterm`); the pipeline is flushed however it ends."""
+    SIGTERM (``sigterm``, from :func:`stop_on_sigterm`); the pipeline is flushed however it ends, with SIGTERM
+    disarmed so it cannot interrupt the flush."""
     out = out or sys.stdout
     stats = RunStats()
     t0 = time.perf_counter()
@@ -226,6 +238,8 @@ def run(frames: Iterable[Frame], pipeline: CapturePipeline, max_frames: int | No
             raise  # it never delivered a frame: a wrong index/URL, not a lost source (main says so, exit 1)
         stats.stopped_by = f"source lost: {e}"
     finally:
+        if sigterm is not None:
+            sigterm.armed = False
         stats.seconds = time.perf_counter() - t0
         _announce(pipeline.flush(), stats, out)
     return stats
@@ -295,8 +309,13 @@ def main(argv: list[str] | None = None) -> int:
     pipeline = CapturePipeline(scorer, writer=writer, logger=logger,
                                tracker=IouTracker(max_missed_seconds=args.track_timeout))
     try:
-        with stop_on_sigterm(), source:
-            stats = run(source, pipeline, args.max_frames, show)
+        with stop_on_sigterm() as sigterm, source:
+            try:
+                stats = run(source, pipeline, args.max_frames, show, sigterm=sigterm)
+            except Terminated:  # it came before the run's loop began: nothing was scored, but say so cleanly
+                sigterm.armed = False
+                stats = RunStats(stopped_by="SIGTERM")
+                _announce(pipeline.flush(), stats)
     except SourceError as e:  # the source could not even start
         print(f"error: {e}", file=sys.stderr)
         return 1

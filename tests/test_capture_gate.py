@@ -212,6 +212,46 @@ def test_sigterm_ends_the_run_like_ctrl_c_flushing_the_open_windows(ex, video, r
     assert handler_after is not previous and handler_after.__name__ == "<lambda>"  # the test's own, restored
 
 
+def test_a_sigterm_during_the_final_flush_does_not_cut_it_short(ex, video, retinaface_ort, tmp_path, capsys,
+                                                                  monkeypatch):
+    """The source ended and the flush is settling the last windows when systemd's SIGTERM lands: the flush
+    finishes, the capture is written and the run ends normally."""
+    stray = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: stray.append(signum))
+    finished = []
+
+    class SignalledFlush(ex.CapturePipeline):
+        def flush(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            report = super().flush()
+            finished.append(len(report.captures))
+            return report
+
+    monkeypatch.setattr(ex, "CapturePipeline", SignalledFlush)
+    monkeypatch.setattr(ex, "Scorer", lambda *a, **k: Scorer(detector=retinaface_ort, threads=1))
+    try:
+        code = ex.main(["--source", str(video), "--out", str(tmp_path / "caps"), "--display", "off",
+                        "--max-frames", "3"])
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    summary = capsys.readouterr().out.strip().splitlines()[-1]
+    assert code == 0 and stray == [] and finished == [1], summary
+    assert summary.endswith("stopped by --max-frames") and len(list((tmp_path / "caps").glob("*.json"))) == 1
+
+
+def test_a_handler_python_cannot_restore_gives_way_to_the_default(ex, monkeypatch):
+    installed = []
+
+    def fake_signal(signum, handler):
+        installed.append(handler)
+        return None  # what signal.signal returns for a handler that was not installed from Python
+
+    monkeypatch.setattr(ex.signal, "signal", fake_signal)
+    with ex.stop_on_sigterm() as stop:
+        assert stop.armed and not stop.fired
+    assert installed[-1] is signal.SIG_DFL
+
+
 def test_overlay_labels_a_skipped_face_by_why_it_was_skipped(ex):
     assert ex.skip_label("pose unavailable from its landmarks: mouth above the eyes") == "pose?"
     assert ex.skip_label("non-finite score utility=nan (model output overflowed?)") == "score nan"
@@ -273,4 +313,4 @@ def test_track_timeout_reaches_the_pipelines_tracker(ex, video, tmp_path, capsys
     assert ex.parse_args(args).track_timeout == 1.0
     with pytest.raises(SystemExit):
         ex.parse_args(args + ["--track-timeout", "-1"])
-    assert "--track-timeout must be >= 0" in capsys.readouterr().err
+    assert "--track-timeout must be a finite number of seconds >= 0" in capsys.readouterr().err

@@ -82,7 +82,7 @@ def test_options_that_cannot_work_are_refused_before_any_work(tmp_path, capsys, 
 
 
 @pytest.mark.parametrize("flags", [["--threads", "0"], ["--calibration-size", "50"], ["--min-srcc-fp32", "1.5"],
-                                   ["--distill-epochs", "0"]])
+                                   ["--distill-epochs", "0"], ["--distill-versions", "0"]])
 def test_impossible_numbers_are_refused_when_the_options_are_read(tmp_path, capsys, flags):
     try:
         code = main(["--target", "cpu", "--out", str(tmp_path / "b"), *flags])

@@ -56,6 +56,23 @@ def test_an_oserror_from_the_engine_constructor_is_unavailable(tmp_path, monkeyp
     assert load_backend(model, "onnx").name == "opencv"
 
 
+@pytest.mark.parametrize("error", [FileNotFoundError(2, "No such file", "/nonexistent/trt_calibration.cache"),
+                                   ModuleNotFoundError("No module named 'fiqa_runtimes.helpers'",
+                                                       name="fiqa_runtimes.helpers")])
+def test_a_bad_file_argument_or_a_bug_in_fiqa_is_not_called_a_broken_engine(monkeypatch, error):
+    """Only the engine library failing to load means 'reinstall it' (and lets auto move on); a missing file the
+    caller named, or a fiqa module that does not import, surfaces as itself."""
+    def fails(self, model, **options):
+        raise error
+
+    monkeypatch.setattr(OnnxRuntimeBackend, "__init__", fails)
+    model = (CPU / "student_fp32.onnx").read_bytes()
+    for backend in ("onnxruntime", "auto"):
+        with pytest.raises(type(error)) as raised:
+            load_backend(model, "onnx", backend=backend)
+        assert raised.value is error
+
+
 def test_a_missing_model_file_is_not_mistaken_for_a_broken_engine(tmp_path):
     with pytest.raises(FileNotFoundError):
         load_backend(str(tmp_path / "nope.onnx"), "onnx")

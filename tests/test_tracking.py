@@ -144,5 +144,18 @@ def test_a_time_limit_keeps_the_same_person_whatever_the_frame_rate():
             assert (back == first) is same and (ended == []) is same, (fps, gap_s, first, back, ended)
     with pytest.raises(ValueError, match="pass each frame's timestamp"):
         IouTracker(max_missed_seconds=1.0).update(np.array([box(200, 200, 100)]))
-    with pytest.raises(ValueError, match="max_missed_seconds must be >= 0"):
-        IouTracker(max_missed_seconds=-1.0)
+    for bad in (-1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="max_missed_seconds must be finite and >= 0"):
+            IouTracker(max_missed_seconds=bad)
+
+
+def test_a_timed_tracker_survives_one_missed_frame_and_ends_tracks_when_time_goes_back():
+    slow = IouTracker(max_missed_seconds=1.0)  # 0.5 FPS: one missed detection is already 2 s
+    first = slow.update(np.array([box(200, 200, 100)]), 0.0).ids
+    assert slow.update(np.zeros((0, 4)), 2.0).ended == []
+    assert slow.update(np.array([box(200, 200, 100)]), 4.0).ids == first  # a flaky detection splits no track
+    assert slow.update(np.zeros((0, 4)), 6.0).ended == [] and slow.update(np.zeros((0, 4)), 8.0).ended == first
+    for tracker in (IouTracker(max_missed_seconds=1.0), IouTracker()):
+        tracker.update(np.array([box(200, 200, 100)]), 30.0)
+        step = tracker.update(np.array([box(200, 200, 100)]), 0.0)  # a second clip from t=0, a face at that spot
+        assert step.ended == [1] and step.ids == [2]  # ...is a new person: nothing carried over

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from fiqa_calibration.calibration_set import MIN_SIZE as MIN_CALIBRATION_FACES
-from fiqa_compile.cli_args import correlation, non_negative_int, plain, positive_int
+from fiqa_compile.cli_args import correlation, plain, positive_int
 from fiqa_compile.targets import TARGETS
 
 EPILOG = """targets:
@@ -51,10 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "student_mfn; student_mfn_deep, student_mfn_full and student_nano are the others)")
     g.add_argument("--distill-epochs", type=positive_int, default=None,
                    help=f"epochs of distillation with --faces (default {DISTILL_DEFAULTS['distill_epochs']})")
-    g.add_argument("--distill-versions", type=non_negative_int, default=None,
+    g.add_argument("--distill-versions", type=positive_int, default=None,
                    help="degraded versions of each --faces photo, scored once by both teachers and cached (default "
-                        f"{DISTILL_DEFAULTS['distill_versions']}; each version costs teacher time, and these are "
-                        "all the degraded faces the student sees: the compile does not augment on the fly)")
+                        f"{DISTILL_DEFAULTS['distill_versions']}, at least 1; each version costs teacher time, and "
+                        "these are all the degraded faces the student sees: the compile does not augment on the fly)")
     g.add_argument("--distill-init", default=None, metavar="DIR|default",
                    help="with --faces: start from this distilled student's weights instead of random ones "
                         "('default' = the embedded student; --student-arch may name a deeper variant of its "

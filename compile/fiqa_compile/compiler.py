@@ -544,7 +544,7 @@ def compile_bundle(opts: CompileOptions) -> Path:
                       "student_sha256": sinfo["sha256"],
                       "teachers": {k: {"model": v.info["model"], "sha256": v.info["sha256"]} for k, v in teachers.items()},
                       "options": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(opts).items()},
-                      "calibration": calibration_record,
+                      "calibration": report_mod.finite_or_null(calibration_record),  # a collapsed candidate: NaN
                       "tools": tool_versions()}
         path = write_bundle(out, target.name, models, scores, thresholds, tensorrt=tensorrt, extra_files=extra,
                             provenance=provenance, force=opts.force)

@@ -123,26 +123,37 @@ def _broken(name: str, error: BaseException) -> BackendUnavailable:
                               f"cause: reinstall it ({hint}), or pick another backend")
 
 
+def _engine_failure(error: BaseException) -> bool:
+    """Whether an error is the engine library failing to load, not fiqa's own code or a file the caller named.
+
+    An ImportError of a ``fiqa_*`` module is a bug in this package; an OSError naming a file (a calibration cache
+    or engine-cache path) is the caller's input. Either must surface as itself, not as "reinstall the engine"
+    (which would also make ``auto`` quietly fall back to a slower runtime).
+    """
+    if isinstance(error, ImportError):
+        return not (error.name or "").startswith("fiqa_")
+    return isinstance(error, OSError) and error.filename is None
+
+
 def _factory(name: str) -> Callable[..., Backend]:
     """The backend's class, after importing its engine, so a broken install fails here as BackendUnavailable."""
     requires, factory, _ = _REGISTRY[name]
     module, cls = factory.split(":")
     try:
         importlib.import_module(requires)
-        return getattr(importlib.import_module(module), cls)
     except (ImportError, OSError) as e:
         raise _broken(name, e) from e
+    return getattr(importlib.import_module(module), cls)  # fiqa's own module: its errors are bugs, shown as such
 
 
 def _construct(name: str, model: bytes, options: dict) -> Backend:
-    """Instantiate a backend; its lazy imports of engine submodules fail as BackendUnavailable, like its module's.
-
-    ``model`` is already read, so an OSError here is the engine's (a shared library it loads), not the model file's.
-    """
+    """Instantiate a backend; its lazy imports of engine submodules fail as BackendUnavailable, like its module's."""
     cls = _factory(name)
     try:
         return cls(model, **options)
     except (ImportError, OSError) as e:
+        if not _engine_failure(e):
+            raise
         raise _broken(name, e) from e
 
 

@@ -31,7 +31,8 @@ from fiqa_sdk.gate import Capture, GateDecision, GateStep
 SIDECAR_SCHEMA = 1
 _TMP_PREFIX = ".tmp-"
 _LOCK_SUFFIX = ".lock"
-_NO_HARDLINK = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EMLINK, errno.ENOSYS}
+# EINVAL: what Windows' "incorrect function" (WinError 1) maps to when a FAT/exFAT card has no hard links
+_NO_HARDLINK = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EXDEV, errno.EMLINK, errno.ENOSYS, errno.EINVAL}
 
 
 class CaptureWriteError(OSError):

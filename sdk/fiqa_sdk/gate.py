@@ -8,8 +8,8 @@ Per track it applies, in this order of priority (the order of :class:`Reason`):
 
 * ``too_small``      ``measures["iod_px"] < min_iod_px``: the 112-px aligned crop would be upsampled.
 * ``at_edge``        ``measures["outside_fraction"] > max_outside_fraction``: the face is cut by the frame edge, so
-                     part of the aligned crop is black padding (the scores of such a crop are not to be trusted,
-                     and the stored picture misses part of the face).
+                     part of the aligned crop is padding (edge pixels repeated): its scores are not to be trusted,
+                     and the stored picture misses part of the face.
 * ``turned_away``    ``|yaw| > max_yaw_deg`` or ``|pitch| > max_pitch_deg`` or ``|roll| > max_roll_deg``.
 * ``blurred``        ``sharpness < min_sharpness`` (hard limit), or the perceptual score is failing and
                      ``sharpness < explain_blur_below``.
@@ -158,7 +158,7 @@ class GateConfig:
     (:func:`fiqa_sdk.measures.laplacian_variance` of the 112x112 aligned face): hard limit 15 (what a Gaussian
     blur of sigma 2 px leaves of a typical LFW face), explanation limit 40 (below the ~57-65 5th percentile of
     sharp LFW faces). ``max_outside_fraction`` 0.05 (of the aligned crop lying outside the frame): a photo
-    pushed past the frame edge shows whole black columns in its crop from about 0.1, while a face merely near
+    pushed past the frame edge shows whole padded columns in its crop from about 0.1, while a face merely near
     the edge reaches ~0.02 with a padded corner. Window 1 s / 30 frames; 1 capture per track per 10 s.
     """
 

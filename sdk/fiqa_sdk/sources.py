@@ -145,10 +145,22 @@ class _CaptureSource(FrameSource):
 
     def close(self) -> None:
         """Stop iterating and release the device, from this thread or another (how a service or UI stops a capture
-        loop). A read under way finishes first (at most the device's read timeout) and a reconnection back-off
-        under way is cut short; the iteration then ends cleanly. A closed source stays closed: open a new one."""
+        loop). Returns at once: when a read, an open or a back-off is under way in the iterating thread (a dead
+        CSI pipeline can block a read for good), that thread releases the device as soon as the step ends, and the
+        iteration then ends cleanly; a back-off under way is cut short. A closed source stays closed: iterating it
+        again raises :class:`SourceError`; open a new one."""
         self._stop.set()
-        self._release()
+        if self._lock.acquire(blocking=False):  # never wait on a step that may block; its thread releases instead
+            try:
+                if self._cap is not None:
+                    self._cap.release()
+                    self._cap = None
+            finally:
+                self._lock.release()
+
+    def _check_open(self) -> None:
+        if self._stop.is_set():
+            raise SourceError(f"{self.description} was closed; open a new source to read it again")
 
     def _release(self) -> None:
         """Release the capture (end of iteration, before a reopen, or close) without closing the source."""
@@ -266,6 +278,7 @@ class VideoFileSource(_CaptureSource):
         self.description = self.path
 
     def __iter__(self) -> Iterator[Frame]:
+        self._check_open()
         return self._guarded(self._frames())
 
     def _frames(self) -> Iterator[Frame]:
@@ -340,6 +353,8 @@ class LiveSource(_CaptureSource):
                 self.reconnects += 1
                 log.warning("%s: reopened after %d attempt(s)", self.description, self._episode_attempts)
                 return cap
+        if self._stop.is_set():  # closed during the last wait: a clean end, not a lost source
+            return None
         raise SourceError(f"{self.description}: {why}, and it did not come back after {self._episode_attempts} "
                           f"reconnect attempt(s); {self.check_hint}, or raise Backoff.max_attempts "
                           f"(--wait-for-source in the capture_gate CLI retries forever)")
@@ -356,6 +371,7 @@ class LiveSource(_CaptureSource):
         return cap
 
     def __iter__(self) -> Iterator[Frame]:
+        self._check_open()
         return self._guarded(self._frames())
 
     def _frames(self) -> Iterator[Frame]:

@@ -81,7 +81,8 @@ class IouTracker:
         velocity_smoothing: weight of the newest displacement in the velocity estimate (0 disables prediction).
         max_missed_seconds: when set, a track ends after this long unmatched instead of after ``max_missed``
             frames, so a person who looks away for a moment is the same track at 5 FPS and at 60 FPS (then
-            :meth:`update` needs each frame's timestamp).
+            :meth:`update` needs each frame's timestamp). One missed frame never ends a track (a detector's flake
+            at a low frame rate); time going backwards (a new clip fed to the same tracker) ends every track.
     """
 
     def __init__(self, iou_threshold: float = 0.3, max_centre_distance: float = 0.5, max_missed: int = 10,
@@ -94,8 +95,9 @@ class IouTracker:
             raise ValueError(f"max_missed must be >= 0 frames, got {max_missed}")
         if not 0.0 <= velocity_smoothing <= 1.0:
             raise ValueError(f"velocity_smoothing must be in [0, 1], got {velocity_smoothing}")
-        if max_missed_seconds is not None and not max_missed_seconds >= 0:
-            raise ValueError(f"max_missed_seconds must be >= 0 seconds (or None: count frames), got {max_missed_seconds}")
+        if max_missed_seconds is not None and not 0 <= max_missed_seconds < float("inf"):
+            raise ValueError(f"max_missed_seconds must be finite and >= 0 seconds (or None: count frames), got "
+                             f"{max_missed_seconds}")
         self.max_missed_seconds = None if max_missed_seconds is None else float(max_missed_seconds)
         self.iou_threshold = float(iou_threshold)
         self.max_centre_distance = float(max_centre_distance)
@@ -103,6 +105,7 @@ class IouTracker:
         self.velocity_smoothing = float(velocity_smoothing)
         self._tracks: list[Track] = []
         self._next_id = 1
+        self._last_timestamp: float | None = None
 
     @property
     def tracks(self) -> list[Track]:
@@ -132,6 +135,11 @@ class IouTracker:
             raise ValueError(f"this tracker ends tracks after {self.max_missed_seconds} s unmatched: pass each frame's "
                              f"timestamp (seconds) to update(), got {timestamp!r}")
         boxes = _as_boxes(detections)
+        restarted = []
+        if timestamp is not None and self._last_timestamp is not None and timestamp < self._last_timestamp:
+            restarted = self.flush()  # time went back (a new clip): nobody on screen is carried over from the last
+        if timestamp is not None:
+            self._last_timestamp = float(timestamp)
         ids = [0] * len(boxes)
         matched_tracks: set[int] = set()
         if self._tracks and len(boxes):
@@ -146,7 +154,7 @@ class IouTracker:
                 self._match(self._tracks[ti], boxes[di])
                 matched_tracks.add(int(ti))
                 ids[di] = self._tracks[ti].track_id
-        ended = []
+        ended = list(restarted)
         for i, track in enumerate(self._tracks):
             if i in matched_tracks:
                 track.last_seen = timestamp
@@ -166,7 +174,8 @@ class IouTracker:
     def _expired(self, track: Track, timestamp: float | None) -> bool:
         if self.max_missed_seconds is None or track.last_seen is None:
             return track.missed > self.max_missed
-        return timestamp - track.last_seen > self.max_missed_seconds
+        elapsed = timestamp - track.last_seen
+        return elapsed < 0 or (track.missed >= 2 and elapsed > self.max_missed_seconds)
 
     def _match(self, track: Track, box: np.ndarray) -> None:
         step = (box - track.box) / (track.missed + 1)
