@@ -36,6 +36,7 @@ import numpy as np
 from fiqa_sdk.bundle import BundleError
 from fiqa_sdk.capture_io import CaptureWriter, DecisionLog
 from fiqa_sdk.frames import FrameError
+from fiqa_sdk.gate import parse_overrides
 from fiqa_sdk.pipeline import SKIP_NO_POSE, SKIP_NON_FINITE, CapturePipeline, FrameReport
 from fiqa_sdk.scorer import Scorer
 from fiqa_sdk.sources import Frame, SourceError, SourceSpecError, open_source
@@ -64,6 +65,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("captures"), help="folder for accepted captures")
     p.add_argument("--log", type=Path, default=None, help="append every gate decision to this .jsonl file")
     p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    p.add_argument("--gate", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one of the bundle's gate thresholds, repeatable: KEY=VALUE, or KEY=off to disable "
+                        "a check (e.g. --gate utility_accept=70 --gate max_yaw_deg=off; keys: fiqa_sdk.GateConfig)")
     p.add_argument("--track-timeout", type=float, default=1.0,
                    help="seconds a face may go unseen (turned away, occluded) and still be the same person for the "
                         "gate's best-of-N window and cooldown; longer gaps make a new person (default 1.0)")
@@ -82,6 +86,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--max-frames must be >= 1")
     if not 0 <= args.track_timeout < float("inf"):
         p.error("--track-timeout must be a finite number of seconds >= 0")
+    try:
+        args.gate = parse_overrides(args.gate)
+    except ValueError as e:
+        p.error(f"--gate: {e}")
     if args.detector != "retinaface" and (args.detector_backend != "auto" or args.max_side is not None):
         p.error(f"--detector-backend and --max-side are options of the retinaface detector, not of "
                 f"--detector {args.detector}")
@@ -306,7 +314,15 @@ def main(argv: list[str] | None = None) -> int:
     writer.bundle_id = i.bundle_id
     if logger is not None:
         logger.bundle_id = i.bundle_id
-    pipeline = CapturePipeline(scorer, writer=writer, logger=logger,
+    try:
+        gate = scorer.bundle.gate_config(**args.gate)
+    except ValueError as e:  # an override the bundle's other thresholds contradict (release above accept, ...)
+        print(f"error: --gate: {e}", file=sys.stderr)
+        if logger is not None:
+            logger.close()
+        scorer.close()
+        return 2
+    pipeline = CapturePipeline(scorer, gate=gate, writer=writer, logger=logger,
                                tracker=IouTracker(max_missed_seconds=args.track_timeout))
     try:
         with stop_on_sigterm() as sigterm, source:

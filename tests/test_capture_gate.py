@@ -303,13 +303,14 @@ def test_track_timeout_reaches_the_pipelines_tracker(ex, video, tmp_path, capsys
     real = ex.CapturePipeline
 
     def spy(*args, **kwargs):
-        made["tracker"] = kwargs["tracker"]
+        made["tracker"], made["gate"] = kwargs["tracker"], kwargs["gate"]
         return real(*args, **kwargs)
 
     monkeypatch.setattr(ex, "CapturePipeline", spy)
     args = ["--source", str(video), "--out", str(tmp_path / "caps"), "--display", "off", "--max-frames", "2"]
-    assert ex.main(args + ["--track-timeout", "2.5"]) == 0
+    assert ex.main(args + ["--track-timeout", "2.5", "--gate", "utility_accept=77", "--gate", "max_yaw_deg=off"]) == 0
     assert made["tracker"].max_missed_seconds == 2.5
+    assert made["gate"].utility_accept == 77.0 and made["gate"].max_yaw_deg is None
     assert ex.parse_args(args).track_timeout == 1.0
     with pytest.raises(SystemExit):
         ex.parse_args(args + ["--track-timeout", "-1"])

@@ -89,3 +89,30 @@ def test_bad_arguments_are_refused_without_touching_files(photos, tmp_path, caps
     empty.mkdir()
     assert main([str(empty)]) == 2
     assert "no photos found" in capsys.readouterr().err
+
+
+def test_gate_overrides_change_the_verdicts_and_bad_ones_are_refused(photos, tmp_path, capsys):
+    from fiqa_sdk.gate import parse_overrides
+
+    assert parse_overrides(["utility_accept=70", "max_yaw_deg=off", "window_frames=5"]) == \
+        {"utility_accept": 70.0, "max_yaw_deg": None, "window_frames": 5}
+    for bad, why in ((["utility_acept=70"], "unknown gate key 'utility_acept'"), (["utility_accept"], "KEY=VALUE"),
+                     (["min_iod_px=big"], "is not a number")):
+        with pytest.raises(ValueError, match=why):
+            parse_overrides(bad)
+    t1 = str(photos / "t1.jpg")
+    assert main([t1, "--all-faces", "--backend", "onnxruntime"]) == 0
+    assert "6 reject" in capsys.readouterr().out  # the group photo's faces fail the bundle's thresholds
+    off = [f"--gate={k}=off" for k in ("utility_accept", "perceptual_accept", "max_yaw_deg", "max_pitch_deg",
+                                       "max_roll_deg", "min_iod_px", "max_outside_fraction", "min_sharpness",
+                                       "min_brightness", "max_brightness", "explain_blur_below",
+                                       "explain_dark_below", "explain_bright_above")]
+    out_json = tmp_path / "open.json"
+    assert main([t1, "--all-faces", "--backend", "onnxruntime", "--json", str(out_json), *off]) == 0
+    assert "6 accept" in capsys.readouterr().out  # every check off: nothing left to reject for
+    assert json.loads(out_json.read_text())["gate_overrides"]["utility_accept"] is None
+    with pytest.raises(SystemExit):
+        main([t1, "--gate", "utility_acept=70"])
+    assert "unknown gate key" in capsys.readouterr().err
+    assert main([t1, "--gate", "utility_release=99", "--backend", "onnxruntime"]) == 2  # above the accept
+    assert "utility_release=99.0 must be <= utility_accept" in capsys.readouterr().err

@@ -240,6 +240,29 @@ class GateConfig:
         return cls(**{**dict(section), **overrides})
 
 
+def parse_overrides(items: Sequence[str]) -> dict[str, float | int | None]:
+    """``["utility_accept=70", "max_yaw_deg=off"]`` -> GateConfig keyword overrides (``off``/``none``: the check is
+    disabled). What the command lines' ``--gate KEY=VALUE`` accepts; a typo'd key or a non-number raises, naming the
+    known keys, rather than silently leaving a check as it was."""
+    known = GateConfig.keys()
+    out: dict[str, float | int | None] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key, text = key.strip(), text.strip()
+        if not sep or not key or not text:
+            raise ValueError(f"gate override {item!r} is not KEY=VALUE (e.g. utility_accept=70, max_yaw_deg=off)")
+        if key not in known:
+            raise ValueError(f"unknown gate key {key!r}; known keys: {', '.join(known)}")
+        if text.lower() in ("off", "none"):
+            out[key] = None
+            continue
+        try:
+            out[key] = int(text) if key in ("window_frames", "max_accepts") else float(text)
+        except ValueError:
+            raise ValueError(f"gate override {item!r}: {text!r} is not a number (or 'off')") from None
+    return out
+
+
 @dataclass
 class _Window:
     opened_at: float

@@ -22,7 +22,7 @@ from fiqa_runtimes import BackendUnavailable
 from fiqa_sdk.bundle import BundleError
 from fiqa_sdk.detection import DetectorUnavailable
 from fiqa_sdk.frames import FrameError
-from fiqa_sdk.gate import CaptureGate
+from fiqa_sdk.gate import CaptureGate, parse_overrides
 from fiqa_sdk.pipeline import face_observation, skip_reason, z_signs
 from fiqa_sdk.scorer import FaceResult, Scorer
 
@@ -77,12 +77,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="longest side RetinaFace sees (default: half the photo's, within 320..640)")
     p.add_argument("--threads", type=int, default=None, help="inference threads (default: the engine's choice)")
     p.add_argument("--all-faces", action="store_true", help="judge every face, not only each photo's largest")
+    p.add_argument("--gate", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one of the bundle's gate thresholds, repeatable: KEY=VALUE, or KEY=off to disable "
+                        "a check (e.g. --gate utility_accept=70 --gate max_yaw_deg=off; keys: fiqa_sdk.GateConfig)")
     p.add_argument("--sort", choices=("name", "utility", "perceptual"), default="name",
                    help="row order: by file name (default), or best score first")
     p.add_argument("--csv", type=Path, default=None, help="also write the rows to this CSV file")
     p.add_argument("--json", type=Path, default=None, help="also write the rows (and the bundle used) as JSON")
     p.add_argument("--force", action="store_true", help="replace an existing --csv / --json file")
     args = p.parse_args(argv)
+    try:
+        args.gate = parse_overrides(args.gate)
+    except ValueError as e:
+        p.error(f"--gate: {e}")
     if args.max_side is not None and args.detector != "retinaface":
         p.error("--max-side is an option of the retinaface detector")
     for flag in ("csv", "json"):
@@ -128,9 +135,11 @@ def judge_photo(name: str, image: np.ndarray, scorer: Scorer, gate: CaptureGate,
     return rows
 
 
-def score_photos(files: list[Path], scorer: Scorer, all_faces: bool = False) -> list[Row]:
-    """Rows for every photo, in order; a photo that cannot be read or scored is a row with verdict 'error'."""
-    gate = CaptureGate(scorer.bundle.gate_config())
+def score_photos(files: list[Path], scorer: Scorer, all_faces: bool = False,
+                 gate_overrides: dict | None = None) -> list[Row]:
+    """Rows for every photo, in order; a photo that cannot be read or scored is a row with verdict 'error'.
+    ``gate_overrides``: GateConfig keywords that win over the bundle's thresholds."""
+    gate = CaptureGate(scorer.bundle.gate_config(**(gate_overrides or {})))
     rows: list[Row] = []
     show = sys.stderr.isatty()
     for i, path in enumerate(files, 1):
@@ -170,7 +179,7 @@ def write_outputs(rows: list[Row], args: argparse.Namespace, scorer: Scorer) -> 
             w.writerows(r.cells() for r in rows)
     if args.json is not None:
         doc = {"bundle_id": scorer.info.bundle_id, "bundle": scorer.info.bundle_path, "target": scorer.info.target,
-               "backend": scorer.info.backend, "thresholds": scorer.bundle.thresholds,
+               "backend": scorer.info.backend, "thresholds": scorer.bundle.thresholds, "gate_overrides": args.gate,
                "rows": [r.__dict__ for r in rows]}
         args.json.write_text(json.dumps(doc, indent=2))
 
@@ -194,7 +203,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fiqa-score: error: {e}", file=sys.stderr)
         return 2
     with scorer:
-        rows = sort_rows(score_photos(files, scorer, args.all_faces), args.sort)
+        try:
+            rows = sort_rows(score_photos(files, scorer, args.all_faces, args.gate), args.sort)
+        except ValueError as e:  # only the gate's set-up raises it here: an override the thresholds contradict
+            print(f"fiqa-score: error: --gate: {e}", file=sys.stderr)
+            return 2
         print_table(rows)
         try:
             write_outputs(rows, args, scorer)
