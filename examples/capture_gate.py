@@ -64,6 +64,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="inference threads (default: the engine's choice)")
     p.add_argument("--out", type=Path, default=Path("captures"), help="folder for accepted captures")
     p.add_argument("--log", type=Path, default=None, help="append every gate decision to this .jsonl file")
+    p.add_argument("--log-max-mb", type=float, default=None,
+                   help="rotate the --log file at this size: FILE -> FILE.1 -> ... -> FILE.N, the oldest beyond "
+                        "--log-backups deleted (default: no rotation; for unattended kiosks)")
+    p.add_argument("--log-backups", type=int, default=5, help="rotated --log files kept (default 5)")
     p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
     p.add_argument("--gate", action="append", default=[], metavar="KEY=VALUE",
                    help="override one of the bundle's gate thresholds, repeatable: KEY=VALUE, or KEY=off to disable "
@@ -90,6 +94,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.gate = parse_overrides(args.gate)
     except ValueError as e:
         p.error(f"--gate: {e}")
+    if args.log_max_mb is not None and not 0 < args.log_max_mb < float("inf"):
+        p.error("--log-max-mb must be a positive size in megabytes")
+    if args.log_backups < 1:
+        p.error("--log-backups must be >= 1")
+    if (args.log_max_mb is not None or args.log_backups != 5) and args.log is None:
+        p.error("--log-max-mb and --log-backups need --log FILE")
     if args.detector != "retinaface" and (args.detector_backend != "auto" or args.max_side is not None):
         p.error(f"--detector-backend and --max-side are options of the retinaface detector, not of "
                 f"--detector {args.detector}")
@@ -263,7 +273,8 @@ def open_outputs(args: argparse.Namespace) -> tuple[CaptureWriter, DecisionLog |
     """The capture folder and decision log, made before the (slow) model load so a bad --out/--log fails fast;
     OSError/ValueError name the problem."""
     writer = CaptureWriter(args.out, image_format=args.image_format, save_aligned=args.save_aligned)
-    logger = DecisionLog(args.log) if args.log else None
+    max_bytes = None if args.log_max_mb is None else max(1, int(args.log_max_mb * 1e6))
+    logger = DecisionLog(args.log, max_bytes=max_bytes, backups=args.log_backups) if args.log else None
     return writer, logger
 
 

@@ -315,3 +315,16 @@ def test_track_timeout_reaches_the_pipelines_tracker(ex, video, tmp_path, capsys
     with pytest.raises(SystemExit):
         ex.parse_args(args + ["--track-timeout", "-1"])
     assert "--track-timeout must be a finite number of seconds >= 0" in capsys.readouterr().err
+
+
+def test_log_rotation_options_reach_the_decision_log(ex, tmp_path, capsys):
+    args = ex.parse_args(["--log", str(tmp_path / "d.jsonl"), "--log-max-mb", "0.5", "--log-backups", "3",
+                          "--out", str(tmp_path / "caps")])
+    _, logger = ex.open_outputs(args)
+    assert (logger.max_bytes, logger.backups) == (500_000, 3)
+    logger.close()
+    for bad, why in ((["--log-max-mb", "1"], "need --log FILE"), (["--log", "x", "--log-max-mb", "0"], "positive"),
+                     (["--log", "x", "--log-backups", "0"], ">= 1")):
+        with pytest.raises(SystemExit):
+            ex.parse_args(bad)
+        assert why in capsys.readouterr().err

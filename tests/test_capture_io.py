@@ -264,3 +264,27 @@ def test_decision_log_one_flushed_line_per_decision(tmp_path, capture):
         with pytest.raises(ValueError, match="cannot be logged as JSON"):
             other.write(step.decisions[0], exposure=float("inf"))
     assert (tmp_path / "x.jsonl").read_text() == ""
+
+
+def test_decision_log_rotates_at_its_size_bound_keeping_the_newest_lines(tmp_path, capture):
+    obs = capture.observation
+    gate = CaptureGate(GateConfig(window_frames=1))
+    decisions = []
+    for i in range(40):
+        o = FaceObservation(obs.track_id, i, i * 20.0, obs.detection, obs.aligned_face,
+                            {"utility": 20, "perceptual": 70}, obs.measures)
+        decisions += gate.update([o], o.timestamp).decisions
+    path = tmp_path / "decisions.jsonl"
+    line_bytes = len(json.dumps({"run_id": "r", **decisions[0].to_dict()}, separators=(",", ":"))) + 1
+    with DecisionLog(path, run_id="r", max_bytes=5 * line_bytes, backups=2) as log:
+        for d in decisions:
+            log.write(d)
+            assert path.stat().st_size <= 5 * line_bytes + 8  # never past the bound (+ digits a frame index adds)
+    files = [path, path.with_name("decisions.jsonl.1"), path.with_name("decisions.jsonl.2")]
+    assert all(f.exists() for f in files) and not path.with_name("decisions.jsonl.3").exists()
+    kept = [json.loads(line)["frame_index"] for f in reversed(files) for line in f.read_text().splitlines()]
+    assert kept == list(range(40 - len(kept), 40)) and len(kept) >= 10  # the newest, in order, none duplicated
+    with pytest.raises(ValueError, match="max_bytes must be a positive number"):
+        DecisionLog(tmp_path / "x.jsonl", max_bytes=0)
+    with pytest.raises(ValueError, match="backups must be an integer >= 1"):
+        DecisionLog(tmp_path / "x.jsonl", max_bytes=100, backups=0)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import os
 import secrets
 import tempfile
@@ -27,6 +28,8 @@ import cv2
 import numpy as np
 
 from fiqa_sdk.gate import Capture, GateDecision, GateStep
+
+log = logging.getLogger(__name__)
 
 SIDECAR_SCHEMA = 1
 _TMP_PREFIX = ".tmp-"
@@ -245,9 +248,19 @@ class DecisionLog:
     Flushing per line means a crash loses at most the line being written, and ``tail -f`` shows decisions live.
     Safe to share between threads. Every line carries ``run_id`` (default: the UTC start time plus a random
     suffix): track ids restart with every run, so runs appended to one file stay apart.
+
+    ``max_bytes``: rotate before a line would take the file past this size (an unattended kiosk logs for months):
+    ``decisions.jsonl`` becomes ``decisions.jsonl.1``, ``.1`` becomes ``.2`` and so on up to ``backups`` files; the
+    oldest beyond that is deleted, which is the point of a bound, so it is logged. ``None`` (default): one file.
     """
 
-    def __init__(self, path: str | os.PathLike, bundle_id: str | None = None, run_id: str | None = None):
+    def __init__(self, path: str | os.PathLike, bundle_id: str | None = None, run_id: str | None = None,
+                 max_bytes: int | None = None, backups: int = 5):
+        if max_bytes is not None and (isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1):
+            raise ValueError(f"max_bytes must be a positive number of bytes (or None: never rotate), got {max_bytes!r}")
+        if isinstance(backups, bool) or not isinstance(backups, int) or backups < 1:
+            raise ValueError(f"backups must be an integer >= 1 (rotated files kept), got {backups!r}")
+        self.max_bytes, self.backups = max_bytes, backups
         self.path = Path(path)
         if self.path.is_dir():
             raise IsADirectoryError(f"decision log {self.path} is a folder; give a file path such as "
@@ -275,8 +288,26 @@ class DecisionLog:
         with self._lock:
             if self._file.closed:
                 raise ValueError(f"decision log {self.path} is closed")
-            self._file.write(line + "\n")
+            data = line + "\n"
+            if self.max_bytes is not None and 0 < self._file.tell() and \
+                    self._file.tell() + len(data.encode("utf-8")) > self.max_bytes:
+                self._rotate()
+            self._file.write(data)
             self._file.flush()
+
+    def _rotate(self) -> None:
+        """Shift ``path`` -> ``path.1`` -> ... -> ``path.<backups>`` (the last one's old content is dropped), reopen."""
+        self._file.close()
+        oldest = self.path.with_name(f"{self.path.name}.{self.backups}")
+        if oldest.exists():
+            log.info("decision log: dropping %s (over %d rotated files)", oldest, self.backups)
+            oldest.unlink()
+        for n in range(self.backups - 1, 0, -1):
+            src = self.path.with_name(f"{self.path.name}.{n}")
+            if src.exists():
+                os.replace(src, self.path.with_name(f"{self.path.name}.{n + 1}"))
+        os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        self._file = open(self.path, "a", encoding="utf-8", newline="\n")
 
     def write_step(self, step: GateStep, **extra: Any) -> None:
         """Log every decision one gate update settled."""
