@@ -33,7 +33,7 @@ from typing import Iterable, Iterator, TextIO
 import cv2
 import numpy as np
 
-from fiqa_sdk.bundle import BundleError
+from fiqa_sdk.bundle import BundleError, default_bundle_path, load_bundle
 from fiqa_sdk.capture_io import CaptureWriter, DecisionLog
 from fiqa_sdk.frames import FrameError
 from fiqa_sdk.gate import parse_overrides
@@ -285,9 +285,25 @@ def configure_logging(verbose: bool) -> None:
     logging.getLogger().setLevel(logging.INFO if verbose else logging.WARNING)
 
 
+def check_gate_overrides(args: argparse.Namespace) -> str | None:
+    """Why the --gate overrides contradict the bundle's thresholds, or None; read from the manifest before any
+    source, output or model is opened."""
+    if not args.gate:
+        return None
+    try:
+        path = args.bundle if args.bundle is not None else default_bundle_path(backend=args.backend)
+        load_bundle(path).gate_config(**args.gate)
+    except ValueError as e:  # BundleError is one: the Scorer would refuse the bundle the same way
+        return f"--gate: {e}"
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     configure_logging(args.verbose)
+    if (problem := check_gate_overrides(args)) is not None:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     try:
         source = open_source(args.source, wait=args.wait_for_source)
     except (SourceSpecError, SourceError) as e:

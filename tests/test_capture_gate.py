@@ -328,3 +328,13 @@ def test_log_rotation_options_reach_the_decision_log(ex, tmp_path, capsys):
         with pytest.raises(SystemExit):
             ex.parse_args(bad)
         assert why in capsys.readouterr().err
+
+
+def test_contradictory_gate_overrides_are_refused_before_anything_is_opened(ex, tmp_path, capsys, monkeypatch):
+    opened = []
+    monkeypatch.setattr(ex, "open_source", lambda *a, **k: opened.append(a))
+    log = tmp_path / "d.jsonl"
+    assert ex.main(["--source", "0", "--log", str(log), "--out", str(tmp_path / "caps"),
+                    "--gate", "utility_release=99"]) == 2
+    assert "--gate: GateConfig.utility_release=99.0 must be <=" in capsys.readouterr().err
+    assert opened == [] and not log.exists() and not (tmp_path / "caps").exists()

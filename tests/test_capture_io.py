@@ -288,3 +288,23 @@ def test_decision_log_rotates_at_its_size_bound_keeping_the_newest_lines(tmp_pat
         DecisionLog(tmp_path / "x.jsonl", max_bytes=0)
     with pytest.raises(ValueError, match="backups must be an integer >= 1"):
         DecisionLog(tmp_path / "x.jsonl", max_bytes=100, backups=0)
+
+
+def test_a_rotation_that_finds_its_file_moved_keeps_logging(tmp_path, capture):
+    """An operator (or logrotate) moved the live file away: the next rotation must not close the log for good."""
+    obs = capture.observation
+    gate = CaptureGate(GateConfig(window_frames=1))
+    decisions = []
+    for i in range(6):
+        o = FaceObservation(obs.track_id, i, i * 20.0, obs.detection, obs.aligned_face,
+                            {"utility": 20, "perceptual": 70}, obs.measures)
+        decisions += gate.update([o], o.timestamp).decisions
+    path = tmp_path / "k.jsonl"
+    with DecisionLog(path, run_id="r", max_bytes=1, backups=2) as log:  # every line rotates
+        log.write(decisions[0])
+        os.rename(path, tmp_path / "k.jsonl.archived")
+        for d in decisions[1:]:
+            log.write(d)
+    frames = [json.loads(line)["frame_index"] for f in (path.with_name("k.jsonl.1"), path)
+              for line in f.read_text().splitlines()]
+    assert frames == [4, 5]  # the newest two kept (backups=2 plus the live file; one line each), log still open

@@ -388,7 +388,11 @@ def test_config_from_manifest_and_overrides():
     assert c.perceptual_release == GateConfig().perceptual_release
     assert c.max_outside_fraction == 0.05  # a manifest older than the edge check gets the default
     c = GateConfig.from_manifest(manifest, utility_accept=80, cooldown_s=3.0)
-    assert c.utility_accept == 80 and c.utility_release == 62 and c.cooldown_s == 3.0
+    assert c.utility_accept == 80 and c.utility_release == 72 and c.cooldown_s == 3.0  # the bundle's gap of 8 kept
+    c = GateConfig.from_manifest(manifest, utility_accept=50)  # below the bundle's release: no second override
+    assert (c.utility_accept, c.utility_release) == (50, 42)
+    c = GateConfig.from_manifest(manifest, utility_accept=80, utility_release=50)  # both given: as given
+    assert (c.utility_accept, c.utility_release) == (80, 50)
 
 
 @pytest.mark.parametrize("manifest, overrides, match", [

@@ -30,7 +30,7 @@ def test_every_photo_gets_a_row_and_the_verdicts_are_the_gates(photos, tmp_path,
     out_csv, out_json = tmp_path / "rows.csv", tmp_path / "rows.json"
     assert main([str(photos), "--backend", "onnxruntime", "--csv", str(out_csv), "--json", str(out_json)]) == 1
     stdout = capsys.readouterr().out
-    assert "5 photos: " in stdout and "1 no_face" in stdout and "1 error" in stdout  # exit 1: a photo failed
+    assert "5 photos, 3 faces judged: " in stdout and "1 no_face" in stdout and "1 error" in stdout  # exit 1
     rows = list(csv.DictReader(out_csv.open()))
     by_image = {r["image"].split("/")[-1]: r for r in rows}
     assert set(by_image) == {"t1.jpg", "grace_hopper.jpg", "astronaut.jpg", "blank.png", "broken.jpg"}
@@ -51,7 +51,7 @@ def test_every_photo_gets_a_row_and_the_verdicts_are_the_gates(photos, tmp_path,
         assert float(row["utility"]) == pytest.approx(faces[k].utility, abs=0.06)
     doc = json.loads(out_json.read_text())
     assert doc["bundle_id"] == scorer.info.bundle_id and len(doc["rows"]) == 5
-    assert doc["thresholds"] == scorer.bundle.thresholds
+    assert doc["gate"]["utility_accept"] == scorer.bundle.gate_config().utility_accept
     reasons = {r for row in rows for r in row["reasons"].split(";") if row["verdict"] == "reject"}
     assert reasons, "the sample photos should include rejected faces, so the reasons path is exercised"
 
@@ -116,3 +116,31 @@ def test_gate_overrides_change_the_verdicts_and_bad_ones_are_refused(photos, tmp
     assert "unknown gate key" in capsys.readouterr().err
     assert main([t1, "--gate", "utility_release=99", "--backend", "onnxruntime"]) == 2  # above the accept
     assert "utility_release=99.0 must be <= utility_accept" in capsys.readouterr().err
+    # lowering an accept alone moves its release along (the bundle's gap kept), as the README's example does
+    scorer = Scorer(backend="onnxruntime", detector=None)
+    base = scorer.bundle.gate_config()
+    lowered = scorer.bundle.gate_config(utility_accept=base.utility_release - 5)
+    assert lowered.utility_release == pytest.approx(base.utility_release - 5 - (base.utility_accept -
+                                                                                 base.utility_release))
+    assert main([t1, "--gate", f"utility_accept={base.utility_release - 5}", "--backend", "onnxruntime"]) == 0
+
+
+def test_odd_inputs_each_get_their_row_once_and_outputs_are_never_clobbered(photos, tmp_path, capsys):
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    name = odd / "caf\udce9.jpg"  # not valid UTF-8 on disk: OpenCV's imread would crash on this name
+    name.write_bytes((photos / "grace_hopper.jpg").read_bytes())
+    (odd / "empty.png").write_bytes(b"")
+    assert main([str(odd), str(name), "--sort", "utility", "--backend", "onnxruntime"]) == 1  # named twice: once
+    out = capsys.readouterr().out
+    lines = [ln for ln in out.splitlines() if ln.startswith(str(odd))]
+    assert len(lines) == 2 and "caf\\xe9.jpg" in lines[0] and lines[0].split()[4] in ("accept", "reject")
+    assert lines[1].split()[1] == "error"  # rows without a score sort last
+    assert "2 photos, 1 faces judged" in out
+    same = tmp_path / "same.out"
+    with pytest.raises(SystemExit):
+        main([str(odd), "--csv", str(same), "--json", str(same)])
+    assert "name the same file" in capsys.readouterr().err and not same.exists()
+    with pytest.raises(SystemExit):
+        main([str(odd), "--csv", str(tmp_path / "no-such-folder" / "x.csv")])
+    assert "does not exist" in capsys.readouterr().err

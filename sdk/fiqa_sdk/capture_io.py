@@ -249,6 +249,7 @@ class DecisionLog:
     Safe to share between threads. Every line carries ``run_id`` (default: the UTC start time plus a random
     suffix): track ids restart with every run, so runs appended to one file stay apart.
 
+    One writer per file: two logs (or processes) rotating the same path would move each other's live file.
     ``max_bytes``: rotate before a line would take the file past this size (an unattended kiosk logs for months):
     ``decisions.jsonl`` becomes ``decisions.jsonl.1``, ``.1`` becomes ``.2`` and so on up to ``backups`` files; the
     oldest beyond that is deleted, which is the point of a bound, so it is logged. ``None`` (default): one file.
@@ -296,18 +297,25 @@ class DecisionLog:
             self._file.flush()
 
     def _rotate(self) -> None:
-        """Shift ``path`` -> ``path.1`` -> ... -> ``path.<backups>`` (the last one's old content is dropped), reopen."""
+        """Shift ``path`` -> ``path.1`` -> ... -> ``path.<backups>`` (the last one's old content is dropped) and
+        reopen ``path``, whatever happened meanwhile (an operator or logrotate moving the live file): a failed
+        rename is logged and the log goes on rather than closing for the rest of the run."""
         self._file.close()
-        oldest = self.path.with_name(f"{self.path.name}.{self.backups}")
-        if oldest.exists():
-            log.info("decision log: dropping %s (over %d rotated files)", oldest, self.backups)
-            oldest.unlink()
-        for n in range(self.backups - 1, 0, -1):
-            src = self.path.with_name(f"{self.path.name}.{n}")
-            if src.exists():
-                os.replace(src, self.path.with_name(f"{self.path.name}.{n + 1}"))
-        os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
-        self._file = open(self.path, "a", encoding="utf-8", newline="\n")
+        try:
+            oldest = self.path.with_name(f"{self.path.name}.{self.backups}")
+            if oldest.exists():
+                log.warning("decision log: dropping %s (over %d rotated files)", oldest, self.backups)
+                oldest.unlink(missing_ok=True)
+            for n in range(self.backups - 1, 0, -1):
+                src = self.path.with_name(f"{self.path.name}.{n}")
+                if src.exists():
+                    os.replace(src, self.path.with_name(f"{self.path.name}.{n + 1}"))
+            if self.path.exists():
+                os.replace(self.path, self.path.with_name(f"{self.path.name}.1"))
+        except OSError as e:
+            log.warning("decision log %s: rotation failed (%s); writing on", self.path, e)
+        finally:
+            self._file = open(self.path, "a", encoding="utf-8", newline="\n")
 
     def write_step(self, step: GateStep, **extra: Any) -> None:
         """Log every decision one gate update settled."""

@@ -225,6 +225,8 @@ class GateConfig:
         """Read a bundle manifest's ``thresholds`` section; keyword overrides win over the manifest.
 
         Keys not in the section keep their defaults; unknown keys raise so a typo never silently disables a check.
+        An override of a score's ``*_accept`` alone moves its ``*_release`` with it, keeping the bundle's gap
+        (never below 0): lowering ``utility_accept`` below the bundle's release must not need a second override.
         """
         if not isinstance(manifest, Mapping) or "thresholds" not in manifest:
             raise ValueError("manifest has no 'thresholds' section; pass GateConfig(...) explicitly for a bundle "
@@ -237,7 +239,14 @@ class GateConfig:
             unknown = sorted(set(keys) - known)
             if unknown:
                 raise ValueError(f"unknown {source} key(s) {unknown}; known keys: {sorted(known)}")
-        return cls(**{**dict(section), **overrides})
+        merged = {**dict(section), **overrides}
+        for score in ("utility", "perceptual"):
+            acc, rel = f"{score}_accept", f"{score}_release"
+            old_acc, old_rel = section.get(acc), section.get(rel)
+            if overrides.get(acc) is not None and rel not in overrides and \
+                    isinstance(old_acc, (int, float)) and isinstance(old_rel, (int, float)):
+                merged[rel] = max(0.0, float(overrides[acc]) - (float(old_acc) - float(old_rel)))
+        return cls(**merged)
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, float | int | None]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import sys
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from fiqa_runtimes import BackendUnavailable
 from fiqa_sdk.bundle import BundleError
 from fiqa_sdk.detection import DetectorUnavailable
 from fiqa_sdk.frames import FrameError
-from fiqa_sdk.gate import CaptureGate, parse_overrides
+from fiqa_sdk.gate import CaptureGate, GateConfig, parse_overrides
 from fiqa_sdk.pipeline import face_observation, skip_reason, z_signs
 from fiqa_sdk.scorer import FaceResult, Scorer
 
@@ -34,8 +35,10 @@ Score the faces in still photos with a fiqa bundle and give each one the capture
 reject with the reasons (too small, at the frame edge, turned away, blurred, too dark/bright, low utility, low
 perceptual quality). Without --all-faces only the largest face of each photo (its subject) is judged.
 
-IMAGE may be photos or folders (searched recursively for .jpg .jpeg .png .bmp .webp .tif .tiff .ppm .pgm).
-A photo that cannot be read is listed with verdict 'error' (exit status 1); one without a face gets 'no_face'.
+IMAGE may be photos or folders (searched recursively for .jpg .jpeg .png .bmp .webp .tif .tiff .ppm .pgm;
+symlinked sub-folders are not followed); each photo is judged once however often it is named. A photo that
+cannot be read is listed with verdict 'error' (exit status 1); one without a face gets 'no_face'. --gate
+utility_accept=N alone moves utility_release down with it (the bundle's gap kept).
 
 examples:
   fiqa-score enrolment/                          # the subject of every photo, with verdicts
@@ -92,24 +95,53 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--gate: {e}")
     if args.max_side is not None and args.detector != "retinaface":
         p.error("--max-side is an option of the retinaface detector")
-    for flag in ("csv", "json"):
+    for flag in ("csv", "json"):  # checked before minutes of scoring, not after
         out = getattr(args, flag)
-        if out is not None and out.exists() and not args.force:
-            p.error(f"--{flag} {out} exists; pass --force to replace it, or another path")
-        if out is not None and out.exists() and not out.is_file():
+        if out is None:
+            continue
+        if out.exists() and not out.is_file():
             p.error(f"--{flag} {out} is not a file")
+        if out.exists() and not args.force:
+            p.error(f"--{flag} {out} exists; pass --force to replace it, or another path")
+        if not out.absolute().parent.is_dir():
+            p.error(f"--{flag} {out}: folder {out.absolute().parent} does not exist")
+    if args.csv is not None and args.json is not None and args.csv.absolute() == args.json.absolute():
+        p.error("--csv and --json name the same file; give each its own")
     return args
 
 
 def find_images(paths: list[Path]) -> Iterator[Path]:
-    """The photos named, and those inside the folders named (sorted, recursive); a missing path raises."""
+    """The photos named, and those inside the folders named (sorted, recursive; symlinked sub-folders are not
+    followed), each once however often it is named; a missing path raises."""
+    seen: set[Path] = set()
+
+    def once(p: Path) -> bool:
+        key = p.resolve()
+        new = key not in seen
+        seen.add(key)
+        return new
+
     for path in paths:
         if path.is_dir():
-            yield from sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            yield from (p for p in sorted(path.rglob("*"))
+                        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and once(p))
         elif path.is_file():
-            yield path
+            if once(path):
+                yield path
         else:
             raise FileNotFoundError(f"{path} is neither a photo nor a folder")
+
+
+def display_name(path: Path) -> str:
+    """The path as text every output takes: a name that is not valid UTF-8 keeps its bytes as \\x escapes."""
+    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def read_photo(path: Path) -> np.ndarray | None:
+    """BGR image, or None when OpenCV cannot decode it. Read as bytes first: cv2.imread crashes on some file names
+    (not UTF-8; non-ASCII on Windows), and a damaged file must not end the run."""
+    data = np.fromfile(str(path), np.uint8)
+    return cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
 
 
 def judge_photo(name: str, image: np.ndarray, scorer: Scorer, gate: CaptureGate, all_faces: bool) -> list[Row]:
@@ -136,32 +168,43 @@ def judge_photo(name: str, image: np.ndarray, scorer: Scorer, gate: CaptureGate,
 
 
 def score_photos(files: list[Path], scorer: Scorer, all_faces: bool = False,
-                 gate_overrides: dict | None = None) -> list[Row]:
+                 gate_config: GateConfig | None = None) -> list[Row]:
     """Rows for every photo, in order; a photo that cannot be read or scored is a row with verdict 'error'.
-    ``gate_overrides``: GateConfig keywords that win over the bundle's thresholds."""
-    gate = CaptureGate(scorer.bundle.gate_config(**(gate_overrides or {})))
+    ``gate_config``: the thresholds (default: the scorer's bundle's)."""
+    gate = CaptureGate(gate_config if gate_config is not None else scorer.bundle.gate_config())
     rows: list[Row] = []
     show = sys.stderr.isatty()
     for i, path in enumerate(files, 1):
         if show:
             print(f"\rscoring {i}/{len(files)}", end="", file=sys.stderr, flush=True)
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        name = display_name(path)
+        try:
+            image = read_photo(path)
+        except (OSError, cv2.error, MemoryError) as e:  # unreadable file, or beyond OpenCV's pixel limit
+            rows.append(Row(name, reasons=[f"unreadable: {type(e).__name__}: {str(e).strip()[:200]}"]))
+            continue
         if image is None:
-            rows.append(Row(str(path), reasons=["unreadable: not an image OpenCV can decode, or damaged"]))
+            rows.append(Row(name, reasons=["unreadable: not an image OpenCV can decode, or damaged"]))
             continue
         try:
-            rows.extend(judge_photo(str(path), image, scorer, gate, all_faces))
-        except (FrameError, ValueError, cv2.error) as e:
-            rows.append(Row(str(path), reasons=[f"could not be scored: {e}"]))
+            rows.extend(judge_photo(name, image, scorer, gate, all_faces))
+        except (FrameError, ValueError, cv2.error, MemoryError) as e:
+            rows.append(Row(name, reasons=[f"could not be scored: {e}"]))
     if show:
         print(file=sys.stderr)
     return rows
 
 
 def sort_rows(rows: list[Row], key: str) -> list[Row]:
+    """``name``: as found; a score: best first, rows without a finite score (no face, error) last."""
     if key == "name":
         return rows
-    return sorted(rows, key=lambda r: -np.inf if getattr(r, key) is None else -getattr(r, key))
+
+    def order(r: Row) -> tuple[int, float]:
+        v = getattr(r, key)
+        return (0, -v) if v is not None and np.isfinite(v) else (1, 0.0)
+
+    return sorted(rows, key=order)
 
 
 def print_table(rows: list[Row]) -> None:
@@ -171,17 +214,29 @@ def print_table(rows: list[Row]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip())
 
 
-def write_outputs(rows: list[Row], args: argparse.Namespace, scorer: Scorer) -> None:
+def _finite(v):
+    """JSON-safe: NaN/inf numbers (a not_judged face's broken score) become null, recursively."""
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    return None if isinstance(v, float) and not np.isfinite(v) else v
+
+
+def write_outputs(rows: list[Row], args: argparse.Namespace, scorer: Scorer, gate: GateConfig) -> None:
+    """The CSV and JSON files; created exclusively unless --force (a file that appeared meanwhile is kept)."""
+    mode = "w" if args.force else "x"
     if args.csv is not None:
-        with open(args.csv, "w", newline="", encoding="utf-8") as f:
+        with open(args.csv, mode, newline="", encoding="utf-8") as f:
             w = csv.writer(f)
             w.writerow(COLUMNS)
             w.writerows(r.cells() for r in rows)
     if args.json is not None:
         doc = {"bundle_id": scorer.info.bundle_id, "bundle": scorer.info.bundle_path, "target": scorer.info.target,
-               "backend": scorer.info.backend, "thresholds": scorer.bundle.thresholds, "gate_overrides": args.gate,
-               "rows": [r.__dict__ for r in rows]}
-        args.json.write_text(json.dumps(doc, indent=2))
+               "backend": scorer.info.backend, "gate": dataclasses.asdict(gate), "gate_overrides": args.gate,
+               "rows": [dataclasses.asdict(r) for r in rows]}
+        with open(args.json, mode, encoding="utf-8") as f:
+            f.write(json.dumps(_finite(doc), indent=2, allow_nan=False))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -204,18 +259,20 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     with scorer:
         try:
-            rows = sort_rows(score_photos(files, scorer, args.all_faces, args.gate), args.sort)
-        except ValueError as e:  # only the gate's set-up raises it here: an override the thresholds contradict
+            gate = scorer.bundle.gate_config(**args.gate)
+        except ValueError as e:  # an override the bundle's other thresholds contradict
             print(f"fiqa-score: error: --gate: {e}", file=sys.stderr)
             return 2
+        rows = sort_rows(score_photos(files, scorer, args.all_faces, gate), args.sort)
         print_table(rows)
         try:
-            write_outputs(rows, args, scorer)
+            write_outputs(rows, args, scorer, gate)
         except OSError as e:
             print(f"fiqa-score: error: could not write the results: {e}", file=sys.stderr)
             return 2
     counts = {v: sum(r.verdict == v for r in rows) for v in ("accept", "reject", "not_judged", "no_face", "error")}
-    print(f"{len(files)} photos: " + ", ".join(f"{n} {v}" for v, n in counts.items() if n) +
+    faces = sum(r.face is not None for r in rows)
+    print(f"{len(files)} photos, {faces} faces judged: " + ", ".join(f"{n} {v}" for v, n in counts.items() if n) +
           f" (bundle {scorer.info.bundle_id}, {scorer.info.backend})")
     return 1 if counts["error"] else 0
 
