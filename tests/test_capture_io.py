@@ -266,14 +266,20 @@ def test_decision_log_one_flushed_line_per_decision(tmp_path, capture):
     assert (tmp_path / "x.jsonl").read_text() == ""
 
 
-def test_decision_log_rotates_at_its_size_bound_keeping_the_newest_lines(tmp_path, capture):
+def _rejections(capture, n: int) -> list:
+    """``n`` gate decisions, one per frame 20 s apart (a low-utility face, rejected at once)."""
     obs = capture.observation
     gate = CaptureGate(GateConfig(window_frames=1))
     decisions = []
-    for i in range(40):
+    for i in range(n):
         o = FaceObservation(obs.track_id, i, i * 20.0, obs.detection, obs.aligned_face,
                             {"utility": 20, "perceptual": 70}, obs.measures)
         decisions += gate.update([o], o.timestamp).decisions
+    return decisions
+
+
+def test_decision_log_rotates_at_its_size_bound_keeping_the_newest_lines(tmp_path, capture):
+    decisions = _rejections(capture, 40)
     path = tmp_path / "decisions.jsonl"
     line_bytes = len(json.dumps({"run_id": "r", **decisions[0].to_dict()}, separators=(",", ":"))) + 1
     with DecisionLog(path, run_id="r", max_bytes=5 * line_bytes, backups=2) as log:
@@ -292,13 +298,7 @@ def test_decision_log_rotates_at_its_size_bound_keeping_the_newest_lines(tmp_pat
 
 def test_a_rotation_that_finds_its_file_moved_keeps_logging(tmp_path, capture):
     """An operator (or logrotate) moved the live file away: the next rotation must not close the log for good."""
-    obs = capture.observation
-    gate = CaptureGate(GateConfig(window_frames=1))
-    decisions = []
-    for i in range(6):
-        o = FaceObservation(obs.track_id, i, i * 20.0, obs.detection, obs.aligned_face,
-                            {"utility": 20, "perceptual": 70}, obs.measures)
-        decisions += gate.update([o], o.timestamp).decisions
+    decisions = _rejections(capture, 6)
     path = tmp_path / "k.jsonl"
     with DecisionLog(path, run_id="r", max_bytes=1, backups=2) as log:  # every line rotates
         log.write(decisions[0])

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 
 from fiqa_compile.distill import SCORE_NAMES
+from fiqa_sdk.json_safe import finite_or_null  # noqa: F401  (re-exported: compiler uses report.finite_or_null)
 
 
 def dlib_embeddings(crops: np.ndarray) -> np.ndarray:
@@ -58,19 +59,6 @@ DEFAULT_CALIBRATION_ADVICE = (
     "student's output range pinned it holds up on unseen LFW people (INT8 vs fp32 SRCC utility / perceptual: "
     "TFLite 0.9992 / 0.9983, Q/DQ ONNX 0.9989 / 0.9981; calibrated on LFW photos 0.9995 / 0.9985 and "
     "0.9992 / 0.9981), but photos like your captures are the better set: pass --calibration DIR with a few hundred.")
-
-
-def finite_or_null(obj):
-    """``obj`` with every NaN/inf float (numpy scalars included) as None, and numpy scalars as Python numbers."""
-    if isinstance(obj, dict):
-        return {k: finite_or_null(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [finite_or_null(v) for v in obj]
-    if isinstance(obj, np.generic):
-        obj = obj.item()
-    if isinstance(obj, float) and not np.isfinite(obj):
-        return None
-    return obj
 
 
 def used_methods(asked: str, record: dict | None) -> str:

@@ -24,6 +24,7 @@ from fiqa_sdk.bundle import BundleError
 from fiqa_sdk.detection import DetectorUnavailable
 from fiqa_sdk.frames import FrameError
 from fiqa_sdk.gate import CaptureGate, GateConfig, parse_overrides
+from fiqa_sdk.json_safe import finite_or_null
 from fiqa_sdk.pipeline import face_observation, skip_reason, z_signs
 from fiqa_sdk.scorer import FaceResult, Scorer
 
@@ -214,15 +215,6 @@ def print_table(rows: list[Row]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip())
 
 
-def _finite(v):
-    """JSON-safe: NaN/inf numbers (a not_judged face's broken score) become null, recursively."""
-    if isinstance(v, dict):
-        return {k: _finite(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_finite(x) for x in v]
-    return None if isinstance(v, float) and not np.isfinite(v) else v
-
-
 def write_outputs(rows: list[Row], args: argparse.Namespace, scorer: Scorer, gate: GateConfig) -> None:
     """The CSV and JSON files; created exclusively unless --force (a file that appeared meanwhile is kept)."""
     mode = "w" if args.force else "x"
@@ -236,7 +228,7 @@ def write_outputs(rows: list[Row], args: argparse.Namespace, scorer: Scorer, gat
                "backend": scorer.info.backend, "gate": dataclasses.asdict(gate), "gate_overrides": args.gate,
                "rows": [dataclasses.asdict(r) for r in rows]}
         with open(args.json, mode, encoding="utf-8") as f:
-            f.write(json.dumps(_finite(doc), indent=2, allow_nan=False))
+            f.write(json.dumps(finite_or_null(doc), indent=2, allow_nan=False))
 
 
 def main(argv: list[str] | None = None) -> int:
