@@ -71,11 +71,13 @@ def main(argv: list[str] | None = None) -> int:
     single_view = teachers["utility"].score(crops)
     teacher_seconds = time.time() - t0
     subsets = {"all": version >= 0, "clean": version == 0, "degraded": version > 0}
-    rows, preds = [], []
+    rows, preds, mirror_preds = [], [], []
     for sdir in args.student or [EMBEDDED_STUDENT]:
         model, info = load_student(sdir)
         pred = _predict(model, crops)
         preds.append(pred)
+        # how a mirror_average bundle scores: the mean over the face and its mirror image
+        mirror_preds.append((pred + _predict(model, np.ascontiguousarray(crops[:, :, ::-1]))) / 2)
         cfg = info.get("config", {})
         hints = [f"{k} hint {cfg[w]}" for k, w in (("feature", "feature_weight"), ("token", "token_weight"),
                                                     ("embedding", "embedding_weight")) if cfg.get(w)]
@@ -90,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"student": str(sdir), "arch": info["student"], "data": info.get("data"), "how": how,
                      "command": info.get("command"), "sha256": info["sha256"],
                      "srcc": {sub: srcc_by_score(pred[m], target[m]) for sub, m in subsets.items()},
+                     "srcc_mirror_average": {sub: srcc_by_score(mirror_preds[-1][m], target[m])
+                                             for sub, m in subsets.items()},
                      "srcc_utility_single_view": {sub: round(float(spearmanr(pred[m, 0], single_view[m]).statistic), 4)
                                                   for sub, m in subsets.items()}})
     if args.ensemble:
@@ -97,11 +101,14 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"student": f"mean of the {len(preds)} students above", "arch": "ensemble", "data": None,
                      "how": "diagnostic, not deployable", "command": None, "sha256": None,
                      "srcc": {sub: srcc_by_score(mean[m], target[m]) for sub, m in subsets.items()},
+                     "srcc_mirror_average": {sub: srcc_by_score(np.mean(mirror_preds, 0)[m], target[m])
+                                             for sub, m in subsets.items()},
                      "srcc_utility_single_view": {sub: round(float(spearmanr(mean[m, 0], single_view[m]).statistic), 4)
                                                   for sub, m in subsets.items()}})
     bundles = []
     for bdir in args.bundle or sorted((ROOT / "sdk/fiqa_sdk/bundles").glob("default-*")):
-        bundles.extend(int8_rows(bdir, crops, target, {r["sha256"]: p for r, p in zip(rows, preds)}))
+        bundles.extend(int8_rows(bdir, crops, target,
+                                 {r["sha256"]: p for r, p in zip(rows, zip(preds, mirror_preds))}))
     record = {"benchmark": "student_eval", "labels": str(args.labels),
               "held_out": {"crops": int(len(held)), "identities": int(len(np.unique(labels.identity[held]))),
                            "clean": int(subsets["clean"].sum()), "degraded": int(subsets["degraded"].sum())},
@@ -115,22 +122,26 @@ def main(argv: list[str] | None = None) -> int:
              "degraded) from `" + str(args.labels) + "`; SRCC of the fp32 student with each teacher (utility: the "
              "mean of the teacher's 10 test-time views; *1 view*: its single forward pass).", "",
              "| student | distilled | all: utility | all: perceptual | clean: utility | clean: perceptual "
-             "| degraded: utility | degraded: perceptual | all: utility, 1 view |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| degraded: utility | degraded: perceptual | all: utility, 1 view "
+             "| all: utility, face + mirror | all: perceptual, face + mirror |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         s = r["srcc"]
         name = f"`{r['student']}`" if r["sha256"] else r["student"]
         lines.append(f"| {name} | {r['how']} | " + " | ".join(f"{s[sub][n]:.4f}" for sub in subsets
                                                              for n in SCORE_NAMES)
-                     + f" | {r['srcc_utility_single_view']['all']:.4f} |")
+                     + f" | {r['srcc_utility_single_view']['all']:.4f} | "
+                     + " | ".join(f"{r['srcc_mirror_average']['all'][n]:.4f}" for n in SCORE_NAMES) + " |")
     if bundles:
         lines += ["", "INT8 models of the bundles, each on its own runtime through `fiqa_sdk.Scorer`, on the same crops "
-                  "(SRCC; vs fp32: the student the bundle was compiled from):", "",
-                  "| bundle | model | runtime | vs fp32: utility | vs fp32: perceptual | vs teacher: utility "
-                  "| vs teacher: perceptual |", "|---|---|---|---:|---:|---:|---:|"]
+                  "(SRCC; vs fp32: the student the bundle was compiled from, scored as the bundle scores: with `mirror_average` "
+                  "the mean over the face and its mirror image):", "",
+                  "| bundle | model | runtime | mirror average | vs fp32: utility | vs fp32: perceptual "
+                  "| vs teacher: utility | vs teacher: perceptual |", "|---|---|---|---|---:|---:|---:|---:|"]
         for b in bundles:
             fp = b["vs_fp32"] or {}
             lines.append(f"| `{b['bundle']}` | {b['model']} | {b['backend']} | "
+                         + ("yes" if b["mirror_average"] else "no") + " | "
                          + " | ".join(f"{fp[n]:.4f}" if n in fp else "-" for n in SCORE_NAMES) + " | "
                          + " | ".join(f"{b['vs_teacher'][n]:.4f}" for n in SCORE_NAMES) + " |")
     (args.out / "student_eval.md").write_text("\n".join(lines) + "\n")
@@ -154,7 +165,8 @@ def int8_rows(bundle_dir: Path, crops: np.ndarray, target: np.ndarray, fp32_by_s
     from fiqa_sdk.bundle import load_bundle
 
     bundle = load_bundle(bundle_dir)
-    fp32 = fp32_by_sha.get(bundle.provenance.get("student_sha256"))
+    pair = fp32_by_sha.get(bundle.provenance.get("student_sha256"))  # (one pass, face + mirror mean)
+    fp32 = None if pair is None else pair[1] if bundle.mirror_average else pair[0]
     shown = bundle_dir.resolve().relative_to(ROOT) if bundle_dir.resolve().is_relative_to(ROOT) else bundle_dir
     rows = []
     for m in bundle.models:
@@ -164,6 +176,7 @@ def int8_rows(bundle_dir: Path, crops: np.ndarray, target: np.ndarray, fp32_by_s
         got = scorer.score(crops)
         out = np.stack([getattr(got, n) for n in SCORE_NAMES], 1)
         rows.append({"bundle": str(shown), "model": m.name, "backend": scorer.info.backend,
+                     "mirror_average": bundle.mirror_average,
                      "vs_fp32": srcc_by_score(out, fp32) if fp32 is not None else None,
                      "vs_teacher": srcc_by_score(out, target)})
     return rows

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Rebuild the SDK's embedded defaults from ../shared/data/lfw-dev, deterministically (fixed seeds), resumable:
-#   labels -> utility + perceptual teachers (in parallel) -> distilled student (three cycles) -> cpu + android-arm64
+#   labels -> utility + perceptual teachers (in parallel) -> distilled student (five cycles) -> cpu + android-arm64
 #   bundles.
 # Every step skips itself when its output is complete; re-run after an interruption to continue.
 # Usage: bash scripts/make_defaults.sh [FACES_DIR]        (run inside the project venv: bash scripts/setup.sh first)
@@ -59,7 +59,16 @@ if [ ! -f "$RUNS/student_tta/student.json" ]; then
   fiqa-distill --faces "$FACES" --versions 2 --seed 0 --init "$RUNS/student_ft" --epochs 7 --lr 0.001 \
     --utility-weight 3 --token-weight 1 --embedding-weight 1 --ema 0.998 --out "$RUNS/student_tta"
 fi
-mkdir -p "$WEIGHTS/student_mfn" && cp "$RUNS/student_tta/student.pt" "$RUNS/student_tta/student.json" "$WEIGHTS/student_mfn/"
+#    Cycles 4 and 5: the same settings on more distinct faces, the photos plus the people in their backgrounds
+#    (scripts/lfw_background_faces.py, filed beside their photo so the held-out people stay the same). ~20 min each.
+[ -d "$RUNS/lfw-plus" ] || python scripts/lfw_background_faces.py "$FACES" "$RUNS/lfw-plus"
+for cycle in "student_tta student_bg" "student_bg student_bg2"; do
+  set -- $cycle
+  [ -f "$RUNS/$2/student.json" ] || \
+    fiqa-distill --faces "$RUNS/lfw-plus" --versions 2 --seed 0 --init "$RUNS/$1" --epochs 3 --lr 0.001 \
+      --utility-weight 3 --token-weight 1 --embedding-weight 1 --ema 0.998 --utility-tta --threads 2 --out "$RUNS/$2"
+done
+mkdir -p "$WEIGHTS/student_mfn" && cp "$RUNS/student_bg2/student.pt" "$RUNS/student_bg2/student.json" "$WEIGHTS/student_mfn/"
 
 # 4. the default bundles that make Scorer() work out of the box, INT8-calibrated on the photos of 200 people the
 #    teachers and the student trained on (never the held-out ones), faces like the ones scored rather than the 6 small

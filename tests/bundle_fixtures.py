@@ -137,7 +137,7 @@ def aligned_faces(detector) -> dict[str, np.ndarray]:
 
 def write_test_bundle(out: Path, onnx: Path, tflite: Path | None = None, specs: list[ScoreSpec] | None = None,
                       thresholds: dict | None = None, extra_files: dict | None = None, trt_cache: Path | None = None,
-                      target: str = "cpu", force: bool = False) -> Path:
+                      target: str = "cpu", force: bool = False, mirror_average: bool = False) -> Path:
     """A bundle as fiqa-compile would write it: TFLite first (LiteRT), the ONNX for ORT/OpenCV and TensorRT."""
     from fiqa_compile.bundle import ModelArtifact, TensorRTArtifact, write_bundle
 
@@ -147,5 +147,5 @@ def write_test_bundle(out: Path, onnx: Path, tflite: Path | None = None, specs: 
     return write_bundle(out, target, models, specs or score_specs(), THRESHOLDS if thresholds is None else thresholds,
                         tensorrt=TensorRTArtifact("onnx_fp32", calibration_cache=trt_cache, precision="fp32",
                                                   max_batch=8, opt_batch=1),
-                        extra_files=extra_files, force=force,
+                        extra_files=extra_files, force=force, mirror_average=mirror_average,
                         provenance={"command": "pytest", "student": {"arch": "tiny-test"}})

@@ -122,7 +122,9 @@ def test_round_trip_keeps_every_field_and_hashes_every_file(built, models, extra
     assert b.tensorrt.backend_options() == {"precision": "fp32", "fp16_fallback": True, "max_batch": 8, "opt_batch": 1,
                                             "workspace_mb": 256}
     m = b.manifest
-    assert m["schema_version"] == SCHEMA_VERSION and m["kind"] == "fiqa-bundle"
+    # a bundle without mirror averaging stays readable by schema-1 readers
+    assert m["schema_version"] == 1 and m["kind"] == "fiqa-bundle"
+    assert m["mirror_average"] is False and b.mirror_average is False
     assert m["input"] == {"name": "faces", "shape": [None, 3, 112, 112], "dtype": "float32", "layout": "NCHW"}
     assert datetime.fromisoformat(m["created_utc"].replace("Z", "+00:00")).tzinfo is not None
     assert m["provenance"]["command"] == "pytest" and "torch" in m["provenance"]["tools"]
@@ -212,6 +214,16 @@ def test_newer_schema_is_refused_with_upgrade_advice(copy):
     _edit_manifest(copy, lambda m: m.update(schema_version=SCHEMA_VERSION + 1))
     with pytest.raises(UnsupportedBundleVersion, match=r"upgrade fiqa-sdk \(pip install --upgrade fiqa-sdk\)"):
         load_bundle(copy)
+
+
+def test_mirror_average_is_read_checked_and_written_as_schema_2(copy, tmp_path, models):
+    mirrored = load_bundle(write_test_bundle(tmp_path / "mirror", models["onnx"], mirror_average=True))
+    assert mirrored.mirror_average is True and mirrored.manifest["schema_version"] == 2 == SCHEMA_VERSION
+    _edit_manifest(copy, lambda m: m.update(mirror_average="yes"))
+    with pytest.raises(BundleError, match="'mirror_average' must be true or false"):
+        load_bundle(copy)
+    _edit_manifest(copy, lambda m: m.pop("mirror_average"))  # bundles written before the key: one pass
+    assert load_bundle(copy).mirror_average is False
 
 
 def test_unknown_keys_are_tolerated(copy):

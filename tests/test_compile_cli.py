@@ -225,3 +225,25 @@ def test_gate_thresholds_separate_clean_faces_from_heavily_degraded_ones():
     for name, s in (("utility", utility), ("perceptual", perceptual)):
         assert s[bad].max() < t[f"{name}_accept"] <= s[clean].min(), (name, t)
         assert t[f"{name}_release"] == t[f"{name}_accept"] - 10
+
+
+@pytest.mark.parametrize("mirror", [False, True])
+def test_verification_scores_the_fp32_student_as_the_device_runs_the_artifact(tmp_path, mirror):
+    """student_z (torch) and run_artifact (the device runtime) must agree, with and without mirror averaging,
+    or the vs-fp32 gate would compare two different functions."""
+    from bundle_fixtures import TinyQualityNet, export_onnx
+
+    from fiqa_compile.compiler import run_artifact, student_z
+    from fiqa_sdk import load_sample
+
+    face = load_sample("tom_hanks")
+    crops = np.stack([np.roll(face, s, axis=1) for s in range(-6, 7, 2)])  # 7 different 112x112 crops
+    net = TinyQualityNet(seed=0).eval()
+    onnx_path = export_onnx(net, tmp_path / "net.onnx")
+    torch_z = student_z(net, crops, mirror_average=mirror)
+    device_z, _ = run_artifact(onnx_path, "onnx", crops, mirror_average=mirror)
+    np.testing.assert_allclose(device_z, torch_z, atol=1e-4)
+    one_pass = student_z(net, crops)
+    mirrored = student_z(net, np.ascontiguousarray(crops[:, :, ::-1]))
+    np.testing.assert_allclose(torch_z, (one_pass + mirrored) / 2 if mirror else one_pass, atol=1e-5)
+    assert not np.allclose(one_pass, mirrored, atol=1e-3)  # the net is not mirror-symmetric: the test can tell

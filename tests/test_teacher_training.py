@@ -527,6 +527,8 @@ def test_compile_with_faces_keeps_resumes_and_reuses_the_student(face_folder, te
     assert manifest["tensorrt"]["onnx"] == "student_qdq.onnx"
     assert manifest["tensorrt"]["calibration_cache"] == "trt_calibration.cache"
     assert manifest["provenance"]["calibration"]["onnx_qdq"]["method"] == "minmax"
+    assert manifest["mirror_average"] is True and manifest["schema_version"] == 2  # the default
+    assert "mean over each face and its mirror image" in (jetson / "report.md").read_text()
     cache = read_trt_calibration_cache(jetson / "trt_calibration.cache")  # for implicit INT8 from the fp32 ONNX
     fp32_tensors = {o for n in onnx.load(str(jetson / "student_fp32.onnx")).graph.node for o in n.output} | {"faces"}
     assert cache.algorithm == "EntropyCalibration2" and cache.scales and set(cache.scales) <= fp32_tensors
@@ -535,14 +537,15 @@ def test_compile_with_faces_keeps_resumes_and_reuses_the_student(face_folder, te
     assert np.isfinite(Scorer(jetson, backend="onnxruntime", detector=None).score(face).scores).all()
 
     phone = tmp_path / "phone"
-    assert main(["--target", "android-arm64", "--out", str(phone), *base]) == 0
+    assert main(["--target", "android-arm64", "--no-mirror-average", "--out", str(phone), *base]) == 0
     manifest = json.loads((phone / "manifest.json").read_text())
+    assert manifest["mirror_average"] is False and manifest["schema_version"] == 1
     assert [(m["file"], m["precision"]) for m in manifest["models"]] == [("student_int8.tflite", "int8")]
     assert manifest["tensorrt"] is None and not (phone / "trt_calibration.cache").exists()
     pinned = manifest["provenance"]["calibration"]["tflite_int8"]["output_range_z"]
     assert pinned == pytest.approx(list(score_output_range(info["scores"])))  # the student's span, not the faces'
     scorer = Scorer(phone, backend="litert", detector=None)
-    assert scorer.info.precision == "int8" and np.isfinite(scorer.score(face).scores).all()
+    assert scorer.info.precision == "int8" and not scorer.info.mirror_average and np.isfinite(scorer.score(face).scores).all()
 
 
 def test_compile_with_faces_can_start_from_a_distilled_student(face_folder, teachers, tmp_path, capsys):

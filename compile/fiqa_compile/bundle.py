@@ -229,14 +229,16 @@ def write_bundle(out_dir: str | os.PathLike, target: str, models: Sequence[Model
                  scores: Sequence[ScoreSpec | Mapping[str, Any]], thresholds: Mapping[str, Any],
                  tensorrt: TensorRTArtifact | None = None, extra_files: Mapping[str, str | os.PathLike] | None = None,
                  provenance: Mapping[str, Any] | None = None, force: bool = False,
-                 backend_preference: Sequence[str] = DEFAULT_BACKEND_PREFERENCE) -> Path:
+                 backend_preference: Sequence[str] = DEFAULT_BACKEND_PREFERENCE, mirror_average: bool = False) -> Path:
     """Assemble, verify and publish a bundle at ``out_dir``; returns its path.
 
     Refuses an ``out_dir`` that already holds a bundle unless ``force`` (then the old bundle is replaced only once
     the new one is complete and verified), and always refuses a non-empty folder that is not a bundle, so force
     can never delete unrelated files. ``scores``: :class:`fiqa_sdk.bundle.ScoreSpec` objects or their dicts.
     ``thresholds``: :class:`fiqa_sdk.gate.GateConfig` keys. ``extra_files``: ``{name in bundle: source path}``
-    (reports, plots), hashed under the manifest's ``files``.
+    (reports, plots), hashed under the manifest's ``files``. ``mirror_average``: the device scores each face as
+    the mean over it and its mirror image (written as schema_version 2, which older readers refuse rather than
+    score differently).
     """
     out = Path(out_dir).absolute()
     if target not in TARGETS:
@@ -301,13 +303,13 @@ def write_bundle(out_dir: str | os.PathLike, target: str, models: Sequence[Model
                             "output": out_name})
         hashed = {name: _copy_hashed(src, tmp / name) for name, src in sorted(extras.items())}
         manifest = {
-            "schema_version": SCHEMA_VERSION, "kind": KIND, "bundle_id": None,
+            "schema_version": SCHEMA_VERSION if mirror_average else 1, "kind": KIND, "bundle_id": None,
             "target": target,
             "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
             "models": entries, "backend_preference": list(backend_preference),
             "input": {"name": "faces", "shape": [None, 3, SPEC.size, SPEC.size], "dtype": SPEC.dtype,
                       "layout": SPEC.layout},
-            "preprocessing": SPEC.to_dict(),
+            "preprocessing": SPEC.to_dict(), "mirror_average": bool(mirror_average),
             "scores": [s.to_dict() for s in sorted(specs, key=lambda s: s.index)],
             "thresholds": thresholds, "tensorrt": trt_section, "files": hashed, "provenance": prov,
         }

@@ -45,6 +45,7 @@ class CompileOptions:
     calibration_method: str = "auto"
     precision: str = "int8"
     keep_head_float: bool = False
+    mirror_average: bool = True          # score = mean over the face and its mirror image (manifest mirror_average)
     min_srcc_fp32: float = 0.98
     min_srcc_teacher: float = 0.80
     seed: int = 0
@@ -185,21 +186,35 @@ def default_faces(seed: int) -> tuple[Faces, Faces]:
 
 
 # ---------------------------------------------------------------------------------------------- scoring
-def student_z(model: torch.nn.Module, crops: np.ndarray) -> np.ndarray:
+def student_z(model: torch.nn.Module, crops: np.ndarray, mirror_average: bool = False) -> np.ndarray:
+    """The fp32 student's raw scores, as a bundle with ``mirror_average`` computes them (see run_artifact)."""
     from fiqa_compile.train.data import to_tensor
+    from fiqa_sdk.preprocess import mirror_mean
+
+    def run(x: torch.Tensor) -> np.ndarray:
+        if mirror_average:
+            return mirror_mean(model(torch.cat((x, x.flip(-1)))).numpy())
+        return model(x).numpy()
 
     with torch.no_grad():
-        return np.concatenate([model(to_tensor(crops[k:k + 256])).numpy() for k in range(0, len(crops), 256)])
+        return np.concatenate([run(to_tensor(crops[k:k + 256])) for k in range(0, len(crops), 256)])
 
 
-def run_artifact(path: Path, fmt: str, crops: np.ndarray) -> tuple[np.ndarray, str]:
-    """Run a written artifact with the device runtime (fiqa_runtimes), exactly as the Scorer will."""
+def run_artifact(path: Path, fmt: str, crops: np.ndarray, mirror_average: bool = False) -> tuple[np.ndarray, str]:
+    """Run a written artifact with the device runtime (fiqa_runtimes), exactly as the Scorer will: with
+    ``mirror_average``, the mean over each face and its mirror image."""
     from fiqa_runtimes import load_backend
-    from fiqa_sdk.preprocess import faces_to_tensor
+    from fiqa_sdk.preprocess import faces_to_tensor, mirror_mean, with_mirror
 
     backend = load_backend(path.read_bytes(), fmt, backend="litert" if fmt == "tflite" else "onnxruntime", threads=1)
-    outs = [next(iter(backend.run1(faces_to_tensor(crops[k:k + 64])).values())) for k in range(0, len(crops), 64)]
-    return np.concatenate(outs).reshape(len(crops), -1), backend.name
+
+    def run(x: np.ndarray) -> np.ndarray:
+        if mirror_average:
+            return mirror_mean(next(iter(backend.run1(with_mirror(x)).values())).reshape(2 * len(x), -1))
+        return next(iter(backend.run1(x).values())).reshape(len(x), -1)
+
+    outs = [run(faces_to_tensor(crops[k:k + 64])) for k in range(0, len(crops), 64)]
+    return np.concatenate(outs), backend.name
 
 
 def to_teacher_scale(z: np.ndarray, student_info: dict) -> np.ndarray:
@@ -443,7 +458,7 @@ def compile_bundle(opts: CompileOptions) -> Path:
         # 4. emit and verify each artifact right after writing it. --calibration-method auto picks its method on
         # calibration-pool faces (those left out of the set first): the verification faces stay a test.
         check_x = faces_to_tensor(method_choice_faces(calib_pool.crops, calib.source_index))
-        ref_z = student_z(student, verify.crops)
+        ref_z = student_z(student, verify.crops, opts.mirror_average)
         files = work / "bundle"
         files.mkdir()
         from fiqa_compile.export.onnx_export import export_onnx
@@ -504,7 +519,7 @@ def compile_bundle(opts: CompileOptions) -> Path:
         outputs = {}
         for name in want:
             fname, fmt, precision, backends = ARTIFACTS[name]
-            z, used = run_artifact(files / fname, fmt, verify.crops)
+            z, used = run_artifact(files / fname, fmt, verify.crops, opts.mirror_average)
             outputs[name] = z
             ts = to_teacher_scale(z, sinfo)
             verification[name] = {
@@ -547,7 +562,7 @@ def compile_bundle(opts: CompileOptions) -> Path:
                       "calibration": report_mod.finite_or_null(calibration_record),  # a collapsed candidate: NaN
                       "tools": tool_versions()}
         path = write_bundle(out, target.name, models, scores, thresholds, tensorrt=tensorrt, extra_files=extra,
-                            provenance=provenance, force=opts.force)
+                            provenance=provenance, force=opts.force, mirror_average=opts.mirror_average)
         log.add("bundle", f"{path} written and hashed", t())
         print_summary(log, verification, path)
         return path

@@ -97,6 +97,7 @@ def write_report(files: Path, *, target, verify, teacher_scores, student_scale, 
                                    "people": int(len(np.unique(verify.person)))},
             "calibration": {"n": len(calib), "strata": calib.strata(), "method": opts.calibration_method,
                             **(calibration_record or {})},
+            "mirror_average": bool(getattr(opts, "mirror_average", False)),
             "stages": stages, "verification": verification, "thresholds": thresholds, "edc": edc_summary}
     # strict JSON: an undefined statistic (NaN) is null, which every JSON reader takes
     (files / "report.json").write_text(json.dumps(finite_or_null(data), indent=2, allow_nan=False))
@@ -106,7 +107,9 @@ def write_report(files: Path, *, target, verify, teacher_scores, student_scale, 
              f"**Verification:** {len(verify.crops)} held-out faces of {data['verification_faces']['people']} people "
              f"({verify.source}). **Calibration:** {len(calib)} faces, {len(calib.strata())} strata, "
              f"{used_methods(opts.calibration_method, calibration_record)}. **Utility teacher:** the mean of its 10 test-time views (the "
-             "face and its mirror, as is and shifted 2 px four ways; one view is not repeatable at that scale).", ""]
+             "face and its mirror, as is and shifted 2 px four ways; one view is not repeatable at that scale). "
+             + ("**Student scores:** the mean over each face and its mirror image (two passes; `mirror_average`)."
+                if data["mirror_average"] else "**Student scores:** one pass per face (`--no-mirror-average`)."), ""]
     if opts.calibration is None:
         lines += [f"> {DEFAULT_CALIBRATION_ADVICE}", ""]
     lines += ["## Stages", "", "| stage | seconds | result |", "|---|---:|---|"]

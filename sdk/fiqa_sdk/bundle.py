@@ -5,10 +5,11 @@ describes them, and reports/plots. Model files are never modified: all metadata 
 file is hashed there, so :func:`load_bundle` can refuse a bundle that was damaged in transit (SD cards, OTA
 updates) before a single byte of a model reaches an inference engine.
 
-Manifest (``manifest.json``, ``schema_version`` 1)::
+Manifest (``manifest.json``, ``schema_version`` 1 or 2)::
 
     {
-      "schema_version": 1,                 # refused if newer than SCHEMA_VERSION (upgrade fiqa-sdk)
+      "schema_version": 2,                 # refused if newer than SCHEMA_VERSION (upgrade fiqa-sdk); 2 when
+                                           # mirror_average is on, which a schema-1 reader would silently skip
       "kind": "fiqa-bundle",
       "bundle_id": "<16 hex>",             # bundle_id_for(): sha256 over the (file, sha256) pairs and the rest of
                                            # this manifest, first 16 hex: an edited threshold or scale is refused
@@ -22,6 +23,8 @@ Manifest (``manifest.json``, ``schema_version`` 1)::
       "backend_preference": ["tensorrt", "litert", "tflite-runtime", "onnxruntime", "opencv"],
       "input": {"name": "faces", "shape": [null, 3, 112, 112], "dtype": "float32", "layout": "NCHW"},
       "preprocessing": fiqa_sdk.preprocess.SPEC.to_dict(),     # must equal this SDK's spec (check_spec)
+      "mirror_average": true | false,      # score = mean of the model on the face and on its mirror image
+                                           # (fiqa_sdk.preprocess.mirror_mean); absent = false
       "scores": [                          # model output column `index` -> a 0-100 device score
         {"name": "utility", "index": 0, "teacher": "vit_fiqa_tiny", "mean": m, "std": s, "lo": p01, "hi": p99,
          "range": [0, 100], "higher_is_better": true, "meaning": "..."},
@@ -65,7 +68,7 @@ from fiqa_sdk.preprocess import SPEC, check_spec
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: "mirror_average" (a reader that skipped it would score differently)
 KIND = "fiqa-bundle"
 MANIFEST = "manifest.json"
 TARGETS = ("jetson-orin", "android-arm64", "raspberry-pi", "cpu")
@@ -325,6 +328,7 @@ class Bundle:
     tensorrt: TensorRTSpec | None
     files: dict[str, str]
     provenance: dict[str, Any]
+    mirror_average: bool = False
 
     # -- scores ------------------------------------------------------------------------------------------------
     @property
@@ -564,10 +568,14 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
             raise BundleError(f"{mpath}: tensorrt.calibration_cache={tensorrt.calibration_cache!r} is not listed "
                               "(and hashed) under 'files'")
     provenance = m.get("provenance", {})
+    mirror = m.get("mirror_average", False)
+    if not isinstance(mirror, bool):
+        raise BundleError(f"{mpath}: 'mirror_average' must be true or false, got {mirror!r}")
     bundle = Bundle(path=root, manifest=m, bundle_id=bundle_id,
                     target=_string(m, "target", "manifest", TARGETS), created_utc=str(m.get("created_utc", "")),
                     models=models, backend_preference=tuple(pref), scores=scores, thresholds=dict(thresholds),
-                    tensorrt=tensorrt, files=files, provenance=provenance if isinstance(provenance, dict) else {})
+                    tensorrt=tensorrt, files=files, provenance=provenance if isinstance(provenance, dict) else {},
+                    mirror_average=mirror)
     if thresholds:
         try:  # a threshold the gate cannot use fails here, not on the first frame of a capture run
             bundle.gate_config()

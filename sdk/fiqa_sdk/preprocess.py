@@ -73,3 +73,21 @@ def tensor_to_faces(x: np.ndarray, spec: PreprocessSpec = SPEC) -> np.ndarray:
     """Inverse of :func:`faces_to_tensor` (for plots and debugging)."""
     rgb = np.asarray(x).transpose(0, 2, 3, 1) * spec.std + spec.mean
     return np.clip(np.round(rgb[..., ::-1]), 0, 255).astype(np.uint8)
+
+
+def with_mirror(x: np.ndarray) -> np.ndarray:
+    """[N, C, H, W] -> [2N, C, H, W]: the faces, then the same faces mirrored left-right (see :func:`mirror_mean`)."""
+    return np.concatenate((x, x[..., ::-1]))
+
+
+def mirror_mean(y: np.ndarray) -> np.ndarray:
+    """Scores of a :func:`with_mirror` batch [2N, K] -> [N, K], the mean of each face and its mirror image.
+
+    Why: a bundle compiled with ``mirror_average`` (the default) scores a face as the mean over it and its mirror
+    image, the way the utility teacher's views come in mirror pairs; the score then cannot depend on which way a
+    face is turned, and it ranks faces closer to the teacher than one pass does.
+    """
+    if len(y) % 2:
+        raise ValueError(f"mirror_mean needs the 2N rows of with_mirror(), got {len(y)}")
+    n = len(y) // 2
+    return (y[:n] + y[n:]) / 2

@@ -21,7 +21,7 @@ from fiqa_sdk.bundle import Bundle, LoadedModel, default_bundle_path, default_bu
 from fiqa_sdk.detection import Detection, Detector, create_detector
 from fiqa_sdk.frames import to_bgr
 from fiqa_sdk.measures import image_measures, landmark_measures
-from fiqa_sdk.preprocess import SPEC, faces_to_tensor
+from fiqa_sdk.preprocess import SPEC, faces_to_tensor, mirror_mean, with_mirror
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +114,7 @@ class ScorerInfo:
     detector_backend: str | None
     threads: int | None
     skipped: tuple[str, ...] = field(default_factory=tuple)
+    mirror_average: bool = False  # each face is run twice (as is and mirrored) and its scores averaged
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
@@ -231,7 +232,8 @@ class Scorer:
             backend=choice.backend, model=choice.model.name, model_file=choice.model.file, format=choice.model.format,
             precision=choice.model.precision, detector=getattr(self.detector, "name", None),
             detector_backend=getattr(self.detector, "backend_name", None), threads=threads,
-            skipped=tuple(f"{c.backend}/{c.model.file}: {why}" for c, why in self._loaded.skipped))
+            skipped=tuple(f"{c.backend}/{c.model.file}: {why}" for c, why in self._loaded.skipped),
+            mirror_average=self.bundle.mirror_average)
         # One inference on a blank face: a model whose outputs do not fit the manifest fails here, at load, not on
         # every frame of a capture run (and the engine's first-call set-up is paid before the first real face).
         self.raw(np.zeros((1, 3, SPEC.size, SPEC.size), np.float32))
@@ -257,26 +259,40 @@ class Scorer:
         return self.bundle.score_names
 
     def raw(self, tensor: np.ndarray) -> np.ndarray:
-        """Run the model on a normalised NCHW float32 batch (any N); returns [N, K] raw outputs (z-scores)."""
+        """Run the model on a normalised NCHW float32 batch (any N); returns [N, K] raw outputs (z-scores).
+
+        A ``mirror_average`` bundle runs every face as is and mirrored and returns the mean of the two, both halves
+        in one engine call when ``max_batch`` holds them.
+        """
         if self._engine is None:
             raise RuntimeError("this Scorer was closed; create a new one to score again")
         n = len(tensor)
         if n == 0:
             return np.zeros((0, len(self.bundle.scores)), np.float32)
+        if not self.bundle.mirror_average:
+            return np.concatenate([self._run(tensor[s:s + self.max_batch])
+                                   for s in range(0, n, self.max_batch)])
+        step = max(1, self.max_batch // 2)
         outs = []
-        for start in range(0, n, self.max_batch):
-            chunk = tensor[start:start + self.max_batch]
-            result = self._engine.run({self._input: chunk})
-            if self._output not in result:
-                raise ValueError(f"model {self.info.model_file} returned {list(result)}, not the manifest's output "
-                                 f"{self._output!r}; rebuild the bundle")
-            y = np.asarray(result[self._output], dtype=np.float32)
-            if y.ndim != 2 or y.shape[0] != len(chunk) or y.shape[1] <= max(sc.index for sc in self.bundle.scores):
-                raise ValueError(f"model {self.info.model_file} returned shape {y.shape} for a batch of {len(chunk)}; "
-                                 f"the manifest reads columns {[sc.index for sc in self.bundle.scores]}: the manifest "
-                                 "does not match the model, rebuild the bundle")
-            outs.append(y)
+        for start in range(0, n, step):
+            chunk = tensor[start:start + step]
+            y = (self._run(with_mirror(chunk)) if 2 * len(chunk) <= self.max_batch
+                 else np.concatenate([self._run(chunk), self._run(np.ascontiguousarray(chunk[..., ::-1]))]))
+            outs.append(mirror_mean(y))
         return np.concatenate(outs)
+
+    def _run(self, chunk: np.ndarray) -> np.ndarray:
+        """One engine call, its output checked against the manifest."""
+        result = self._engine.run({self._input: chunk})
+        if self._output not in result:
+            raise ValueError(f"model {self.info.model_file} returned {list(result)}, not the manifest's output "
+                             f"{self._output!r}; rebuild the bundle")
+        y = np.asarray(result[self._output], dtype=np.float32)
+        if y.ndim != 2 or y.shape[0] != len(chunk) or y.shape[1] <= max(sc.index for sc in self.bundle.scores):
+            raise ValueError(f"model {self.info.model_file} returned shape {y.shape} for a batch of {len(chunk)}; "
+                             f"the manifest reads columns {[sc.index for sc in self.bundle.scores]}: the manifest "
+                             "does not match the model, rebuild the bundle")
+        return y
 
     def score(self, faces: np.ndarray | Sequence[np.ndarray]) -> ScoreBatch:
         """Score aligned faces (HxWx3 or NxHxWx3 BGR uint8, H = W = 112). Always returns a :class:`ScoreBatch`
