@@ -213,6 +213,7 @@ class DistillConfig:
     mixup: float = 0.0            # share of each batch blended with another face of it (online utility only)
     ema: float = 0.0              # EMA decay of the saved weights (0 = off: the last weights are saved)
     utility_tta: bool = True      # utility target = the teacher's mean over its 10 test-time views (teachers.tta_views)
+    mirror_average: bool = False  # learn the mean over each crop and its mirror image: what mirror_average bundles run
 
     def __post_init__(self) -> None:
         # checked when the options are read, not minutes later when training starts
@@ -265,10 +266,15 @@ def _save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _predict(model, crops: np.ndarray, batch: int = 512) -> np.ndarray:
+def _predict(model, crops: np.ndarray, batch: int = 512, mirror_average: bool = False) -> np.ndarray:
+    """Scores of ``crops``; with ``mirror_average`` the mean over each crop and its mirror image."""
+    def run(x: torch.Tensor) -> np.ndarray:
+        y = model(x)
+        return ((y + model(x.flip(-1))) / 2 if mirror_average else y).numpy()
+
     model.eval()
     with torch.no_grad():
-        out = [model(to_tensor(crops[k:k + batch])).numpy() for k in range(0, len(crops), batch)]
+        out = [run(to_tensor(crops[k:k + batch])) for k in range(0, len(crops), batch)]
     model.train()
     return np.concatenate(out) if out else np.zeros((0, 2), np.float32)
 
@@ -409,6 +415,8 @@ def distill(data: FaceCrops, targets: np.ndarray, out: Path, cfg: DistillConfig,
     # what a resumed run must share with the one that wrote last.pt (the time limit and checkpoint rate may change)
     run_settings = {**{k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("max_minutes", "checkpoint_every")},
                     "samples": int(len(data.crop))}
+    if not cfg.mirror_average:  # runs from before the option existed resume unchanged
+        run_settings.pop("mirror_average")
     step, history = 0, []
     if last.exists():
         ck = torch.load(last, map_location="cpu", weights_only=True)
@@ -463,6 +471,8 @@ def distill(data: FaceCrops, targets: np.ndarray, out: Path, cfg: DistillConfig,
             fmap = model.feature_map(x)
             emb = model.pool(fmap)
             pred = model.head(emb)
+            if cfg.mirror_average:  # the loss sees what a mirror_average bundle scores; hints use the crop's pass
+                pred = (pred + model(x.flip(-1))) / 2
             t = torch.from_numpy(z[rows])
             loss = pred.new_zeros(())
             if online is not None:
@@ -495,11 +505,11 @@ def distill(data: FaceCrops, targets: np.ndarray, out: Path, cfg: DistillConfig,
                 stopped = True
                 break
         if not stopped:
-            p = _predict(final_model(), data.crop[held])
+            p = _predict(final_model(), data.crop[held], mirror_average=cfg.mirror_average)
             srcc = {n: float(spearmanr(p[:, i], z[held, i]).statistic) for i, n in enumerate(SCORE_NAMES)}
             entry = {"epoch": epoch + 1, "step": step, **{f"srcc_{k}": v for k, v in srcc.items()}}
             if ema is not None:  # the raw weights too, so a run shows what averaging bought
-                p_raw = _predict(model, data.crop[held])
+                p_raw = _predict(model, data.crop[held], mirror_average=cfg.mirror_average)
                 entry.update({f"raw_srcc_{n}": float(spearmanr(p_raw[:, i], z[held, i]).statistic)
                               for i, n in enumerate(SCORE_NAMES)})
             history.append(entry)
@@ -515,7 +525,7 @@ def distill(data: FaceCrops, targets: np.ndarray, out: Path, cfg: DistillConfig,
     weights = out / "student.pt"
     model = final_model()
     _save({k: v.contiguous() for k, v in model.state_dict().items()}, weights)
-    p = _predict(model, data.crop[held]) * std + mean
+    p = _predict(model, data.crop[held], mirror_average=cfg.mirror_average) * std + mean
     lo = np.percentile(targets[train], 1, axis=0)
     hi = np.percentile(targets[train], 99, axis=0)
     info = {
@@ -596,6 +606,9 @@ OPTION_HELP = {
     "mixup": "share of each batch blended with another face of the batch and scored by the online teacher "
              "(function matching off the photos; needs --online-utility; 0 = off)",
     "ema": "decay of an exponential moving average of the weights, saved instead of the last ones (0 = off)",
+    "mirror_average": "train the mean of the student over each crop and its mirror image, the score a bundle "
+                      "compiled with --mirror-average (fiqa-compile's default) computes; twice the student's work "
+                      "per step",
     "utility_tta": "utility target = the teacher's mean over its 10 test-time views (face + mirror, shifted 2 px); "
                    "--no-utility-tta: one view",
 }
