@@ -1,6 +1,7 @@
 """What the student saves: its deployed INT8 forms against the embedded teachers it replaces, one face, CPU.
 
-The student gives both scores in one pass. The teachers give them as two models: the utility score the student
+The student gives both scores in one model call: the default bundles run the face and its mirror image as one
+batch of 2 and average them (their ``mirror_average``), as :class:`fiqa_sdk.Scorer` does. The teachers give them as two models: the utility score the student
 learned is ViT-FIQA mini's mean over its 10 test-time views (one view is not repeatable, see
 ``bench/teacher_repeatability.py``), the perceptual score is DSL-FIQA tiny (which averages its own crops). Each is
 timed in torch fp32 (eval, no grad), batch 1 (the 10 views as one batch of 10), next to the student's default
@@ -85,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "speedup.json").write_text(json.dumps(record, indent=2))
     lines = ["# Student vs the teachers it replaces", "",
-             f"One aligned 112x112 face, batch 1 (the utility teacher's 10 views as one batch of 10); median (p90) "
+             f"One aligned 112x112 face, batch 1 (the utility teacher's 10 views as one batch of 10; the student's "
+             "bundles, mirror-averaged, run the face and its mirror as one batch of 2); median (p90) "
              f"ms over {args.runs} interleaved calls. Machine: {record['machine']['cpu']}, "
              f"{record['machine']['cores']} cores, load average at start {record['machine']['loadavg_at_start']} "
              "(shared VM). Last column: the two teachers' time for both scores (utility as distilled: the 10-view "

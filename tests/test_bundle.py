@@ -222,6 +222,9 @@ def test_mirror_average_is_read_checked_and_written_as_schema_2(copy, tmp_path, 
     _edit_manifest(copy, lambda m: m.update(mirror_average="yes"))
     with pytest.raises(BundleError, match="'mirror_average' must be true or false"):
         load_bundle(copy)
+    _edit_manifest(copy, lambda m: m.update(mirror_average=True))  # with schema_version 1
+    with pytest.raises(BundleError, match="'mirror_average' needs schema_version 2"):
+        load_bundle(copy)
     _edit_manifest(copy, lambda m: m.pop("mirror_average"))  # bundles written before the key: one pass
     assert load_bundle(copy).mirror_average is False
 

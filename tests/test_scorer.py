@@ -261,7 +261,13 @@ def test_a_mirror_average_bundle_scores_the_mean_of_each_face_and_its_mirror(tmp
              for s in manifest["scores"]]
     mirrored = write_test_bundle(tmp_path / "mirror", bundle_path / "student.onnx", specs=specs, mirror_average=True)
     scorer = Scorer(mirrored, backend="onnxruntime", detector=None, threads=1, max_batch=max_batch)
+    engine_run, sizes = scorer._engine.run, []
+    scorer._engine.run = lambda feeds: sizes.append(len(next(iter(feeds.values())))) or engine_run(feeds)
     got = scorer.score(faces)
+    # never more than max_batch rows per engine call (a TensorRT engine is built for that many); both halves of
+    # a face in one call whenever they fit
+    assert max(sizes) <= max_batch and sum(sizes) == 2 * len(faces)
+    assert sizes == ([1] * 16 if max_batch == 1 else [2] * 8 if max_batch == 3 else [16])
     z, _ = _by_hand(bundle_path, faces)
     z_mirror, _ = _by_hand(bundle_path, np.ascontiguousarray(faces[:, :, ::-1]))
     assert not np.allclose(z, z_mirror, atol=1e-3)  # the test net is not mirror-symmetric, so averaging shows

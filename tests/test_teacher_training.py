@@ -556,6 +556,7 @@ def test_compile_with_faces_keeps_resumes_and_reuses_the_student(face_folder, te
     assert manifest["tensorrt"]["calibration_cache"] == "trt_calibration.cache"
     assert manifest["provenance"]["calibration"]["onnx_qdq"]["method"] == "minmax"
     assert manifest["mirror_average"] is True and manifest["schema_version"] == 2  # the default
+    assert manifest["tensorrt"]["build"]["opt_batch"] == 2  # a face and its mirror
     assert "mean over each face and its mirror image" in (jetson / "report.md").read_text()
     cache = read_trt_calibration_cache(jetson / "trt_calibration.cache")  # for implicit INT8 from the fp32 ONNX
     fp32_tensors = {o for n in onnx.load(str(jetson / "student_fp32.onnx")).graph.node for o in n.output} | {"faces"}

@@ -492,7 +492,9 @@ def compile_bundle(opts: CompileOptions) -> Path:
             if target.tensorrt:
                 from fiqa_compile.bundle import TensorRTArtifact
 
-                tensorrt = TensorRTArtifact(model="onnx_qdq", calibration_cache=cache)
+                # a mirror-averaged face is a batch of 2 (the face and its mirror): tune the engine for that
+                tensorrt = TensorRTArtifact(model="onnx_qdq", calibration_cache=cache,
+                                            opt_batch=2 if opts.mirror_average else 1)
         if "tflite_int8" in want:
             from fiqa_compile.export.tflite import convert_int8, score_output_range
 

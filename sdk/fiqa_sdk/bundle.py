@@ -571,6 +571,9 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     mirror = m.get("mirror_average", False)
     if not isinstance(mirror, bool):
         raise BundleError(f"{mpath}: 'mirror_average' must be true or false, got {mirror!r}")
+    if mirror and m["schema_version"] < 2:  # schema-1 readers would skip it and score differently
+        raise BundleError(f"{mpath}: 'mirror_average' needs schema_version 2, the manifest says "
+                          f"{m['schema_version']}; {_REBUILD_HINT}")
     bundle = Bundle(path=root, manifest=m, bundle_id=bundle_id,
                     target=_string(m, "target", "manifest", TARGETS), created_utc=str(m.get("created_utc", "")),
                     models=models, backend_preference=tuple(pref), scores=scores, thresholds=dict(thresholds),
