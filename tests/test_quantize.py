@@ -137,6 +137,21 @@ def test_auto_method_keeps_the_most_faithful_and_head_can_stay_float(data, tmp_p
     assert report.ok and {w.rule for w in report.warnings} == {"float-layer"}
 
 
+def test_mirror_average_fidelity_compares_the_face_and_mirror_means(data, qdq, tmp_path):
+    """With mirror_average the Q/DQ model is judged (and auto chooses) on what a mirror_average bundle scores."""
+    from fiqa_compile.export.fidelity import compare_scores
+    from fiqa_compile.export.onnx_export import run_onnx
+    from fiqa_sdk.preprocess import mirror_mean, with_mirror
+
+    calib, check = data
+    res = build_qdq(exported_onnx(), tmp_path / "m.onnx", calib, method="percentile", check_inputs=check,
+                    mirror_average=True)
+    mean = mirror_mean(run_onnx(exported_onnx(), with_mirror(check)))
+    expected = compare_scores(mean, mirror_mean(run_onnx(tmp_path / "m.onnx", with_mirror(check))))
+    assert res.fidelity.n == len(check) and res.fidelity.srcc == pytest.approx(expected.srcc)
+    assert res.fidelity.srcc != pytest.approx(qdq.fidelity.srcc)  # not the one-pass comparison
+
+
 # --------------------------------------------------------------------------------------- calibrators
 def test_methods_choose_different_ranges(data):
     calib, _ = data

@@ -511,12 +511,17 @@ def test_compile_with_faces_keeps_resumes_and_reuses_the_student(face_folder, te
     assert "Calibrated on the pip-shipped group photo" in report and "--calibration DIR" in report  # no folder given
     info = json.loads((sdir / "student.json").read_text())
     assert info["complete"] and info["student"] == "student_nano" and (sdir / "student.pt").exists()
+    assert info["config"]["mirror_average"] is True  # it learns what the (mirror-averaged) bundle scores
     capsys.readouterr()
 
     assert main([*common, "--out", str(tmp_path / "b2"), "--faces", str(face_folder), "--student-arch",
                  "student_nano", "--distill-epochs", "2", "--distill-dir", str(sdir)]) == 2
     err = capsys.readouterr().err
     assert "other settings (epochs)" in err and "--distill-dir" in err
+    # nor is one-pass scoring mixed into a distillation made for mirror-averaged bundles
+    assert main([*common, "--out", str(tmp_path / "b2"), "--faces", str(face_folder), "--student-arch",
+                 "student_nano", "--distill-epochs", "1", "--distill-dir", str(sdir), "--no-mirror-average"]) == 2
+    assert "other settings (mirror_average)" in capsys.readouterr().err
     assert not (tmp_path / "b2").exists() and (sdir / "student.pt").exists()
 
     # a student stopped early (--max-minutes) is still usable, but the compile says so

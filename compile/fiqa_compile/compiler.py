@@ -325,6 +325,8 @@ def distil_on_faces(opts: CompileOptions, teachers: dict):
     settings = {"faces": str(Path(opts.faces).resolve()), "versions": opts.distill_versions, "seed": opts.seed,
                 "student": arch, "epochs": opts.distill_epochs,
                 "teachers": {k: v.info["sha256"] for k, v in teachers.items()}, "utility_target": "10-view mean"}
+    if opts.mirror_average:  # a directory distilled before the option existed (one pass) is not resumed as mirrored
+        settings["mirror_average"] = True
     init, init_record = None, None
     if init_dir is not None:
         init, init_record = load_init(init_dir, arch, "--distill-init", "--student-arch")
@@ -342,7 +344,7 @@ def distil_on_faces(opts: CompileOptions, teachers: dict):
 
     data = crops_from_folder(opts.faces, opts.distill_versions, opts.seed)
     cfg = DistillConfig(student=arch, epochs=opts.distill_epochs, seed=opts.seed, utility_tta=True,
-                        augment=0.0)
+                        augment=0.0, mirror_average=opts.mirror_average)  # learn what the bundle will score
     # the held-out people the bundle will be verified on, checked now rather than after the distillation
     check_verification_faces(held_out_faces(data, data.split(cfg.held_out, cfg.seed)[1], opts.faces),
                              f"held-out people of {opts.faces}", gated=opts.gated())
@@ -480,7 +482,7 @@ def compile_bundle(opts: CompileOptions) -> Path:
             cache = files / "trt_calibration.cache" if target.tensorrt else None
             q = build_qdq(fp32_path, qdq_path, calib_x, method=opts.calibration_method,
                           keep_head_float=opts.keep_head_float, trt_cache_path=cache, check_inputs=check_x,
-                          min_srcc=None)
+                          min_srcc=None, mirror_average=opts.mirror_average)
             calibration_record["onnx_qdq"] = {"method": q.ranges.method.value, "candidates": q.candidates,
                                               "keep_head_float": opts.keep_head_float}
             trt = check_tensorrt_compat(qdq_path)

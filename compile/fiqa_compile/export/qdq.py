@@ -37,6 +37,7 @@ from fiqa_compile.export.calibrators import (
 )
 from fiqa_compile.export.fidelity import Fidelity, compare_scores
 from fiqa_compile.export.onnx_export import INPUT_NAME, run_onnx
+from fiqa_sdk.preprocess import mirror_mean, with_mirror
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +215,7 @@ def build_qdq(fp32_path: str | Path, out_path: str | Path, calibration: np.ndarr
               method: CalibMethod | str = "auto", percentile: float = 99.999,
               keep_head_float: bool = False, head_layers: int = 2, trt_cache_path: str | Path | None = None,
               trt_version: str = "10.3.0", check_inputs: np.ndarray | None = None,
-              min_srcc: float | None = None, batch_size: int = 32) -> QDQResult:
+              min_srcc: float | None = None, batch_size: int = 32, mirror_average: bool = False) -> QDQResult:
     """The whole Q/DQ stage: preprocess, calibrate on ``calibration`` ([N,3,112,112] float32 from a calibration
     set), quantise, verify, and optionally write the TensorRT calibration cache.
 
@@ -224,6 +225,7 @@ def build_qdq(fp32_path: str | Path, out_path: str | Path, calibration: np.ndarr
     fell to 0.40 where min-max and percentile kept 0.96-0.99; on well-trained networks entropy often wins.
     ``check_inputs`` (held-out faces, not the calibration ones) are scored by the fp32 and the INT8 model in ORT;
     with ``min_srcc`` a rank agreement below it raises :class:`~fiqa_compile.export.fidelity.FidelityError`.
+    ``mirror_average``: compare the scores a mirror_average bundle computes (the mean over each face and its mirror).
     """
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     methods = list(CalibMethod) if str(method) == "auto" else [CalibMethod(method)]
@@ -232,7 +234,12 @@ def build_qdq(fp32_path: str | Path, out_path: str | Path, calibration: np.ndarr
                          "method (minmax, percentile, entropy)")
     fp32 = onnx.load(str(fp32_path))
     fp32_tensors = {i.name for i in fp32.graph.input} | {o for n in fp32.graph.node for o in n.output}
-    ref = run_onnx(fp32_path, check_inputs) if check_inputs is not None else None
+    def scores(path: Path) -> np.ndarray:
+        if not mirror_average:
+            return run_onnx(path, check_inputs)
+        return mirror_mean(run_onnx(path, with_mirror(check_inputs)))
+
+    ref = scores(fp32_path) if check_inputs is not None else None
     best = None
     candidates: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="fiqa-qdq-") as tmp:
@@ -243,7 +250,7 @@ def build_qdq(fp32_path: str | Path, out_path: str | Path, calibration: np.ndarr
             ranges = compute_activation_ranges(pre, reader, m, percentile=percentile)
             path = Path(tmp) / f"qdq-{m.value}.onnx"
             scan = quantize_qdq(pre, path, ranges, nodes_to_exclude=exclude)
-            fid = compare_scores(ref, run_onnx(path, check_inputs)) if ref is not None else None
+            fid = compare_scores(ref, scores(path)) if ref is not None else None
             if fid is not None:
                 candidates[m.value] = fid.to_dict()
                 log.info("Q/DQ with %s calibration: %s", m.value, fid.to_dict())
