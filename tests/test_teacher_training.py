@@ -571,7 +571,10 @@ def test_compile_with_faces_keeps_resumes_and_reuses_the_student(face_folder, te
     assert np.isfinite(Scorer(jetson, backend="onnxruntime", detector=None).score(face).scores).all()
 
     phone = tmp_path / "phone"
+    capsys.readouterr()
     assert main(["--target", "android-arm64", "--no-mirror-average", "--out", str(phone), *base]) == 0
+    # the student learned the mirror mean (the compile's --faces default): one pass of it is shipped, with a warning
+    assert "--no-mirror-average ships one pass of it" in capsys.readouterr().err
     manifest = json.loads((phone / "manifest.json").read_text())
     assert manifest["mirror_average"] is False and manifest["schema_version"] == 1
     assert [(m["file"], m["precision"]) for m in manifest["models"]] == [("student_int8.tflite", "int8")]

@@ -437,6 +437,10 @@ def compile_bundle(opts: CompileOptions) -> Path:
                 print(f"warning: student {spath} is incomplete; re-run the fiqa-distill that made it to finish it",
                       file=sys.stderr, flush=True)
         check_student_teachers(sinfo, teachers, opts)
+        if sinfo.get("config", {}).get("mirror_average") and not opts.mirror_average:
+            print("warning: this student learned the mean over each face and its mirror image (fiqa-distill "
+                  "--mirror-average); --no-mirror-average ships one pass of it, which ranks faces less like the "
+                  "teachers", file=sys.stderr, flush=True)
         log.add("student", student_origin, t())
 
         # 3. calibration set (and verification faces when no --faces split gave them)
