@@ -31,10 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/common.py, als
 from common import machine_basics  # noqa: E402
 
 from fiqa_calibration.degradations import DEGRADATION_TYPES, degrade
-from fiqa_compile.eval.cli import evaluate_qualities, format_table, json_ready
+from fiqa_compile.eval.cli import evaluate_qualities, format_table
 from fiqa_compile.eval.metrics import correlation_report, srcc
 from fiqa_compile.eval.pairs import HELD_OUT, SPLIT_SEED, build_pairs, held_out_rows, impostors_for_fmr
 from fiqa_compile.eval.scorers import SampleView, random_quality, sharpness
+from fiqa_sdk.json_safe import finite_or_null
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SEVERITIES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
@@ -278,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
                 "methods": [r.to_dict() for r in results]},
         "edc_png": png.name, "machine": info, "seconds": round(time.perf_counter() - t_start, 1),
     }
-    (args.out / "teachers_eval.json").write_text(json.dumps(json_ready(doc), indent=2) + "\n")
+    (args.out / "teachers_eval.json").write_text(json.dumps(finite_or_null(doc), indent=2) + "\n")
     md = to_markdown(doc)
     (args.out / "teachers_eval.md").write_text(md)
     print(f"wrote {args.out / 'teachers_eval.json'}, teachers_eval.md and {png.name}")

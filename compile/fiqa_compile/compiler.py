@@ -188,16 +188,9 @@ def default_faces(seed: int) -> tuple[Faces, Faces]:
 # ---------------------------------------------------------------------------------------------- scoring
 def student_z(model: torch.nn.Module, crops: np.ndarray, mirror_average: bool = False) -> np.ndarray:
     """The fp32 student's raw scores, as a bundle with ``mirror_average`` computes them (see run_artifact)."""
-    from fiqa_compile.train.data import to_tensor
-    from fiqa_sdk.preprocess import mirror_mean
+    from fiqa_compile.distill import _predict
 
-    def run(x: torch.Tensor) -> np.ndarray:
-        if mirror_average:
-            return mirror_mean(model(torch.cat((x, x.flip(-1)))).numpy())
-        return model(x).numpy()
-
-    with torch.no_grad():
-        return np.concatenate([run(to_tensor(crops[k:k + 256])) for k in range(0, len(crops), 256)])
+    return _predict(model, crops, batch=256, mirror_average=mirror_average)
 
 
 def run_artifact(path: Path, fmt: str, crops: np.ndarray, mirror_average: bool = False) -> tuple[np.ndarray, str]:

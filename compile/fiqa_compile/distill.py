@@ -267,15 +267,17 @@ def _save(obj, path: Path) -> None:
 
 
 def _predict(model, crops: np.ndarray, batch: int = 512, mirror_average: bool = False) -> np.ndarray:
-    """Scores of ``crops``; with ``mirror_average`` the mean over each crop and its mirror image."""
+    """Scores of ``crops`` in eval mode (the model's mode is restored after); with ``mirror_average`` the mean over
+    each crop and its mirror image, as a mirror_average bundle scores them."""
     def run(x: torch.Tensor) -> np.ndarray:
         y = model(x)
         return ((y + model(x.flip(-1))) / 2 if mirror_average else y).numpy()
 
+    was_training = model.training
     model.eval()
     with torch.no_grad():
         out = [run(to_tensor(crops[k:k + batch])) for k in range(0, len(crops), batch)]
-    model.train()
+    model.train(was_training)
     return np.concatenate(out) if out else np.zeros((0, 2), np.float32)
 
 

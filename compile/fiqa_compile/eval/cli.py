@@ -25,6 +25,7 @@ from fiqa_compile.eval.pairs import (HELD_OUT, IMPOSTORS_PER_FMR, SPLIT_SEED, Pa
                                      held_out_rows, impostors_for_fmr, samples_from_faces)
 from fiqa_compile.eval.scorers import (SPEC_HELP, MethodSpecError, MethodUnavailable, QualityMethod, SampleView,
                                        default_specs, effective_face_px, label_source_iod, parse_method)
+from fiqa_sdk.json_safe import finite_or_null
 
 DEFAULT_FMR = 1e-2
 DEFAULT_LIMITS = (0.2, 0.3)
@@ -250,26 +251,13 @@ def run(args: argparse.Namespace) -> dict:
         "theoretical_best": {"pauc": {f"{k:g}": v for k, v in first.pauc_best.items()}},
         "methods": [r.to_dict() for r in results], "skipped": skipped, "edc_png": png.name,
     }
-    (args.out / "eval.json").write_text(json.dumps(json_ready(doc), indent=2) + "\n")
+    (args.out / "eval.json").write_text(json.dumps(finite_or_null(doc), indent=2) + "\n")
     print(describe_curve(first, pairs))
     print(format_table(results, limits))
     for s in skipped:
         print(f"skipped {s['spec']}: {s['reason']}")
     print(f"wrote {args.out / 'eval.json'} and {png}")
     return doc
-
-
-def json_ready(v):
-    """``v`` with numpy scalars as Python numbers and NaN/inf as null, so the file is strict JSON."""
-    if isinstance(v, dict):
-        return {str(k): json_ready(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [json_ready(x) for x in v]
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    return v
 
 
 def main(argv: list[str] | None = None) -> int:
