@@ -287,10 +287,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--faces", type=Path, default=ROOT.parent / "shared/data/lfw-dev",
                     help="alignment: LFW-style photo folder (default ../shared/data/lfw-dev)")
     ap.add_argument("--labels", type=Path, default=ROOT / "runs/labels/lfw-dev", help="eval_teachers / eval_student / teacher_repeatability: label set")
-    ap.add_argument("--utility", type=Path, default=ROOT / "runs/teachers/vit_fiqa_tiny",
-                    help="eval_teachers: utility teacher run directory")
-    ap.add_argument("--perceptual", type=Path, default=ROOT / "runs/teachers/dsl_fiqa_tiny",
-                    help="eval_teachers: perceptual teacher run directory")
+    ap.add_argument("--utility", type=Path, default=ROOT / "compile/fiqa_compile/weights/vit_fiqa_mini",
+                    help="eval_teachers: utility teacher directory (default: the embedded one)")
+    ap.add_argument("--perceptual", type=Path, default=ROOT / "compile/fiqa_compile/weights/dsl_fiqa_tiny",
+                    help="eval_teachers: perceptual teacher directory (default: the embedded one)")
     return ap
 
 

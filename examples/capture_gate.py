@@ -53,7 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="camera index, /dev/videoN, video file, rtsp://... stream or csi://N (default: 0)")
     p.add_argument("--bundle", default=None, help="bundle folder (default: the embedded default bundle)")
     p.add_argument("--backend", default="auto",
-                   help="inference backend: auto, tensorrt, litert, tflite-runtime, onnxruntime or opencv")
+                   help="inference backend: auto (default: the first installed that starts), tensorrt, litert, "
+                        "tflite-runtime, onnxruntime or opencv")
     p.add_argument("--detector", default="retinaface", help="face detector (default: retinaface)")
     p.add_argument("--detector-backend", default="auto", choices=("auto", "onnxruntime", "opencv", "tensorrt"),
                    help="what runs RetinaFace: auto = ONNX Runtime, else OpenCV DNN; tensorrt on a Jetson (its "
@@ -62,13 +63,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="longest frame side RetinaFace sees (default: half the frame's, within 320..640: 320 for a "
                         "640x480 camera, 640 for HD; see README 'Alignment')")
     p.add_argument("--threads", type=int, default=None, help="inference threads (default: the engine's choice)")
-    p.add_argument("--out", type=Path, default=Path("captures"), help="folder for accepted captures")
+    p.add_argument("--out", type=Path, default=Path("captures"), help="folder for accepted captures (default ./captures)")
     p.add_argument("--log", type=Path, default=None, help="append every gate decision to this .jsonl file")
     p.add_argument("--log-max-mb", type=float, default=None,
                    help="rotate the --log file at this size: FILE -> FILE.1 -> ... -> FILE.N, the oldest beyond "
                         "--log-backups deleted (default: no rotation; for unattended kiosks)")
     p.add_argument("--log-backups", type=int, default=5, help="rotated --log files kept (default 5)")
-    p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
+    p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames (default: run until the source ends or Ctrl-C)")
     p.add_argument("--gate", action="append", default=[], metavar="KEY=VALUE",
                    help="override one of the bundle's gate thresholds, repeatable: KEY=VALUE, or KEY=off to disable "
                         "a check (e.g. --gate utility_accept=70 --gate max_yaw_deg=off; keys: fiqa_sdk.GateConfig)")
@@ -80,7 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(unattended kiosks), instead of failing")
     p.add_argument("--display", choices=("auto", "on", "off"), default="auto",
                    help="overlay window: auto = when a display and GUI-enabled OpenCV exist")
-    p.add_argument("--image-format", choices=("jpg", "png"), default="jpg", help="capture image format")
+    p.add_argument("--image-format", choices=("jpg", "png"), default="jpg", help="capture image format (default jpg)")
     p.add_argument("--save-aligned", action="store_true", help="also store the 112x112 aligned face")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="also log (INFO) every bad read a source skips and every face kept from the gate, with why; "

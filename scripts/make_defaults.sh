@@ -37,9 +37,10 @@ for t in vit_fiqa_mini dsl_fiqa_tiny; do
   mkdir -p "$WEIGHTS/$t" && cp "$RUNS/teachers/$t/teacher.pt" "$RUNS/teachers/$t/teacher.json" "$WEIGHTS/$t/"
 done
 
-# 3. the default student, distilled label-free from the embedded teachers on the photos themselves, exactly as
-#    `fiqa-compile --faces` does (each photo clean + 2 degraded versions; the utility teacher scores every
-#    augmented batch online). ~35 min on 2 cores; re-running resumes from the last checkpoint.
+# 3. the default student, distilled label-free from the embedded teachers on the photos themselves (each photo
+#    clean + 2 degraded versions; the utility teacher scores every augmented batch online; one utility view, as
+#    `fiqa-compile --faces` distilled then: it now uses the 10-view target and the mirror mean and does not
+#    augment). ~35 min on 2 cores; re-running resumes from the last checkpoint.
 [ -f "$RUNS/student_faces/student.json" ] || \
   fiqa-distill --faces "$FACES" --versions 2 --epochs 6 --seed 0 --no-utility-tta --out "$RUNS/student_faces"
 #    then a second, gentler learning-rate cycle on top of it, with the utility losses weighted twice (the score that

@@ -65,15 +65,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "and --student DIR reuses it for other targets")
     g = ap.add_argument_group("quantisation")
     g.add_argument("--precision", choices=["int8", "fp32"], default="int8",
-                   help="int8 (default): INT8 artifacts for the target; fp32: ship only the float ONNX")
+                   help="int8 (default): INT8 artifacts for the target; fp32: ship only the float ONNX (jetson-orin and "
+                        "cpu only: the TFLite targets are full-INT8)")
     g.add_argument("--calibration", type=Path, default=None,
                    help="face folder for INT8 calibration (default: faces in photos that pip packages ship)")
     g.add_argument("--calibration-size", type=positive_int, default=400,
                    help=f"faces in the calibration set (default 400, at least {MIN_CALIBRATION_FACES})")
     g.add_argument("--calibration-method", choices=["auto", "minmax", "percentile", "entropy"], default="auto",
-                   help="activation range selection; auto (default) tries each on held-out faces and keeps the one "
-                        "whose INT8 ranking agrees best with fp32")
-    g.add_argument("--keep-head-float", action="store_true", help="keep the final score head in float")
+                   help="Q/DQ ONNX activation range selection (jetson-orin and cpu; the TFLite targets use the "
+                        "converter's histogram observers); auto (default) tries each on calibration-pool faces "
+                        "outside the calibration set and keeps the one whose INT8 ranking agrees best with fp32")
+    g.add_argument("--keep-head-float", action="store_true", help="keep the final score head in float (Q/DQ ONNX targets: jetson-orin, cpu)")
     g.add_argument("--mirror-average", action=argparse.BooleanOptionalAction, default=True,
                    help="score each face as the mean over it and its mirror image, two passes of the student "
                         "(default on: mirror-symmetric scores, utility SRCC with the teacher 0.945 vs 0.939 in "

@@ -598,7 +598,7 @@ OPTION_HELP = {
     "utility_weight": "weight of the utility score's losses next to the perceptual one's",
     "held_out": "share of people (photo folders) held out to report SRCC with the teachers",
     "checkpoint_every": "steps between checkpoints (last.pt; re-running the command resumes)",
-    "max_minutes": "stop after this many minutes with a checkpoint (re-run to continue)",
+    "max_minutes": "stop after this many minutes with a checkpoint (re-run to continue; default: no limit)",
     "online_utility": "run the utility teacher on every batch (exact targets for augmented crops, feature hints)",
     "feature_weight": "weight of the hint loss on the teacher's quality features",
     "augment": "share of each batch re-aligned, re-lit and freshly degraded (needs --online-utility; "
@@ -609,8 +609,8 @@ OPTION_HELP = {
              "(function matching off the photos; needs --online-utility; 0 = off)",
     "ema": "decay of an exponential moving average of the weights, saved instead of the last ones (0 = off)",
     "mirror_average": "train the mean of the student over each crop and its mirror image, the score a bundle "
-                      "compiled with --mirror-average (fiqa-compile's default) computes; twice the student's work "
-                      "per step",
+                      "compiled with --mirror-average (on by default in fiqa-compile) computes; twice the student's "
+                      "work per step",
     "utility_tta": "utility target = the teacher's mean over its 10 test-time views (face + mirror, shifted 2 px); "
                    "--no-utility-tta: one view",
 }
@@ -635,14 +635,15 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         flag, what = "--" + f.name.replace("_", "-"), OPTION_HELP.get(f.name, "")
         if isinstance(f.default, bool):
-            ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default, help=what)
+            ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
+                            help=f"{what} (default {'on' if f.default else 'off'})")
             continue
         if f.default is None:  # resolved by DistillConfig (a time limit, or a default that depends on others)
             ap.add_argument(flag, type=float, default=None, help=what)
             continue
         ap.add_argument(flag, type=type(f.default), default=f.default,
                         help=f"{what} (default {f.default})" if what else f"default {f.default}")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the split, batches, augmentation and degradations")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the split, batches, augmentation and degradations (default 0)")
     ap.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
     return ap
 

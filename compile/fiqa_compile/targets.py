@@ -20,7 +20,7 @@ ARTIFACTS: dict[str, tuple[str, str, str, tuple[str, ...]]] = {
 }
 
 TARGETS: dict[str, Target] = {t.name: t for t in (
-    Target("jetson-orin", "NVIDIA Jetson Orin (AGX / NX / Nano), JetPack 6: TensorRT engine built on the device from "
+    Target("jetson-orin", "NVIDIA Jetson Orin (AGX / NX / Nano), JetPack 5.1 / 6: TensorRT engine built on the device from "
            "the explicit-quantisation Q/DQ INT8 ONNX; ONNX Runtime as fallback", ("onnx_qdq", "onnx_fp32"), tensorrt=True),
     Target("android-arm64", "Android / ARM64 phones: full-INT8 TFLite for LiteRT (XNNPACK)", ("tflite_int8",)),
     Target("raspberry-pi", "Raspberry Pi 4/5 and other ARM boards: full-INT8 TFLite for LiteRT", ("tflite_int8",)),

@@ -44,7 +44,7 @@ exposes and the scorer addresses tensors by those names only.
 
 Score scale: the student emits z-scores of the teacher's score. For output column ``index``, the teacher-scale
 value is ``t = z * std + mean`` and the device score is ``clip(100 * (t - lo) / (hi - lo), 0, 100)``, ``lo``/``hi``
-being the teacher's 1st/99th percentiles on the calibration data. The 0-100 scale is always higher-is-better:
+being the teacher's 1st/99th percentiles on the student's distillation set (recorded in its ``student.json``). The 0-100 scale is always higher-is-better:
 ``higher_is_better`` describes the teacher's own scale, and a lower-is-better teacher is flipped
 (``100 * (hi - t) / (hi - lo)``).
 

@@ -74,7 +74,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="photos and/or folders of photos")
     p.add_argument("--bundle", default=None, help="bundle folder (default: the embedded default bundle)")
     p.add_argument("--backend", default="auto",
-                   help="inference backend: auto, tensorrt, litert, tflite-runtime, onnxruntime or opencv")
+                   help="inference backend: auto (default: the first installed that starts), tensorrt, litert, "
+                        "tflite-runtime, onnxruntime or opencv")
     p.add_argument("--detector", default="retinaface", choices=("retinaface", "dlib"),
                    help="face detector (default: retinaface)")
     p.add_argument("--max-side", type=int, default=None,

@@ -150,8 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="cap on one person's genuine pairs, sampled (default 50; 0 = all)")
     ap.add_argument("--pair-quality", choices=("min", "mean"), default="min",
                     help="how two samples' qualities combine (default min, ISO/IEC 29794-1)")
-    ap.add_argument("--random-seeds", type=positive_int, default=5, help="seeds the random baseline is averaged over")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the pair sampling")
+    ap.add_argument("--random-seeds", type=positive_int, default=5, help="seeds the random baseline is averaged over (default 5)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the pair sampling (default 0)")
     ap.add_argument("--photos", type=Path, default=None,
                     help="with --labels: the photo folder fiqa-labels read (for baseline:face_size; default: "
                          "the --faces recorded in labels.json)")

@@ -74,10 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--held-out", type=float, default=0.15, help="share of identities held out (default 0.15)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation and batches (default 0)")
     ap.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
-    ap.add_argument("--checkpoint-every", type=positive_int, default=100, help="steps between last.pt saves")
+    ap.add_argument("--checkpoint-every", type=positive_int, default=100, help="steps between last.pt saves (default 100)")
     ap.add_argument("--max-minutes", type=float, default=None,
-                    help="stop cleanly (checkpoint saved, teacher exported) after this wall time; re-run to continue")
-    ap.add_argument("--margin", default="cosface", choices=["cosface", "arcface"], help="utility task: FR margin head")
+                    help="stop cleanly (checkpoint saved, teacher exported) after this wall time; re-run to continue (default: no limit)")
+    ap.add_argument("--margin", default="cosface", choices=["cosface", "arcface"], help="utility task: FR margin head (default cosface)")
     return ap
 
 
