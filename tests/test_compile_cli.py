@@ -178,6 +178,15 @@ def test_an_undefined_rank_agreement_fails_verification():
     assert verification_failures(v(float("nan"), float("nan")), -1, -1) == []  # -1 turns the gates off
 
 
+def test_an_edc_of_few_people_is_marked_indicative_only():
+    from fiqa_compile.report import MIN_EDC_PEOPLE, edc_caveat
+
+    few = edc_caveat(3)
+    assert few is not None and "3 people" in few and "eval_lfw.sh" in few
+    assert edc_caveat(MIN_EDC_PEOPLE - 1) is not None
+    assert edc_caveat(MIN_EDC_PEOPLE) is None and edc_caveat(500) is None
+
+
 def test_report_json_is_strict_json():
     from fiqa_compile.report import finite_or_null
 

@@ -509,6 +509,9 @@ def test_compile_with_faces_keeps_resumes_and_reuses_the_student(face_folder, te
     report = (tmp_path / "b1" / "report.md").read_text()
     assert "distilled now from" in report and str(sdir) in report
     assert "Calibrated on the pip-shipped group photo" in report and "--calibration DIR" in report  # no folder given
+    # a handful of held-out people: the EDC is either not computed or marked as indicative only, never bare
+    edc = json.loads((tmp_path / "b1" / "report.json").read_text())["edc"]
+    assert edc["people"] < 20 and ("Indicative only" in report) != ("Not computed" in report)
     info = json.loads((sdir / "student.json").read_text())
     assert info["complete"] and info["student"] == "student_nano" and (sdir / "student.pt").exists()
     assert info["config"]["mirror_average"] is True  # it learns what the (mirror-averaged) bundle scores

@@ -25,6 +25,21 @@ def dlib_embeddings(crops: np.ndarray) -> np.ndarray:
     return np.stack(out)
 
 
+MIN_EDC_PEOPLE = 20  # below this, an FNMR is a handful of identities' luck, not a ranking's quality
+
+
+def edc_caveat(people: int) -> str | None:
+    """Why the report's EDC should not be read as evidence, or None: a certainty-ratio utility ranks how well a
+    face will match *its own person against others*, which a few people cannot show (the default bundles are
+    verified on 3 pip-shipped people, where even Laplacian sharpness or a random order can come out ahead)."""
+    if people >= MIN_EDC_PEOPLE:
+        return None
+    return (f"Indicative only: these pairs come from {people} people (fewer than {MIN_EDC_PEOPLE}), so the curve "
+            "reflects those few identities more than the ranking. Judge the utility score on many people: "
+            "`bash bench/eval_lfw.sh` (LFW View-2 pairs) or `fiqa-eval`; or verify with --faces on your own photos "
+            "of many people.")
+
+
 def edc_curves(verify, qualities: dict[str, np.ndarray], fmr: float = 1e-2) -> tuple[dict, dict]:
     """EDC of each quality measure on all genuine / impostor pairs of the verification faces (dlib FR)."""
     from fiqa_compile.eval.edc import edc
@@ -32,9 +47,10 @@ def edc_curves(verify, qualities: dict[str, np.ndarray], fmr: float = 1e-2) -> t
 
     iu = np.triu_indices(len(verify.crops), 1)
     same = verify.person[iu[0]] == verify.person[iu[1]]
-    pairs = {"fmr": fmr, "genuine_pairs": int(same.sum()), "impostor_pairs": int((~same).sum())}
+    people = len(np.unique(verify.person))
+    pairs = {"fmr": fmr, "genuine_pairs": int(same.sum()), "impostor_pairs": int((~same).sum()), "people": people,
+             "indicative_only": edc_caveat(people) is not None}
     if not same.any() or same.all():
-        people = len(np.unique(verify.person))
         return {}, {**pairs, "methods": {}, "skipped": f"{len(verify.crops)} held-out faces of {people} people give "
                     f"{pairs['genuine_pairs']} genuine / {pairs['impostor_pairs']} impostor pairs; an EDC needs "
                     "both (give --faces more people, with several photos each)"}
@@ -128,6 +144,8 @@ def write_report(files: Path, *, target, verify, teacher_scores, student_scale, 
               "| quality | pAUC@20% | pAUC@30% | FNMR at 0% discard |", "|---|---:|---:|---:|"]
     for name, c in curves.items():
         lines.append(f"| {name} | {c.pauc[0.2]:.4f} | {c.pauc[0.3]:.4f} | {c.errors[0]:.4f} |")
+    if curves and (caveat := edc_caveat(edc_summary["people"])):
+        lines += ["", f"*{caveat}*"]
     lines += ["", "![EDC](plots/edc.png)" if curves else f"Not computed: {edc_summary['skipped']}.", "",
               "## Gate thresholds (0-100)", "",
               "Accept where clean and heavily degraded (severity >= 0.7) held-out faces separate best "
