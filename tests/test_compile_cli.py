@@ -182,7 +182,7 @@ def test_an_edc_of_few_people_is_marked_indicative_only():
     from fiqa_compile.report import MIN_EDC_PEOPLE, edc_caveat
 
     few = edc_caveat(3)
-    assert few is not None and "3 people" in few and "eval_lfw.sh" in few
+    assert few is not None and "3 people" in few and "fiqa-eval --faces" in few
     assert edc_caveat(MIN_EDC_PEOPLE - 1) is not None
     assert edc_caveat(MIN_EDC_PEOPLE) is None and edc_caveat(500) is None
 

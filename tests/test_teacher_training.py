@@ -512,6 +512,7 @@ def test_compile_with_faces_keeps_resumes_and_reuses_the_student(face_folder, te
     # a handful of held-out people: the EDC is either not computed or marked as indicative only, never bare
     edc = json.loads((tmp_path / "b1" / "report.json").read_text())["edc"]
     assert edc["people"] < 20 and ("Indicative only" in report) != ("Not computed" in report)
+    assert edc.get("indicative_only", False) == ("Indicative only" in report)  # absent when no curve was computed
     info = json.loads((sdir / "student.json").read_text())
     assert info["complete"] and info["student"] == "student_nano" and (sdir / "student.pt").exists()
     assert info["config"]["mirror_average"] is True  # it learns what the (mirror-averaged) bundle scores

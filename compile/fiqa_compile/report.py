@@ -35,9 +35,9 @@ def edc_caveat(people: int) -> str | None:
     if people >= MIN_EDC_PEOPLE:
         return None
     return (f"Indicative only: these pairs come from {people} people (fewer than {MIN_EDC_PEOPLE}), so the curve "
-            "reflects those few identities more than the ranking. Judge the utility score on many people: "
-            "`bash bench/eval_lfw.sh` (LFW View-2 pairs) or `fiqa-eval`; or verify with --faces on your own photos "
-            "of many people.")
+            "reflects those few identities more than the ranking. Judge this bundle's utility score on many people: "
+            "`fiqa-eval --faces DIR --split all --method bundle:BUNDLE_DIR --out OUT` on a folder of your own photos "
+            "(several per person; `bench/eval_lfw.sh` does this for the default bundles on held-out LFW people).")
 
 
 def edc_curves(verify, qualities: dict[str, np.ndarray], fmr: float = 1e-2) -> tuple[dict, dict]:
@@ -48,8 +48,7 @@ def edc_curves(verify, qualities: dict[str, np.ndarray], fmr: float = 1e-2) -> t
     iu = np.triu_indices(len(verify.crops), 1)
     same = verify.person[iu[0]] == verify.person[iu[1]]
     people = len(np.unique(verify.person))
-    pairs = {"fmr": fmr, "genuine_pairs": int(same.sum()), "impostor_pairs": int((~same).sum()), "people": people,
-             "indicative_only": edc_caveat(people) is not None}
+    pairs = {"fmr": fmr, "genuine_pairs": int(same.sum()), "impostor_pairs": int((~same).sum()), "people": people}
     if not same.any() or same.all():
         return {}, {**pairs, "methods": {}, "skipped": f"{len(verify.crops)} held-out faces of {people} people give "
                     f"{pairs['genuine_pairs']} genuine / {pairs['impostor_pairs']} impostor pairs; an EDC needs "
@@ -65,7 +64,7 @@ def edc_curves(verify, qualities: dict[str, np.ndarray], fmr: float = 1e-2) -> t
         c = edc(sim[iu][same], pq[same], sim[iu][~same], fmr=fmr)
         curves[name] = c
         summary[name] = c.summary()
-    return curves, {**pairs, "methods": summary}
+    return curves, {**pairs, "indicative_only": edc_caveat(people) is not None, "methods": summary}
 
 
 # Printed by the compile and written into its report when no --calibration folder was given (measured by
