@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from fiqa_compile.distill import _predict
     from fiqa_compile.student_store import EMBEDDED_STUDENT, load_student
-    from fiqa_compile.teachers import load_teacher_pair, tta_views
+    from fiqa_compile.teachers import TTA_SHIFTS, load_teacher_pair, tta_views
     from fiqa_compile.train.data import LabelSet
 
     labels = LabelSet.load(args.labels)
@@ -46,9 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     train = np.sort(np.random.default_rng(0).choice(train, min(TRAINING_CROPS, len(train)), replace=False))
     crops = labels.crop[held]
     model, info = load_student(EMBEDDED_STUDENT)
-    as_is = _predict(model, crops)[:, 0]
-    mirrored = _predict(model, np.ascontiguousarray(crops[:, :, ::-1]))[:, 0]
-    ten_views = np.mean([_predict(model, v)[:, 0] for v in tta_views(crops)], axis=0)
+    per_view = [_predict(model, v)[:, 0] for v in tta_views(crops)]
+    assert TTA_SHIFTS[0] == (0, 0)  # so the first two views are the crop as is and its mirror image
+    as_is, mirrored = per_view[0], per_view[1]
+    ten_views = np.mean(per_view, axis=0)
     utility_teacher = load_teacher_pair()["utility"]
     teacher = utility_teacher.score(crops, tta=True)
     seen = _predict(model, labels.crop[train], mirror_average=True)[:, 0]
