@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fiqa_compile.train.augment import AugmentConfig, augment_batch, mix_faces
+from fiqa_compile.train.augment import FACE_PARTS, AugmentConfig, augment_batch, mix_faces, part_mask, swap_parts
 from fiqa_sdk import create_detector, load_sample
 from fiqa_sdk.align import align_face
 
@@ -62,3 +62,51 @@ def test_mix_faces_bounds():
     assert not mix_faces(crops[:1], 1.0, np.random.default_rng(0))[1].any()   # nothing to blend with
     with pytest.raises(ValueError, match="mixup share"):
         mix_faces(crops, 1.5, np.random.default_rng(0))
+
+
+def test_part_masks_cover_their_landmarks_and_leave_the_rest_of_the_face():
+    from fiqa_sdk.preprocess import ARCFACE_TEMPLATE_112 as t
+
+    inside = {"eyes": t[:2], "nose": t[2:3], "mouth": t[3:]}
+    for part, points in inside.items():
+        w = part_mask(part)
+        assert w.shape == (112, 112) and w.min() == 0.0 and w.max() == 1.0
+        assert all(w[int(round(y)), int(round(x))] == 1.0 for x, y in points)
+        others = [q for q in inside if q != part]
+        assert all(w[int(round(y)), int(round(x))] == 0.0 for q in others for x, y in inside[q]), part
+        assert w[:10].max() == 0.0 and w[:, :8].max() == 0.0   # forehead top and the cheek edge stay the face's own
+    assert part_mask("mouth", 224).sum() > 3.5 * part_mask("mouth").sum()  # scales with the crop
+    with pytest.raises(ValueError, match="unknown face part 'ear'"):
+        part_mask("ear")
+
+
+def test_swap_parts_pastes_one_colour_matched_part_of_another_face():
+    crops = np.random.default_rng(0).integers(0, 256, (6, 112, 112, 3), dtype=np.uint8)
+    out, mask = swap_parts(crops, 0.5, np.random.default_rng([0, 1, 2, 2]))
+    again, mask_again = swap_parts(crops, 0.5, np.random.default_rng([0, 1, 2, 2]))
+    assert np.array_equal(out, again) and np.array_equal(mask, mask_again)
+    assert 0 < mask.sum() < len(crops)
+    assert np.array_equal(out[~mask], crops[~mask])
+    f = crops.astype(np.float32)
+    for i in np.where(mask)[0]:
+        fits = []
+        for part in FACE_PARTS:
+            w = part_mask(part)
+            for j in (k for k in range(len(crops)) if k != i):
+                inside = w > 0.5
+                src = (f[j] - f[j][inside].mean(0)) * ((f[i][inside].std(0) + 1) / (f[j][inside].std(0) + 1))
+                want = f[i] + w[..., None] * (src + f[i][inside].mean(0) - f[i])
+                fits.append(np.abs(np.clip(want, 0, 255) - out[i]).max() <= 1.0)
+        assert sum(fits) == 1   # exactly one part of exactly one other face
+    # outside the parts every pixel is the face's own
+    outside = sum(part_mask(p) for p in FACE_PARTS) == 0
+    assert np.array_equal(out[:, outside], crops[:, outside])
+
+
+def test_swap_parts_bounds():
+    crops = np.zeros((4, 112, 112, 3), np.uint8)
+    assert not swap_parts(crops, 0.0, np.random.default_rng(0))[1].any()
+    assert swap_parts(crops, 1.0, np.random.default_rng(0))[1].all()
+    assert not swap_parts(crops[:1], 1.0, np.random.default_rng(0))[1].any()   # nobody to take a part from
+    with pytest.raises(ValueError, match="part-swap share"):
+        swap_parts(crops, -0.1, np.random.default_rng(0))

@@ -302,7 +302,7 @@ def test_distillation_with_hints_and_ema_saves_the_average_and_resumes(teachers,
     args = ["--crops", str(label_dir), "--out", str(out), "--utility-teacher", str(teachers / "utility"),
             "--perceptual-teacher", str(teachers / "perceptual"), "--student", "student_nano", "--epochs", "2",
             "--batch-size", "8", "--held-out", "0.2", "--threads", "1", "--token-weight", "1",
-            "--embedding-weight", "0.5", "--ema", "0.9", "--mixup", "0.5"]
+            "--embedding-weight", "0.5", "--ema", "0.9", "--mixup", "0.5", "--part-swap", "0.5"]
     assert main(args) == 0
     ck = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
     assert {"hint", "token_hint", "embedding_hint", "ema"} <= set(ck)
@@ -311,6 +311,7 @@ def test_distillation_with_hints_and_ema_saves_the_average_and_resumes(teachers,
         torch.testing.assert_close(v, ck["ema"][k].to(v.dtype))
     assert any(not torch.equal(ck["model"][k], ck["ema"][k]) for k in ck["model"] if ck["model"][k].is_floating_point())
     assert info["config"]["token_weight"] == 1.0 and info["config"]["ema"] == 0.9 and info["config"]["mixup"] == 0.5
+    assert info["config"]["part_swap"] == 0.5
     assert all("raw_srcc_utility" in h for h in info["history"])
     # a rerun of a finished run resumes (nothing left to train); one without --ema is refused, not mixed
     assert main(args) == 0
@@ -321,12 +322,18 @@ def test_distillation_with_hints_and_ema_saves_the_average_and_resumes(teachers,
     lr_changed = args + ["--lr", "0.01"]
     assert main(lr_changed) == 2
     assert "is a run with other settings (lr)" in capsys.readouterr().err
+    k = args.index("--part-swap")
+    assert main(args[:k] + args[k + 2:]) == 2
+    assert "is a run with other settings (part_swap)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("flags, message", [(["--ema", "1.5"], "the decay must be in [0, 1)"),
                                             (["--augment", "-0.1"], "share of each batch must be in [0, 1]"),
                                             (["--mixup", "1.5"], "share of each batch must be in [0, 1]"),
                                             (["--mixup", "0.3", "--no-online-utility"], "needs --online-utility"),
+                                            (["--part-swap", "2"], "share of each batch must be in [0, 1]"),
+                                            (["--part-swap", "0.3", "--no-online-utility"],
+                                             "--part-swap needs --online-utility"),
                                             (["--augment", "0.3", "--no-online-utility"],
                                              "--augment needs --online-utility"),
                                             (["--token-weight", "1", "--no-online-utility"],

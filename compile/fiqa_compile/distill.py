@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 from fiqa_compile.cli_args import non_negative_int, plain, positive_int
-from fiqa_compile.train.augment import AugmentConfig, augment_batch, mix_faces
+from fiqa_compile.train.augment import AugmentConfig, augment_batch, mix_faces, swap_parts
 from fiqa_compile.train.data import to_tensor
 from fiqa_compile.train.schedule import epoch_batches, warmup_cosine
 from fiqa_compile.train.tasks import pairwise_rank_loss
@@ -211,6 +211,7 @@ class DistillConfig:
     token_weight: float = 0.0     # weight of the patch-token hint: student map vs teacher tokens (online only)
     embedding_weight: float = 0.0  # weight of the FR-embedding hint, 1 - cosine (online utility only)
     mixup: float = 0.0            # share of each batch blended with another face of it (online utility only)
+    part_swap: float = 0.0        # share of each batch given another face's eyes, nose or mouth (online only)
     ema: float = 0.0              # EMA decay of the saved weights (0 = off: the last weights are saved)
     utility_tta: bool = True      # utility target = the teacher's mean over its 10 test-time views (teachers.tta_views)
     mirror_average: bool = False  # learn the mean over each crop and its mirror image: what mirror_average bundles run
@@ -242,10 +243,13 @@ class DistillConfig:
             self.augment = 0.5 if self.online_utility else 0.0
         if not 0.0 <= self.augment <= 1.0:
             raise ValueError(f"--augment {self.augment}: the share of each batch must be in [0, 1]")
-        if not 0.0 <= self.mixup <= 1.0:
-            raise ValueError(f"--mixup {self.mixup}: the share of each batch must be in [0, 1]")
+        for name in ("mixup", "part_swap"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)}: the share of each batch must "
+                                 "be in [0, 1]")
         if not self.online_utility:  # each of these needs the teacher's output on the crop the student sees
             for name, why in (("mixup", "a blend of two faces has no cached teacher score"),
+                              ("part_swap", "a face with another's eyes, nose or mouth has no cached teacher score"),
                               ("augment", "an augmented crop has no cached teacher score"),
                               ("token_weight", "the teacher's patch tokens come from the online teacher"),
                               ("embedding_weight", "the teacher's embedding comes from the online teacher")):
@@ -417,8 +421,9 @@ def distill(data: FaceCrops, targets: np.ndarray, out: Path, cfg: DistillConfig,
     # what a resumed run must share with the one that wrote last.pt (the time limit and checkpoint rate may change)
     run_settings = {**{k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("max_minutes", "checkpoint_every")},
                     "samples": int(len(data.crop))}
-    if not cfg.mirror_average:  # runs from before the option existed resume unchanged
-        run_settings.pop("mirror_average")
+    for name in ("mirror_average", "part_swap"):  # runs from before these options existed resume unchanged
+        if not run_settings[name]:
+            run_settings.pop(name)
     step, history = 0, []
     if last.exists():
         ck = torch.load(last, map_location="cpu", weights_only=True)
@@ -467,6 +472,9 @@ def distill(data: FaceCrops, targets: np.ndarray, out: Path, cfg: DistillConfig,
             if cfg.mixup > 0:  # DistillConfig refuses it without the online teacher
                 crops, mixed = mix_faces(crops, cfg.mixup, np.random.default_rng([cfg.seed, epoch, b, 1]))
                 augmented |= mixed
+            if cfg.part_swap > 0:
+                crops, swapped = swap_parts(crops, cfg.part_swap, np.random.default_rng([cfg.seed, epoch, b, 2]))
+                augmented |= swapped
             for g in opt.param_groups:
                 g["lr"] = warmup_cosine(step, cfg.lr, warmup, total)
             x = to_tensor(crops).contiguous(memory_format=torch.channels_last)
@@ -607,6 +615,9 @@ OPTION_HELP = {
     "embedding_weight": "weight of the hint loss on the teacher's face-recognition embedding (0 = off)",
     "mixup": "share of each batch blended with another face of the batch and scored by the online teacher "
              "(function matching off the photos; needs --online-utility; 0 = off)",
+    "part_swap": "share of each batch given the eyes, nose or mouth of another face of the batch (colour-matched, "
+                 "feathered) and scored by the online teacher: new people, so quality cannot be learnt by "
+                 "recognising whose face it is (needs --online-utility; 0 = off)",
     "ema": "decay of an exponential moving average of the weights, saved instead of the last ones (0 = off)",
     "mirror_average": "train the mean of the student over each crop and its mirror image, the score a bundle "
                       "compiled with --mirror-average (on by default in fiqa-compile) computes; twice the student's "
