@@ -85,8 +85,13 @@ def main(argv: list[str] | None = None) -> int:
                + ("10-view mean" if cfg.get("utility_tta") else "1 view") + ", "
                + ("online" + (f", augment {cfg['augment']}" if cfg.get("augment") else "")
                   + "".join(", " + h for h in hints) if cfg.get("online_utility") else "cached")
+               + "".join(f", {what} {cfg[k]}" for k, what in (("mixup", "mixup"), ("part_swap", "part swap"))
+                         if cfg.get(k))
+               + (", mirror-mean loss" if cfg.get("mirror_average") else "")
                + (f", EMA {cfg['ema']}" if cfg.get("ema") else "")
                + (f", utility weight {cfg['utility_weight']}" if cfg.get("utility_weight", 1.0) != 1.0 else "")
+               + (f", weight decay {cfg['weight_decay']}" if cfg.get("weight_decay", 1e-4) != 1e-4 else "")
+               + (f", lr {cfg['lr']}" if "lr" in cfg else "")
                + (f"; started from the {info['init'].get('epochs', '?')}-epoch student {info['init']['sha256'][:12]}"
                   if info.get("init") else "") + f"; {info.get('data', '?')}")
         rows.append({"student": str(sdir), "arch": info["student"], "data": info.get("data"), "how": how,

@@ -379,6 +379,12 @@ def test_eval_student_scores_the_embedded_student_against_the_teachers(tmp_path,
     assert doc["held_out"]["crops"] == len(held) and doc["held_out"]["degraded"] > 0
     (row,) = doc["students"]
     assert row["arch"] in ("student_mfn", "student_mfn_deep") and len(row["sha256"]) == 64
+    # the row says how the student was distilled, from its own record
+    from fiqa_compile.student_store import EMBEDDED_STUDENT
+
+    cfg = json.loads((EMBEDDED_STUDENT / "student.json").read_text())["config"]
+    assert f"{cfg['epochs']} epochs" in row["how"] and f"lr {cfg['lr']}" in row["how"]
+    assert ("mirror-mean loss" in row["how"]) == bool(cfg.get("mirror_average"))
     assert set(row["srcc"]) == {"all", "clean", "degraded"}
     # blur is the one thing that varies here, and both scores fall with it for teacher and student alike
     assert row["srcc"]["all"]["perceptual"] > 0.8 and row["srcc"]["all"]["utility"] > 0.5
