@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
                + (f", lr {cfg['lr']}" if "lr" in cfg else "")
                + (f"; started from the {info['init'].get('epochs', '?')}-epoch student {info['init']['sha256'][:12]}"
                   if info.get("init") else "") + f"; {info.get('data', '?')}")
-        rows.append({"student": str(sdir), "arch": info["student"], "data": info.get("data"), "how": how,
+        shown = sdir.resolve().relative_to(ROOT) if sdir.resolve().is_relative_to(ROOT) else sdir
+        rows.append({"student": str(shown), "arch": info["student"], "data": info.get("data"), "how": how,
                      "command": info.get("command"), "sha256": info["sha256"],
                      "srcc": {sub: srcc_by_score(pred[m], target[m]) for sub, m in subsets.items()},
                      "srcc_mirror_average": {sub: srcc_by_score(mirror_preds[-1][m], target[m])
