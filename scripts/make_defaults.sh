@@ -103,7 +103,7 @@ mkdir -p "$WEIGHTS/student_mfn" && cp "$RUNS/student_swap2/student.pt" "$RUNS/st
 # 4. the default bundles that make Scorer() work out of the box, INT8-calibrated on the photos of 200 people the
 #    teachers and the student trained on (never the held-out ones), faces like the ones scored rather than the 6 small
 #    faces of the pip-shipped group photo fiqa-compile calibrates on by default (TFLite SRCC with fp32 on held-out LFW
-#    people 0.9997 / 0.9979 with these, 0.9995 / 0.9978 with the group photo: bench/eval_student.py)
+#    people 0.9997 / 0.9977 with these, 0.9995 / 0.9977 with the group photo: bench/eval_student.py)
 [ -d "$RUNS/calibration-lfw" ] || python scripts/calibration_subset.py "$FACES" "$RUNS/labels/lfw-dev" "$RUNS/calibration-lfw"
 mkdir -p "$BUNDLES"
 for target in cpu android-arm64; do

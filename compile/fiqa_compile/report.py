@@ -72,8 +72,8 @@ def edc_curves(verify, qualities: dict[str, np.ndarray], fmr: float = 1e-2) -> t
 DEFAULT_CALIBRATION_ADVICE = (
     "Calibrated on the pip-shipped group photo (6 small faces), the fallback without --calibration. With the "
     "student's output range pinned it holds up on unseen LFW people (INT8 vs fp32 SRCC utility / perceptual: "
-    "TFLite 0.9995 / 0.9978, Q/DQ ONNX 0.9995 / 0.9983; calibrated on LFW photos 0.9997 / 0.9979 and "
-    "0.9994 / 0.9982), but photos like your captures are the safer set: pass --calibration DIR with a few hundred.")
+    "TFLite 0.9995 / 0.9977, Q/DQ ONNX 0.9996 / 0.9977; calibrated on LFW photos 0.9997 / 0.9977 and "
+    "0.9996 / 0.9979), but photos like your captures are the safer set: pass --calibration DIR with a few hundred.")
 
 
 def used_methods(asked: str, record: dict | None) -> str:
