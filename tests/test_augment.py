@@ -16,14 +16,20 @@ def crops():
     return np.stack(faces * 4)
 
 
+def seeded_picks(change, crops: np.ndarray, seed: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """``change(crops, rng)`` run twice on one seed: the same result, some rows picked but not all, the rest untouched."""
+    out, mask = change(crops, np.random.default_rng(seed))
+    again, mask_again = change(crops, np.random.default_rng(seed))
+    assert np.array_equal(out, again) and np.array_equal(mask, mask_again)
+    assert 0 < mask.sum() < len(crops)
+    assert out.shape == crops.shape and out.dtype == np.uint8
+    assert np.array_equal(out[~mask], crops[~mask])
+    return out, mask
+
+
 def test_augment_is_seeded_and_keeps_unpicked_rows(crops):
     cfg = AugmentConfig(fraction=0.5)
-    a, mask_a = augment_batch(crops, cfg, np.random.default_rng([0, 1, 2]))
-    b, mask_b = augment_batch(crops, cfg, np.random.default_rng([0, 1, 2]))
-    assert np.array_equal(a, b) and np.array_equal(mask_a, mask_b)
-    assert 0 < mask_a.sum() < len(crops)
-    assert a.shape == crops.shape and a.dtype == np.uint8
-    assert np.array_equal(a[~mask_a], crops[~mask_a])
+    a, mask_a = seeded_picks(lambda c, rng: augment_batch(c, cfg, rng), crops, [0, 1, 2])
     diff = np.abs(a[mask_a].astype(int) - crops[mask_a].astype(int)).mean(axis=(1, 2, 3))
     assert (diff > 1.0).all()
     c, _ = augment_batch(crops, cfg, np.random.default_rng([0, 1, 3]))
@@ -39,11 +45,7 @@ def test_augment_fraction_bounds(crops):
 
 def test_mix_faces_blends_picked_rows_with_another_face_of_the_batch():
     crops = np.random.default_rng(0).integers(0, 256, (8, 112, 112, 3), dtype=np.uint8)
-    out, mask = mix_faces(crops, 0.5, np.random.default_rng([0, 1, 2, 1]))
-    again, mask_again = mix_faces(crops, 0.5, np.random.default_rng([0, 1, 2, 1]))
-    assert np.array_equal(out, again) and np.array_equal(mask, mask_again)
-    assert 0 < mask.sum() < len(crops)
-    assert np.array_equal(out[~mask], crops[~mask])
+    out, mask = seeded_picks(lambda c, rng: mix_faces(c, 0.5, rng), crops, [0, 1, 2, 1])
     f = crops.astype(np.float64)
     for i in np.where(mask)[0]:
         # each mixed row is (1 - lam) * its own face + lam * one other face of the batch, to rounding
@@ -82,18 +84,14 @@ def test_part_masks_cover_their_landmarks_and_leave_the_rest_of_the_face():
 
 def test_swap_parts_pastes_one_colour_matched_part_of_another_face():
     crops = np.random.default_rng(0).integers(0, 256, (6, 112, 112, 3), dtype=np.uint8)
-    out, mask = swap_parts(crops, 0.5, np.random.default_rng([0, 1, 2, 2]))
-    again, mask_again = swap_parts(crops, 0.5, np.random.default_rng([0, 1, 2, 2]))
-    assert np.array_equal(out, again) and np.array_equal(mask, mask_again)
-    assert 0 < mask.sum() < len(crops)
-    assert np.array_equal(out[~mask], crops[~mask])
+    out, mask = seeded_picks(lambda c, rng: swap_parts(c, 0.5, rng), crops, [0, 1, 2, 2])
     f = crops.astype(np.float32)
     for i in np.where(mask)[0]:
         fits = []
         for part in FACE_PARTS:
             w = part_mask(part)
+            inside = w > 0.5
             for j in (k for k in range(len(crops)) if k != i):
-                inside = w > 0.5
                 src = (f[j] - f[j][inside].mean(0)) * ((f[i][inside].std(0) + 1) / (f[j][inside].std(0) + 1))
                 want = f[i] + w[..., None] * (src + f[i][inside].mean(0) - f[i])
                 fits.append(np.abs(np.clip(want, 0, 255) - out[i]).max() <= 1.0)

@@ -241,9 +241,7 @@ class DistillConfig:
             raise ValueError(f"--ema {self.ema}: the decay must be in [0, 1) (0 = off; e.g. 0.998)")
         if self.augment is None:
             self.augment = 0.5 if self.online_utility else 0.0
-        if not 0.0 <= self.augment <= 1.0:
-            raise ValueError(f"--augment {self.augment}: the share of each batch must be in [0, 1]")
-        for name in ("mixup", "part_swap"):
+        for name in ("augment", "mixup", "part_swap"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)}: the share of each batch must "
                                  "be in [0, 1]")
