@@ -656,6 +656,37 @@ def test_host_copies_use_page_locked_buffers_and_results_are_not_overwritten(tmp
     backend.close()  # twice is harmless
 
 
+def test_threads_sharing_a_backend_each_get_their_own_batch_back(tmp_path, trt10):
+    """One execution context and one set of buffers, four threads with batches of different sizes (so the buffers
+    also grow under them): every call must return 2x+1 of its own input, none another thread's."""
+    backend = TensorRTBackend(onnx_model(), cache_dir=tmp_path)
+    wrong, errors, per_thread = [], [], 250
+
+    def worker(thread: int) -> None:
+        for call in range(per_thread):
+            x = np.full((1 + (thread + call) % 6, 4), thread * 100 + call, np.float32)
+            try:
+                if not np.array_equal(backend.run1(x)["y"], 2 * x + 1):
+                    wrong.append((thread, call))
+            except Exception as e:  # noqa: BLE001 -- reported below
+                errors.append(e)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as Python can, so an unserialised call is caught mid-way
+    try:
+        threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not errors, f"{len(errors)} of {4 * per_thread} calls raised, e.g. {errors[0]!r}"
+    assert not wrong, f"{len(wrong)} of {4 * per_thread} calls returned another batch's outputs"
+    backend.close()
+    assert sys.modules["pycuda.driver"].state["live"] == {}
+
+
 def test_cuda_python_second_gpu_used_from_another_thread(tmp_path, monkeypatch):
     """CUDA's current device is per host thread: a backend made for GPU 1 must work when called from a thread
     that never chose a device (it would allocate and launch on GPU 0), and leave every thread's device as it was."""

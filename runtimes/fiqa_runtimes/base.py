@@ -1,9 +1,11 @@
 """The Backend interface and the registry that picks one by name or by what is installed."""
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import logging
+import threading
 from abc import ABC, abstractmethod
 from enum import Enum
 from typing import Callable
@@ -23,10 +25,21 @@ class BackendUnavailable(RuntimeError):
 
 
 class Backend(ABC):
-    """A loaded model: float32 arrays in, float32 arrays out, names as in the model file."""
+    """A loaded model: float32 arrays in, float32 arrays out, names as in the model file.
+
+    One backend may be shared by threads. Most engines keep a call's tensors inside the loaded model (LiteRT's
+    interpreter between set_tensor and get_tensor, OpenCV's net between setInput and forward, TensorRT's context
+    and buffers), so :meth:`run` lets one call at a time in; an engine whose loaded model takes concurrent calls
+    sets ``runs_concurrently``. Subclasses call ``super().__init__()`` and implement :meth:`_infer`.
+    """
 
     name: str = "?"
     formats: tuple[ModelFormat, ...] = ()
+    runs_concurrently: bool = False
+
+    def __init__(self) -> None:
+        self._run_lock: contextlib.AbstractContextManager = (
+            contextlib.nullcontext() if self.runs_concurrently else threading.Lock())
 
     @property
     @abstractmethod
@@ -36,9 +49,15 @@ class Backend(ABC):
     @abstractmethod
     def output_names(self) -> list[str]: ...
 
-    @abstractmethod
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Run one batch. Inputs are float32 in the model's declared layout; outputs come back float32."""
+        """Run one batch. Inputs are float32 in the model's declared layout; outputs come back float32, arrays of
+        the caller's own (never views of engine memory that a later call overwrites). Safe from several threads."""
+        with self._run_lock:
+            return self._infer(inputs)
+
+    @abstractmethod
+    def _infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """:meth:`run`'s work, entered by one thread at a time unless ``runs_concurrently``."""
 
     def close(self) -> None:
         """Release what the engine holds outside Python's memory (TensorRT's device buffers); a no-op for CPU

@@ -40,6 +40,7 @@ class LiteRTBackend(Backend):
         return Interpreter
 
     def __init__(self, model: bytes | str, threads: int | None = None):
+        super().__init__()
         Interpreter = self._interpreter_class()
         self._interp = Interpreter(model_content=read_model(model), num_threads=int(threads) if threads else None)
         self._interp.allocate_tensors()
@@ -69,7 +70,7 @@ class LiteRTBackend(Backend):
             raise ValueError(f"input of shape {x.shape} does not fit the model's {tuple(shape)}")
         return x
 
-    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         by_name = {d["name"]: d for d in self._in}
         if len(inputs) == 1 and len(self._in) == 1:
             inputs = {self._in[0]["name"]: next(iter(inputs.values()))}
@@ -91,6 +92,7 @@ class LiteRTBackend(Backend):
             x = self._fit_layout(np.asarray(value, dtype=np.float32), d["shape"])
             self._interp.set_tensor(d["index"], np.ascontiguousarray(_quantize(x, d)))
         self._interp.invoke()
+        # get_tensor copies out of the interpreter (tensor() would be a view), so results survive the next call
         return {d["name"]: _dequantize(self._interp.get_tensor(d["index"]), d) for d in self._out}
 
 

@@ -9,10 +9,12 @@ from fiqa_runtimes.base import ModelFormat, NamedIOBackend, read_model
 class OnnxRuntimeBackend(NamedIOBackend):
     name = "onnxruntime"
     formats = (ModelFormat.ONNX,)
+    runs_concurrently = True  # InferenceSession.run is thread-safe: each call gets its own intermediate tensors
 
     def __init__(self, model: bytes | str, threads: int | None = None, providers: list[str] | None = None):
         import onnxruntime as ort
 
+        super().__init__()
         opts = ort.SessionOptions()
         if threads:
             opts.intra_op_num_threads = int(threads)
@@ -23,7 +25,7 @@ class OnnxRuntimeBackend(NamedIOBackend):
         self._inputs = [i.name for i in self._session.get_inputs()]
         self._outputs = [o.name for o in self._session.get_outputs()]
 
-    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         feeds = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in inputs.items()}
         outs = self._session.run(self._outputs, feeds)
         return {n: np.asarray(o, dtype=np.float32) for n, o in zip(self._outputs, outs)}

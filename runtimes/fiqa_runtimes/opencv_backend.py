@@ -16,17 +16,19 @@ class OpenCVDnnBackend(NamedIOBackend):
         a single-input model is fed positionally whatever its input is called."""
         import cv2
 
+        super().__init__()
         if threads:
             cv2.setNumThreads(int(threads))
         self._net = cv2.dnn.readNetFromONNX(np.frombuffer(read_model(model), np.uint8))
         self._outputs = list(self._net.getUnconnectedOutLayersNames())
         self._inputs = list(input_names) if input_names else ["input"]
 
-    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if len(inputs) == 1 and len(self._inputs) == 1:
             self._net.setInput(np.ascontiguousarray(next(iter(inputs.values())), dtype=np.float32))
         else:
             for name, value in inputs.items():
                 self._net.setInput(np.ascontiguousarray(value, dtype=np.float32), name)
         outs = self._net.forward(self._outputs)
-        return {n: np.asarray(o, dtype=np.float32) for n, o in zip(self._outputs, outs)}
+        # copies: forward's arrays may share the net's output blobs, which the next call rewrites
+        return {n: np.array(o, dtype=np.float32) for n, o in zip(self._outputs, outs)}

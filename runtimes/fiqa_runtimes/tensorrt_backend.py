@@ -394,7 +394,8 @@ def _import_tensorrt() -> Any:
 class TensorRTBackend(NamedIOBackend):
     """An ONNX model run by TensorRT, engine built once per (GPU, TensorRT, model, settings) and cached.
 
-    One instance per thread: a TensorRT execution context and its device buffers are not shareable.
+    Safe to share between threads: the execution context and its buffers serve one call at a time (:meth:`run`
+    serialises them), so threads that want the GPU to overlap their calls each load their own instance.
 
     Args:
         model: ONNX bytes or path (the Q/DQ INT8 student for ``precision="int8"``).
@@ -419,6 +420,7 @@ class TensorRTBackend(NamedIOBackend):
                  profile_shapes: Mapping[str, tuple] | None = None, workspace_mb: int = 256,
                  cache_dir: str | os.PathLike | None = None, device: int = 0, threads: int | None = None,
                  fp16_fallback: bool = False, calibration_cache: bytes | str | os.PathLike | None = None):
+        super().__init__()
         if max_batch < 1 or (opt_batch is not None and not 1 <= opt_batch <= max_batch):
             raise ValueError(f"need 1 <= opt_batch <= max_batch, got opt_batch={opt_batch}, max_batch={max_batch}")
         trt = _import_tensorrt()
@@ -562,7 +564,7 @@ class TensorRTBackend(NamedIOBackend):
             self._buffers[name], self._host[name] = (ptr, nbytes), host
         return ptr, self._host[name]
 
-    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if self._stream is None:
             raise RuntimeError("this TensorRT backend is closed")
         missing, extra = set(self._inputs) - set(inputs), set(inputs) - set(self._inputs)
@@ -570,11 +572,11 @@ class TensorRTBackend(NamedIOBackend):
             raise KeyError(f"engine inputs are {self._inputs}; missing {sorted(missing)}, unexpected {sorted(extra)}")
         with self._cuda.activate():
             try:
-                return self._run(inputs)
+                return self._execute(inputs)
             finally:  # nothing queued may outlive the call, not even after an error
                 self._cuda.synchronize(self._stream)
 
-    def _run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _execute(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         for name in self._inputs:
             x = np.asarray(inputs[name], dtype=self._dtypes[name])
             if x.size == 0:
@@ -610,7 +612,12 @@ class TensorRTBackend(NamedIOBackend):
             raise RuntimeError(f"TensorRT refused the device address of tensor {name!r}")
 
     def close(self) -> None:
-        """Free device and page-locked buffers and the stream now rather than at interpreter exit."""
+        """Free device and page-locked buffers and the stream now rather than at interpreter exit; a call running
+        in another thread finishes first."""
+        with self._run_lock:
+            self._release()
+
+    def _release(self) -> None:
         if self._stream is None:
             return
         stream, self._stream = self._stream, None  # closed from here on, whatever fails below

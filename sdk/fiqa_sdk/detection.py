@@ -211,18 +211,25 @@ class RetinaFaceDetector(Detector):
         self._model.close()
 
     def _anchors(self, h: int, w: int) -> np.ndarray:
-        key = (h, w)
-        if key not in self._anchor_cache:
-            out = []
-            for step, sizes in zip(self._STEPS, self._MIN_SIZES):
-                fh, fw = math.ceil(h / step), math.ceil(w / step)
-                ys, xs = np.meshgrid(np.arange(fh), np.arange(fw), indexing="ij")
-                cx = (xs.ravel() + 0.5) * step / w
-                cy = (ys.ravel() + 0.5) * step / h
-                for_cell = [np.stack([cx, cy, np.full_like(cx, s / w), np.full_like(cy, s / h)], 1) for s in sizes]
-                out.append(np.stack(for_cell, 1).reshape(-1, 4))
-            self._anchor_cache[key] = np.concatenate(out).astype(np.float32)
-        return self._anchor_cache[key]
+        # Threads sharing the detector may both miss and both compute a size: equal arrays, either may stay. Only
+        # finished arrays are stored, read-only, so no reader sees one half-made or changed.
+        anchors = self._anchor_cache.get((h, w))
+        if anchors is None:
+            anchors = self._make_anchors(h, w)
+            anchors.setflags(write=False)
+            self._anchor_cache[(h, w)] = anchors
+        return anchors
+
+    def _make_anchors(self, h: int, w: int) -> np.ndarray:
+        out = []
+        for step, sizes in zip(self._STEPS, self._MIN_SIZES):
+            fh, fw = math.ceil(h / step), math.ceil(w / step)
+            ys, xs = np.meshgrid(np.arange(fh), np.arange(fw), indexing="ij")
+            cx = (xs.ravel() + 0.5) * step / w
+            cy = (ys.ravel() + 0.5) * step / h
+            for_cell = [np.stack([cx, cy, np.full_like(cx, s / w), np.full_like(cy, s / h)], 1) for s in sizes]
+            out.append(np.stack(for_cell, 1).reshape(-1, 4))
+        return np.concatenate(out).astype(np.float32)
 
     def _detect_bgr(self, frame: np.ndarray) -> list[Detection]:
         side = self.max_side or auto_max_side(*frame.shape[:2])

@@ -120,6 +120,9 @@ class DlibDetector(Detector):
         if max_side is not None and max_side < 80:
             raise ValueError(f"max_side={max_side} is smaller than dlib's 80 px HOG window; use None or >= 80")
         self._hog = _dlib().get_frontal_face_detector()
+        # dlib's detector keeps the frame it scans inside itself and lets go of the GIL while scanning: two threads
+        # in it at once corrupt memory. (The shape predictor keeps nothing between calls and needs no lock.)
+        self._hog_lock = threading.Lock()
         _predictor(68)  # fail now, not on the first frame, when the model package is missing
         self.upsample = int(upsample)
         self.score_threshold = float(score_threshold)
@@ -132,7 +135,8 @@ class DlibDetector(Detector):
         scale = 1.0 if self.max_side is None else min(1.0, self.max_side / max(h, w))
         small = rgb if scale == 1.0 else cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))),
                                                      interpolation=cv2.INTER_AREA)
-        rects, scores, kinds = self._hog.run(small, self.upsample, self.score_threshold)
+        with self._hog_lock:
+            rects, scores, kinds = self._hog.run(small, self.upsample, self.score_threshold)
         out = []
         for rect, score, kind in sorted(zip(rects, scores, kinds), key=lambda t: -t[1]):
             box = np.array([rect.left(), rect.top(), rect.right(), rect.bottom()], dtype=np.float32) / scale
