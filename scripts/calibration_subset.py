@@ -1,8 +1,9 @@
 """Copy the photos of N *training* identities of a face folder into a calibration folder (for the default bundles).
 
-    python scripts/calibration_subset.py ../shared/data/lfw-dev runs/labels/lfw-dev runs/calibration-lfw
+    python scripts/calibration_subset.py ../shared/data/lfw-dev runs/calibration-lfw
 
-The people are drawn (seed 0) from those the label set trains on, never from its held-out share (0.15, seed 0), so
+The people are drawn (seed 0) from the training side of the project's split, never from its held-out people
+(``fiqa_calibration.held_out_people``: share 0.15, seed 0, the label sets' and distillations' split), so
 the INT8 ranges are set on faces like the ones a bundle is evaluated on without touching the evaluation people.
 The pip-shipped group photo that ``fiqa-compile`` calibrates on by default holds 6 small faces: on 3,519 LFW
 faces of unseen people its full-INT8 TFLite ranked perceptual quality at SRCC 0.986 with fp32 before the compile
@@ -20,32 +21,30 @@ import numpy as np
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("faces", type=Path, help="face folder <identity>/<photo> the label set was made from")
-    ap.add_argument("labels", type=Path, help="fiqa-labels directory (its split says who is held out)")
+    ap.add_argument("faces", type=Path, help="face folder <identity>/<photo>")
     ap.add_argument("out", type=Path, help="calibration folder to write (must not exist yet, or be empty)")
     ap.add_argument("--people", type=int, default=200, help="identities to copy (default 200)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    from fiqa_compile.train.data import LabelSet, LabelSetError
+    from fiqa_calibration import FaceFolder, held_out_people
 
     if args.out.exists() and any(args.out.iterdir()):
         print(f"calibration_subset: {args.out} is not empty; remove it or pass another folder", file=sys.stderr)
         return 2
     try:
-        ls = LabelSet.load(args.labels)
-    except LabelSetError as e:
+        identities = FaceFolder(args.faces).identities
+    except (OSError, ValueError) as e:
         print(f"calibration_subset: {e}", file=sys.stderr)
         return 2
-    train, _ = ls.split(0.15, 0)  # split by identity: no training person is held out
-    people = sorted(set(ls.identity[train].tolist()))
+    held = held_out_people(identities)
+    people = sorted(set(identities) - held)
     if len(people) < args.people:
         print(f"calibration_subset: only {len(people)} training identities, asked for {args.people}", file=sys.stderr)
         return 2
     pick = sorted(np.random.default_rng(args.seed).choice(people, args.people, replace=False).tolist())
     missing = [p for p in pick if not (args.faces / p).is_dir()]
     if missing:
-        print(f"calibration_subset: {args.faces} has no folder for {missing[:3]}...: is it the label set's face "
-              "folder?", file=sys.stderr)
+        print(f"calibration_subset: {args.faces} has no folder for {missing[:3]}...: is it the face folder?", file=sys.stderr)
         return 2
     photos = 0
     for p in pick:

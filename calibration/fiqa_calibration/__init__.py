@@ -8,6 +8,7 @@ from fiqa_calibration.datasets import (
     FaceFolder,
     SampleFaces,
     find_lfw_dev,
+    held_out_people,
 )
 
-__all__ = ["IMAGE_EXTENSIONS", "FaceDataset", "FaceFolder", "SampleFaces", "find_lfw_dev"]
+__all__ = ["IMAGE_EXTENSIONS", "FaceDataset", "FaceFolder", "SampleFaces", "find_lfw_dev", "held_out_people"]

@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 from fiqa_calibration.degradations import Chain, sample_chain
-from fiqa_sdk.align import estimate_similarity, warp_to_crop
+from fiqa_sdk.align import alignment_matrix, estimate_similarity, warp_to_crop
 from fiqa_sdk.detection import Detection
 from fiqa_sdk.preprocess import ARCFACE_TEMPLATE_112, SPEC
 
@@ -94,3 +94,61 @@ def face_versions(frame_bgr: np.ndarray, detector, photo: int, versions: int, se
         img, chain = degraded_version(canvas, photo, v, seed, max_steps)
         out.append(FaceVersion(v, img, lm_canvas, chain))
     return out, lm_canvas, None
+
+
+# --------------------------------------------------------------------------- degraded in the frame, as a device sees it
+ARCFACE_EYE_DISTANCE = float(np.linalg.norm(ARCFACE_TEMPLATE_112[1] - ARCFACE_TEMPLATE_112[0]))
+MIN_SAME_FACE_IOU = 0.3  # a detection in the degraded frame overlapping the clean face less than this is another face
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> float:
+    x1, y1 = np.maximum(a[:2], b[:2])
+    x2, y2 = np.minimum(a[2:4], b[2:4])
+    inter = max(0.0, float(x2 - x1)) * max(0.0, float(y2 - y1))
+    union = float(np.prod(a[2:4] - a[:2]) + np.prod(b[2:4] - b[:2])) - inter
+    return inter / union if union > 0 else 0.0
+
+
+class FrameVersion:
+    """One version of a photo degraded *in the frame*, then detected and aligned as the device would.
+
+    ``detection`` is None when the device would not find the face any more (or found only another face):
+    such a capture is never scored, and its loss is part of what the degradation did.
+    """
+
+    __slots__ = ("version", "frame", "chain", "detection", "crop")
+
+    def __init__(self, version: int, frame: np.ndarray, chain: Chain | None, detection: Detection | None):
+        self.version, self.frame, self.chain, self.detection = version, frame, chain, detection
+        self.crop = None if detection is None else warp_to_crop(frame, alignment_matrix(detection.landmarks),
+                                                                SPEC.size)
+
+    @property
+    def severity(self) -> float:
+        return 0.0 if self.chain is None else float(self.chain.severity)
+
+    @property
+    def kind(self) -> str:
+        return "clean" if self.chain is None else "+".join(s.kind for s in self.chain.steps)
+
+
+def frame_versions(frame_bgr: np.ndarray, detector, photo: int, chains: list[Chain]) -> tuple[list[FrameVersion], str | None]:
+    """The clean photo and one version per chain, each degraded in the frame and detected again.
+
+    Pixel parameters scale with the clean face's eye distance (``scale = eye distance / 35.24``), so a chain
+    degrades the face as much as on a 112x112 crop whatever the photo's resolution. The degraded frame's
+    face is the detection that overlaps the clean face most. Returns (versions, failure reason or None).
+    """
+    detections = detector(frame_bgr)
+    if not detections:
+        return [], "no face detected"
+    face = central_face(detections, frame_bgr.shape)
+    eye_distance = float(np.linalg.norm(face.landmarks[1] - face.landmarks[0]))
+    scale = max(eye_distance / ARCFACE_EYE_DISTANCE, 0.25)
+    out = [FrameVersion(0, frame_bgr, None, face)]
+    for v, chain in enumerate(chains, start=1):
+        degraded = chain.apply(frame_bgr, scale=scale)
+        found = [(box_iou(d.box, face.box), d) for d in detector(degraded)]
+        iou, best = max(found, key=lambda t: t[0], default=(0.0, None))
+        out.append(FrameVersion(v, degraded, chain, best if iou >= MIN_SAME_FACE_IOU else None))
+    return out, None

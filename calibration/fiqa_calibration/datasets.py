@@ -111,6 +111,22 @@ class FaceFolder(FaceDataset):
         self.root = root
 
 
+HELD_OUT_SHARE = 0.15  # the people every embedded model was kept away from (teachers, students, calibration)
+SPLIT_SEED = 0
+
+
+def held_out_people(identities, share: float = HELD_OUT_SHARE, seed: int = SPLIT_SEED) -> set:
+    """The project's held-out people: ``round(share * n)`` of the distinct ``identities``, a seeded draw.
+
+    The same draw as the label sets' and distillations' split (``LabelSet.split``), so the default share and
+    seed name people that no embedded teacher, student or calibration set has seen.
+    """
+    ids = np.unique(np.asarray(list(identities)))
+    if len(ids) < 2:
+        raise ValueError(f"{len(ids)} identity: an identity-disjoint split needs at least 2")
+    return set(np.random.default_rng(seed).choice(ids, size=max(1, round(share * len(ids))), replace=False).tolist())
+
+
 def find_lfw_dev() -> Path | None:
     """The development LFW subset: ``$FIQA_LFW_DEV`` if set, else ``../shared/data/lfw-dev`` beside the
     repository, else None (a user's install has no shared folder; callers must cope)."""

@@ -1,10 +1,11 @@
 """``fiqa-eval``: which quality measure removes the most recognition errors? EDC on cross-quality face pairs.
 
 Pairs of the held-out identities (genuine within a person, impostor across people; a share with one side
-degraded) are compared with dlib's ResNet embeddings. The similarity threshold is fixed once at the target FMR
-over all impostor comparisons; then genuine comparisons are discarded in ascending pair quality (the min of the
-two samples' qualities) and the FNMR of the rest is plotted against the discarded share. The step-wise pAUC up
-to each discard limit, minus the theoretical best's, is what each method leaves on the table (lower is better).
+degraded) are compared with a face-recognition model's embeddings (--fr: dlib's ResNet, or MobileFaceNet). The
+similarity threshold is fixed once at the target FMR over all impostor comparisons; then genuine comparisons are
+discarded in ascending pair quality (the min of the two samples' qualities) and the FNMR of the rest is plotted
+against the discarded share. The step-wise pAUC up to each discard limit, minus the theoretical best's, is what
+each method leaves on the table (lower is better).
 """
 from __future__ import annotations
 
@@ -22,9 +23,10 @@ import numpy as np
 from fiqa_compile.cli_args import non_negative_int, plain, positive_int
 from fiqa_compile.eval.edc import EDC, edc
 from fiqa_compile.eval.pairs import (HELD_OUT, IMPOSTORS_PER_FMR, SPLIT_SEED, PairError, Pairs, build_pairs,
-                                     held_out_rows, impostors_for_fmr, samples_from_faces)
+                                     embed_stored_crops, held_out_rows, impostors_for_fmr, samples_from_faces)
 from fiqa_compile.eval.scorers import (SPEC_HELP, MethodSpecError, MethodUnavailable, QualityMethod, SampleView,
                                        default_specs, effective_face_px, label_source_iod, parse_method)
+from fiqa_compile.fr import FR_MODELS, FRModelUnavailable, create_recognizer
 from fiqa_sdk.json_safe import finite_or_null
 
 DEFAULT_FMR = 1e-2
@@ -126,12 +128,20 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Method specs: " + SPEC_HELP + ". Without --method: the embedded teachers (when this install has "
                "them) and every baseline; a default method whose inputs are missing is listed as skipped.\n\n"
                "Example: fiqa-eval --labels runs/labels/lfw-dev --method teacher:runs/teachers/vit_fiqa_mini "
-               "--method baseline:sharpness --method baseline:random --out runs/eval")
+               "--method baseline:sharpness --method baseline:random --out runs/eval\n\n"
+               "Compared by MobileFaceNet instead of dlib (bash scripts/get_mobilefacenet.sh first): the same command "
+               "with --fr mobilefacenet, which embeds the label set's stored crops, or fiqa-eval --faces DIR --fr "
+               "mobilefacenet --out runs/eval-mfn")
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--labels", type=Path, help="label set made by fiqa-labels (uses its degraded versions and "
-                                                 "stored dlib embeddings: seconds)")
+                                                 "stored dlib embeddings: seconds; with --fr mobilefacenet its "
+                                                 "stored crops are embedded: ~5 ms per sample)")
     src.add_argument("--faces", type=Path, help="face folder <identity>/<photo>; detects, degrades and embeds "
-                                                "with dlib (slow: ~0.1 s per face version)")
+                                                "with --fr (slow: ~0.1 s per face version)")
+    ap.add_argument("--fr", choices=FR_MODELS, default="dlib",
+                    help="face-recognition model whose cosine similarity is the comparison score: dlib (ResNet, "
+                         "128-d; default) or mobilefacenet (TFLite, 192-d, of the 112x112 crop; fetch it with "
+                         "bash scripts/get_mobilefacenet.sh)")
     ap.add_argument("--method", action="append", default=None, metavar="SPEC",
                     help=f"quality method, repeatable: {SPEC_HELP}")
     ap.add_argument("--fmr", type=float, default=DEFAULT_FMR, help="target FMR fixing the threshold (default 1e-2)")
@@ -161,8 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _load(args: argparse.Namespace):
-    """(samples, rows to evaluate, source iod per row or None, description)."""
+def _load(args: argparse.Namespace, recognizer):
+    """(samples, rows to evaluate, source iod per row or None, description); ``emb`` is ``recognizer``'s."""
     if args.labels is not None:
         from fiqa_compile.train.data import LabelSet
 
@@ -171,11 +181,21 @@ def _load(args: argparse.Namespace):
         where = str(args.labels)
     else:
         samples = samples_from_faces(args.faces, versions=args.versions, seed=args.seed, limit=args.limit,
-                                     progress=True)
+                                     progress=True, fr=recognizer)
         source_iod = samples.source_iod
         where = str(args.faces)
     rows = held_out_rows(samples) if args.split == "held-out" else np.arange(len(samples))
+    if args.labels is not None and recognizer is not None:
+        # a label set's emb is dlib's; a crop-only model embeds the stored crops of the rows evaluated
+        samples.emb = embed_stored_crops(samples, rows, recognizer, progress=True)
     return samples, rows, source_iod, where
+
+
+def _recognizer(args: argparse.Namespace):
+    """The --fr model; None for dlib with a label set, whose stored embeddings are dlib's (no model to load)."""
+    if args.labels is not None and args.fr == "dlib":
+        return None
+    return create_recognizer(args.fr)
 
 
 def _methods(args: argparse.Namespace) -> tuple[list[QualityMethod], list[dict]]:
@@ -202,7 +222,15 @@ def run(args: argparse.Namespace) -> dict:
     if args.random_seeds < 1:
         raise ValueError(f"--random-seeds must be >= 1, got {args.random_seeds}")
     methods, skipped = _methods(args)  # before loading data: a bad spec fails in a second, not after minutes
-    samples, rows, source_iod, where = _load(args)
+    recognizer = _recognizer(args)     # likewise a missing FR model
+    fr_info = recognizer.describe() if recognizer is not None else {
+        "name": "dlib", "title": "dlib ResNet", "model": "dlib-resnet-v1", "dim": 128,
+        "input": "the label set's stored dlib embeddings"}
+    try:
+        samples, rows, source_iod, where = _load(args, recognizer)
+    finally:
+        if recognizer is not None:
+            recognizer.close()
     n_imp = args.impostors if args.impostors is not None else impostors_for_fmr(args.fmr)
     pairs = build_pairs(samples, rows, n_impostors=n_imp, degraded_share=args.degraded_share,
                         max_genuine_per_identity=args.max_genuine_per_identity or None, seed=args.seed)
@@ -244,14 +272,16 @@ def run(args: argparse.Namespace) -> dict:
         "settings": {"fmr": args.fmr, "discard_limits": list(limits), "pair_quality": args.pair_quality,
                      "degraded_share": args.degraded_share, "impostors": n_imp,
                      "max_genuine_per_identity": args.max_genuine_per_identity or None,
-                     "random_seeds": args.random_seeds, "seed": args.seed,
-                     "comparison": "cosine similarity of dlib ResNet (dlib-resnet-v1) embeddings"},
+                     "random_seeds": args.random_seeds, "seed": args.seed, "fr": fr_info["name"],
+                     "fr_model": fr_info,
+                     "comparison": f"cosine similarity of {fr_info['title']} ({fr_info['model']}) embeddings"},
         "threshold": first.threshold, "fmr_at_threshold": first.fmr_at_threshold,
         "fnmr_at_0_discard": first.start_error,
         "theoretical_best": {"pauc": {f"{k:g}": v for k, v in first.pauc_best.items()}},
         "methods": [r.to_dict() for r in results], "skipped": skipped, "edc_png": png.name,
     }
     (args.out / "eval.json").write_text(json.dumps(finite_or_null(doc), indent=2) + "\n")
+    print(f"comparison: {doc['settings']['comparison']}")
     print(describe_curve(first, pairs))
     print(format_table(results, limits))
     for s in skipped:
@@ -276,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         run(args)
-    except (MethodSpecError, PairError, ValueError, OSError) as e:  # OSError: unreadable input, unwritable --out
+    except (MethodSpecError, PairError, ValueError, OSError, FRModelUnavailable) as e:  # OSError: unreadable input
         print(f"fiqa-eval: error: {e}", file=sys.stderr)
         return 2
     return 0

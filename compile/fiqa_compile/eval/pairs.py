@@ -245,8 +245,9 @@ def impostors_for_fmr(fmr: float, per_fmr: float = IMPOSTORS_PER_FMR) -> int:
 class FolderSamples:
     """A face folder measured like ``fiqa-labels`` does (minus the labels): versions, crops, embeddings.
 
-    ``source_iod`` is the inter-ocular distance of each sample's face in its source photo (pixels), which the
-    face-size baseline needs and a label set does not store.
+    ``emb`` holds the embeddings of the FR model named by ``fr``. ``source_iod`` is the inter-ocular distance of
+    each sample's face in its source photo (pixels), which the face-size baseline needs and a label set does not
+    store.
     """
 
     crop: np.ndarray
@@ -260,6 +261,7 @@ class FolderSamples:
     source_iod: np.ndarray
     paths: list[str]
     failures: list[str]
+    fr: str = "dlib"  # the FR model whose embeddings ``emb`` holds (one of fiqa_compile.fr.FR_MODELS)
 
     def __len__(self) -> int:
         return len(self.photo)
@@ -272,18 +274,21 @@ class FolderSamples:
 
 
 def samples_from_faces(root: str | Path, versions: int = 1, seed: int = 0, max_steps: int = 2,
-                       limit: int | None = None, progress: bool = False) -> FolderSamples:
+                       limit: int | None = None, progress: bool = False, fr="dlib") -> FolderSamples:
     """Detect, align and embed every photo of ``root/<identity>/*`` with clean + ``versions`` degraded versions.
 
     The same code path as ``fiqa-labels`` (RetinaFace, most central face, aligned canvas, seeded chains,
-    dlib 68 landmarks and ResNet embedding of the canvas), so the comparisons match a label set's. Slow:
-    about a tenth of a second per version per photo on one core. Photos without a face are listed in
-    ``failures`` and left out.
+    dlib 68 landmarks), so the comparisons match a label set's. ``fr`` (a name of ``fiqa_compile.fr.FR_MODELS``
+    or a recogniser from ``create_recognizer``) embeds each version: dlib's ResNet from the canvas and its 68
+    landmarks (as fiqa-labels), MobileFaceNet from the 112x112 crop cut from the canvas. The 68 landmarks come
+    from dlib's predictor whichever model embeds. Slow: about a tenth of a second per version per photo on one
+    core. Photos without a face are listed in ``failures`` and left out.
     """
     import cv2
 
     from fiqa_calibration.crops import central_face, chain_json, face_versions
     from fiqa_calibration.datasets import FaceFolder
+    from fiqa_compile.fr import AlignedFace, create_recognizer
     from fiqa_compile.fr.dlib_fr import DlibFaceRecognizer
     from fiqa_sdk.detection import RetinaFaceDetector
     from fiqa_sdk.measures import inter_ocular_distance
@@ -299,7 +304,8 @@ def samples_from_faces(root: str | Path, versions: int = 1, seed: int = 0, max_s
         items = [items[i] for i in keep]
     det = RetinaFaceDetector(score_threshold=0.6, max_side=320, threads=1,  # as fiqa-labels
                              refine_landmarks=False)
-    fr = DlibFaceRecognizer()
+    recognizer = create_recognizer(fr) if isinstance(fr, str) else fr
+    landmarks = recognizer.dlib if recognizer.name == "dlib" else DlibFaceRecognizer()  # 68 points for every model
     cols: dict[str, list] = {k: [] for k in ("crop", "lm68", "identity", "photo", "version", "severity", "chain",
                                              "emb", "source_iod")}
     failures: list[str] = []
@@ -319,9 +325,10 @@ def samples_from_faces(root: str | Path, versions: int = 1, seed: int = 0, max_s
             continue
         face = central_face(dets, frame.shape)
         fvs, lm_canvas, _ = face_versions(frame, lambda _f, face=face: [face], photo, versions, seed, max_steps,
-                                          landmarks68=fr.landmarks68)
+                                          landmarks68=landmarks.landmarks68)
         iod = inter_ocular_distance(face.landmarks)
-        for fv in fvs:
+        embs = recognizer.embed_faces([AlignedFace(fv.crop, fv.canvas, lm_canvas) for fv in fvs])
+        for fv, e in zip(fvs, embs):
             cols["crop"].append(fv.crop)
             cols["lm68"].append(fv.lm68)
             cols["identity"].append(ident)
@@ -329,7 +336,7 @@ def samples_from_faces(root: str | Path, versions: int = 1, seed: int = 0, max_s
             cols["version"].append(fv.version)
             cols["severity"].append(fv.severity)
             cols["chain"].append(chain_json(fv.chain))
-            cols["emb"].append(fr.embed(fv.canvas, lm_canvas))
+            cols["emb"].append(e)
             cols["source_iod"].append(iod)
     if not cols["photo"]:
         raise PairError(f"no face found in any of the {len(items)} photos under {root}")
@@ -338,7 +345,35 @@ def samples_from_faces(root: str | Path, versions: int = 1, seed: int = 0, max_s
         identity=np.asarray(cols["identity"]), photo=np.asarray(cols["photo"], np.int64),
         version=np.asarray(cols["version"], np.int64), severity=np.asarray(cols["severity"], np.float32),
         chain=np.asarray(cols["chain"], dtype=str), emb=np.asarray(cols["emb"], np.float32),
-        source_iod=np.asarray(cols["source_iod"], np.float64), paths=[p for p, _ in items], failures=failures)
+        source_iod=np.asarray(cols["source_iod"], np.float64), paths=[p for p, _ in items], failures=failures,
+        fr=recognizer.name)
+
+
+def embed_stored_crops(samples, rows: np.ndarray, recognizer, progress: bool = False,
+                       chunk: int = 256) -> np.ndarray:
+    """[N, dim] embeddings of ``samples.crop`` at ``rows`` by a crop-only FR model (NaN at the other rows).
+
+    A label set stores every version's 112x112 crop, the very crop :func:`samples_from_faces` gives MobileFaceNet,
+    so embedding the stored crops compares the label set's samples as a face folder would, without detecting
+    again. A model that needs the frame and its landmarks (dlib) cannot be run this way: its embeddings are the
+    label set's own ``emb``.
+    """
+    from fiqa_compile.fr import AlignedFace
+
+    if not recognizer.crop_only:
+        raise PairError(f"{recognizer.name} embeds from the frame and its 68 landmarks, which a label set does not "
+                        "store; use the label set's own embeddings, or evaluate the face folder (--faces)")
+    rows = np.asarray(rows, dtype=np.int64)
+    emb = np.full((len(samples.photo), recognizer.dim), np.nan, np.float32)
+    starts = range(0, len(rows), chunk)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc=f"embedding crops ({recognizer.name})", unit="chunk", mininterval=5)
+    for i in starts:
+        r = rows[i:i + chunk]
+        emb[r] = recognizer.embed_faces([AlignedFace(c) for c in samples.crop[r]])
+    return emb
 
 
 def chain_downscale(chain: str) -> float:
