@@ -390,6 +390,21 @@ def check_student_teachers(student_info: dict, teachers: dict, opts: CompileOpti
                                f"teacher, or distil a student from this one (--faces DIR)")
 
 
+# What each score means when the student's record does not say (students distilled from the two teachers).
+DEFAULT_SCORE_MEANINGS = {"utility": "recognition utility: ViT-FIQA certainty ratio under dlib's FR model",
+                          "perceptual": "perceptual quality: DSL-FIQA pseudo-MOS (MS-SSIM to a clean face)"}
+
+
+def score_meaning(name: str, student_info: dict) -> str:
+    """The manifest's ``meaning`` of score ``name``: what the student learned, from its student.json
+    (``utility_target`` / ``perceptual_target``, e.g. a student trained on recognition labels) when that is a
+    non-empty string, else :data:`DEFAULT_SCORE_MEANINGS`."""
+    recorded = student_info.get(f"{name}_target")
+    if isinstance(recorded, str) and recorded.strip():
+        return recorded.strip()
+    return DEFAULT_SCORE_MEANINGS[name]
+
+
 # ---------------------------------------------------------------------------------------------- pipeline
 def compile_bundle(opts: CompileOptions) -> Path:
     from fiqa_calibration.calibration_set import build_calibration_set
@@ -552,8 +567,7 @@ def compile_bundle(opts: CompileOptions) -> Path:
         scores = [{"name": s["name"], "index": s["index"], "teacher": teachers[s["name"]].info["model"],
                    "mean": s["mean"], "std": s["std"], "lo": s["teacher_p01"], "hi": s["teacher_p99"],
                    "range": [0, 100], "higher_is_better": True,
-                   "meaning": {"utility": "recognition utility: ViT-FIQA certainty ratio under dlib's FR model",
-                               "perceptual": "perceptual quality: DSL-FIQA pseudo-MOS (MS-SSIM to a clean face)"}[s["name"]]}
+                   "meaning": score_meaning(s["name"], sinfo)}
                   for s in sinfo["scores"]]
         extra = {p.relative_to(files).as_posix(): p for p in report_files}
         provenance = {"command": "fiqa-compile " + " ".join(sys.argv[1:]), "student": student_origin,

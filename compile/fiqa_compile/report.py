@@ -1,4 +1,4 @@
-"""The compile report: Markdown + JSON + PNG plots (student vs teacher, score histograms, EDC)."""
+"""The compile report: Markdown + JSON + PNG plots (student vs teacher, score histograms, EDC per FR model)."""
 from __future__ import annotations
 
 import json
@@ -9,20 +9,6 @@ import numpy as np
 
 from fiqa_compile.distill import SCORE_NAMES
 from fiqa_sdk.json_safe import finite_or_null  # noqa: F401  (re-exported: compiler uses report.finite_or_null)
-
-
-def dlib_embeddings(crops: np.ndarray) -> np.ndarray:
-    """dlib ResNet embeddings of aligned 112x112 crops (padded so dlib's chip has context)."""
-    from fiqa_compile.fr.dlib_fr import DlibFaceRecognizer
-
-    fr = DlibFaceRecognizer()
-    pad = 40
-    box = np.array([pad + 8, pad + 8, pad + 104, pad + 112], np.float32)
-    out = []
-    for c in crops:
-        img = cv2.copyMakeBorder(c, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-        out.append(fr.embed(img, fr.landmarks68(img, box)))
-    return np.stack(out)
 
 
 MIN_EDC_PEOPLE = 20  # below this, an FNMR is a handful of identities' luck, not a ranking's quality
@@ -40,31 +26,165 @@ def edc_caveat(people: int) -> str | None:
             "(several per person; `bench/eval_lfw.sh` does this for the default bundles on held-out LFW people).")
 
 
-def edc_curves(verify, qualities: dict[str, np.ndarray], fmr: float = 1e-2) -> tuple[dict, dict]:
-    """EDC of each quality measure on all genuine / impostor pairs of the verification faces (dlib FR)."""
+def dlib_embeddings(crops: np.ndarray, recognizer=None) -> np.ndarray:
+    """dlib ResNet embeddings of aligned 112x112 crops (padded so dlib's chip has context).
+
+    ``recognizer``: a ``create_recognizer("dlib")`` to reuse (one is made otherwise); raises
+    :class:`~fiqa_compile.fr.FRModelUnavailable` when dlib or its model files are missing."""
+    from fiqa_compile.fr import AlignedFace, create_recognizer
+
+    fr = recognizer if recognizer is not None else create_recognizer("dlib")
+    pad = 40
+    box = np.array([pad + 8, pad + 8, pad + 104, pad + 112], np.float32)
+    faces = []
+    for c in crops:
+        img = cv2.copyMakeBorder(c, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+        faces.append(AlignedFace(c, img, fr.dlib.landmarks68(img, box)))
+    return fr.embed_faces(faces)
+
+
+# How the report feeds each FR model the verification crops (the faces have no frame around them).
+EDC_FR_INPUT = {
+    "dlib": "the crop padded by 40 px (edge pixels repeated) so dlib's 150x150 chip has context; dlib's 68 "
+            "landmarks found in it",
+    "mobilefacenet": "the 112x112 crop as is",
+}
+
+
+def edc_plot_name(fr_name: str) -> str:
+    """plots/edc.png is dlib's (as in reports before there were two FR models); plots/edc_<model>.png the others'."""
+    return "plots/edc.png" if fr_name == "dlib" else f"plots/edc_{fr_name}.png"
+
+
+def fr_title(fr_name: str) -> str:
+    from fiqa_compile import fr
+
+    cls = {"dlib": fr.DlibResNet, "mobilefacenet": fr.MobileFaceNet}.get(fr_name)
+    return cls.title if cls is not None else fr_name
+
+
+def unavailable_reason(fr_name: str, error: Exception) -> str:
+    """Why ``fr_name`` could not be built, with how to get MobileFaceNet's file when the message does not say."""
+    reason = str(error).strip() or type(error).__name__
+    if fr_name == "mobilefacenet" and "get_mobilefacenet.sh" not in reason:
+        reason += "; its model file comes from `bash scripts/get_mobilefacenet.sh`"
+    return reason
+
+
+def fr_embeddings(fr_name: str, crops: np.ndarray) -> tuple[np.ndarray, dict]:
+    """Unit embeddings of the verification crops under ``fr_name`` and that model's description.
+
+    dlib as always here (the padded crop, see :func:`dlib_embeddings`); a crop-only model (MobileFaceNet) from the
+    crops directly. Raises :class:`~fiqa_compile.fr.FRModelUnavailable` when the model is missing."""
+    from fiqa_compile.fr import AlignedFace, create_recognizer
+
+    fr = create_recognizer(fr_name)
+    try:
+        if fr_name == "dlib":
+            emb = dlib_embeddings(crops, fr)
+        elif fr.crop_only:
+            emb = fr.embed_faces([AlignedFace(np.ascontiguousarray(c)) for c in crops])
+        else:
+            raise ValueError(f"the report has no way to embed bare crops with {fr_name!r} (not crop-only)")
+        return np.asarray(emb, np.float32), fr.describe()
+    finally:
+        fr.close()
+
+
+def edc_curves(verify, qualities: dict[str, np.ndarray], fmr: float = 1e-2,
+               fr_models: tuple[str, ...] | None = None) -> tuple[dict[str, dict], dict]:
+    """EDC of each quality measure on all genuine / impostor pairs of the verification faces, under every FR model.
+
+    Returns ``(curves, summary)``: ``curves[fr_name][quality_name]`` the EDC of each model that could be computed
+    (each at its own threshold at ``fmr`` over all impostor pairs), and the report.json "edc" section::
+
+        {"fmr", "genuine_pairs", "impostor_pairs", "people",
+         "indicative_only": bool,              # present when some curve was computed (see edc_caveat)
+         "methods": {...},                     # dlib's per-quality summaries, as before there were two models
+                                               # ({} when dlib was not computed)
+         "skipped": "...",                     # only when the pairs cannot make an EDC (no model computed)
+         "models": {"dlib": {"status": "computed", "title", "model", "dim", "input", "plot": "plots/edc.png",
+                             "methods": {...}},
+                    "mobilefacenet": {"status": "unavailable", "title", "skipped": "<why; how to get it>"}}}
+
+    A model's ``status`` is "computed", "unavailable" (its files or runtime are missing) or "not computed" (the
+    pairs cannot make an EDC); the last two carry ``skipped``.
+    """
     from fiqa_compile.eval.edc import edc
+    from fiqa_compile.fr import FR_MODELS, FRModelUnavailable
     from fiqa_sdk.measures import laplacian_variance
 
+    fr_models = tuple(FR_MODELS if fr_models is None else fr_models)
     iu = np.triu_indices(len(verify.crops), 1)
     same = verify.person[iu[0]] == verify.person[iu[1]]
     people = len(np.unique(verify.person))
     pairs = {"fmr": fmr, "genuine_pairs": int(same.sum()), "impostor_pairs": int((~same).sum()), "people": people}
     if not same.any() or same.all():
-        return {}, {**pairs, "methods": {}, "skipped": f"{len(verify.crops)} held-out faces of {people} people give "
-                    f"{pairs['genuine_pairs']} genuine / {pairs['impostor_pairs']} impostor pairs; an EDC needs "
-                    "both (give --faces more people, with several photos each)"}
-    emb = dlib_embeddings(verify.crops)
-    sim = emb @ emb.T
+        why = (f"{len(verify.crops)} held-out faces of {people} people give {pairs['genuine_pairs']} genuine / "
+               f"{pairs['impostor_pairs']} impostor pairs; an EDC needs both (give --faces more people, with "
+               "several photos each)")
+        models = {n: {"status": "not computed", "title": fr_title(n), "skipped": why} for n in fr_models}
+        return {}, {**pairs, "methods": {}, "skipped": why, "models": models}
     qualities = dict(qualities)
     qualities["baseline: Laplacian sharpness"] = np.array([laplacian_variance(c) for c in verify.crops])
-    qualities["baseline: random"] = np.random.default_rng(0).random(len(emb))
-    curves, summary = {}, {}
-    for name, q in qualities.items():
-        pq = np.stack([q[iu[0]], q[iu[1]]], 1)
-        c = edc(sim[iu][same], pq[same], sim[iu][~same], fmr=fmr)
-        curves[name] = c
-        summary[name] = c.summary()
-    return curves, {**pairs, "indicative_only": edc_caveat(people) is not None, "methods": summary}
+    qualities["baseline: random"] = np.random.default_rng(0).random(len(verify.crops))
+    curves, models = {}, {}
+    for fr_name in fr_models:
+        try:
+            emb, described = fr_embeddings(fr_name, verify.crops)
+        except FRModelUnavailable as e:
+            models[fr_name] = {"status": "unavailable", "title": fr_title(fr_name),
+                               "skipped": unavailable_reason(fr_name, e)}
+            continue
+        sim = emb @ emb.T
+        curves[fr_name], summary = {}, {}
+        for name, q in qualities.items():
+            pq = np.stack([q[iu[0]], q[iu[1]]], 1)
+            c = edc(sim[iu][same], pq[same], sim[iu][~same], fmr=fmr)
+            curves[fr_name][name] = c
+            summary[name] = c.summary()
+        models[fr_name] = {"status": "computed", "title": described.get("title", fr_title(fr_name)),
+                           "model": described.get("model"), "dim": described.get("dim"),
+                           "input": EDC_FR_INPUT.get(fr_name, described.get("input")),
+                           "plot": edc_plot_name(fr_name), "methods": summary}
+    out = {**pairs, "methods": models.get("dlib", {}).get("methods", {}), "models": models}
+    if curves:
+        out["indicative_only"] = edc_caveat(people) is not None
+    return curves, out
+
+
+def edc_markdown(curves: dict[str, dict], summary: dict) -> list[str]:
+    """The report's error-versus-discard section: one table and plot per FR model, a line per skipped one."""
+    lines = [f"## Error-versus-discard (FMR {summary['fmr']:g}; {summary['genuine_pairs']} genuine / "
+             f"{summary['impostor_pairs']} impostor pairs)", ""]
+    if "skipped" in summary:
+        return lines + [f"Not computed: {summary['skipped']}.", ""]
+    lines += ["Under each face-recognition model, the threshold sits at that FMR over all impostor pairs; the "
+              "table's FNMR is over the genuine pairs left after discarding the lowest-quality ones.", ""]
+    if curves and (caveat := edc_caveat(summary["people"])):
+        lines += [f"*{caveat}*", ""]
+    for fr_name, m in summary["models"].items():
+        if m["status"] != "computed":
+            lines += [f"### {m['title']}", "", f"Skipped ({m['status']}): {m['skipped']}", ""]
+            continue
+        lines += [f"### {m['title']} (`{m['model']}`, {m['dim']}-d; input: {m['input']})", "",
+                  "| quality | pAUC@20% | pAUC@30% | FNMR at 0% discard |", "|---|---:|---:|---:|"]
+        for name, c in curves[fr_name].items():
+            lines.append(f"| {name} | {c.pauc[0.2]:.4f} | {c.pauc[0.3]:.4f} | {c.errors[0]:.4f} |")
+        lines += ["", f"![EDC, {m['title']}]({m['plot']})", ""]
+    return lines
+
+
+def plot_edcs(curves: dict[str, dict], summary: dict, files: Path) -> list[Path]:
+    """plots/edc.png (dlib) and plots/edc_<model>.png (the others) for each FR model computed."""
+    from fiqa_compile.eval.plots import plot_edc
+
+    written = []
+    for fr_name, per_quality in curves.items():
+        m = summary["models"][fr_name]
+        written.append(plot_edc(per_quality, files / m["plot"], limit=0.3,
+                                title=f"EDC ({m['title']} FR, FMR {summary['fmr']:g}) on the held-out faces"))
+    return written
 
 
 # Printed by the compile and written into its report when no --calibration folder was given (measured by
@@ -88,7 +208,7 @@ def used_methods(asked: str, record: dict | None) -> str:
 
 def write_report(files: Path, *, target, verify, teacher_scores, student_scale, outputs, verification, stages,
                  student_origin, thresholds, opts, calib, calibration_record: dict | None = None) -> list[Path]:
-    from fiqa_compile.eval.plots import plot_edc, plot_histograms, plot_scatter
+    from fiqa_compile.eval.plots import plot_histograms, plot_scatter
 
     plots = files / "plots"
     plots.mkdir(exist_ok=True)
@@ -104,9 +224,7 @@ def write_report(files: Path, *, target, verify, teacher_scores, student_scale, 
     qualities = {"student utility (fp32)": student_scale[:, 0], "teacher utility": teacher_scores[:, 0]}
     qualities.update({f"{k} utility": v[:, 0] for k, v in outputs.items()})
     curves, edc_summary = edc_curves(verify, qualities)
-    if curves:
-        written.append(plot_edc(curves, plots / "edc.png", limit=0.3,
-                                title=f"EDC (dlib FR, FMR {edc_summary['fmr']:g}) on the held-out faces"))
+    written += plot_edcs(curves, edc_summary, files)
     data = {"target": target.name, "target_description": target.description, "student": student_origin,
             "verification_faces": {"n": int(len(verify.crops)), "source": verify.source,
                                    "people": int(len(np.unique(verify.person)))},
@@ -138,15 +256,8 @@ def write_report(files: Path, *, target, verify, teacher_scores, student_scale, 
         fp = [cell(v["vs_fp32"], n) if "vs_fp32" in v else "-" for n in SCORE_NAMES]
         te = [cell(v["vs_teacher"], n) for n in SCORE_NAMES]
         lines.append(f"| {name} | {v.get('backend', 'torch')} | {fp[0]} | {fp[1]} | {te[0]} | {te[1]} |")
-    lines += ["", f"## Error-versus-discard (dlib FR, FMR {edc_summary['fmr']:g}; "
-              f"{edc_summary['genuine_pairs']} genuine / {edc_summary['impostor_pairs']} impostor pairs)", "",
-              "| quality | pAUC@20% | pAUC@30% | FNMR at 0% discard |", "|---|---:|---:|---:|"]
-    for name, c in curves.items():
-        lines.append(f"| {name} | {c.pauc[0.2]:.4f} | {c.pauc[0.3]:.4f} | {c.errors[0]:.4f} |")
-    if curves and (caveat := edc_caveat(edc_summary["people"])):
-        lines += ["", f"*{caveat}*"]
-    lines += ["", "![EDC](plots/edc.png)" if curves else f"Not computed: {edc_summary['skipped']}.", "",
-              "## Gate thresholds (0-100)", "",
+    lines += ["", *edc_markdown(curves, edc_summary)]
+    lines += ["## Gate thresholds (0-100)", "",
               "Accept where clean and heavily degraded (severity >= 0.7) held-out faces separate best "
               "(Youden's J); release 10 points lower (hysteresis).", "", "```json", json.dumps(thresholds, indent=2),
               "```", ""]
