@@ -293,10 +293,39 @@ def check_gate_overrides(args: argparse.Namespace) -> str | None:
         return None
     try:
         path = args.bundle if args.bundle is not None else default_bundle_path(backend=args.backend)
-        load_bundle(path).gate_config(**args.gate)
-    except ValueError as e:  # BundleError is one: the Scorer would refuse the bundle the same way
+        bundle = load_bundle(path)
+    except BundleError as e:  # the Scorer would refuse the bundle the same way; not a --gate problem
+        return str(e)
+    try:
+        bundle.gate_config(**args.gate)
+    except ValueError as e:
         return f"--gate: {e}"
     return None
+
+
+def close_outputs(logger: DecisionLog | None, scorer: Scorer, show: bool) -> list[str]:
+    """Close the decision log, the scorer and the window, each whatever the others do (a log on a full disk must
+    not keep a TensorRT engine's device memory or the summary from the user); what failed, as messages."""
+    problems = []
+    if logger is not None:
+        try:
+            logger.close()
+        except OSError as e:
+            problems.append(f"decision log {logger.path} could not be closed ({e}); its last lines may be lost")
+    scorer.close()  # a TensorRT engine's device buffers go back now
+    if show:
+        cv2.destroyAllWindows()
+    return problems
+
+
+def lost_output(pipeline: CapturePipeline, args: argparse.Namespace) -> str | None:
+    """What of the run's output could not be written (a full disk, a removed card), or None."""
+    lost = []
+    if pipeline.counts["write_errors"]:
+        lost.append(f"{pipeline.counts['write_errors']} capture(s) could not be written to {args.out}")
+    if pipeline.counts["log_errors"]:
+        lost.append(f"{pipeline.counts['log_errors']} decision log write(s) to {args.log} failed")
+    return "; ".join(lost) + " (the warnings above say why)" if lost else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -352,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     pipeline = CapturePipeline(scorer, gate=gate, writer=writer, logger=logger,
                                tracker=IouTracker(max_missed_seconds=args.track_timeout))
+    problems: list[str] = []
     try:
         with stop_on_sigterm() as sigterm, source:
             try:
@@ -364,18 +394,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     finally:
-        if logger is not None:
-            logger.close()
-        scorer.close()  # a TensorRT engine's device buffers go back now
-        if show:
-            cv2.destroyAllWindows()
+        problems = close_outputs(logger, scorer, show)
     reasons = ", ".join(f"{k} {v}" for k, v in pipeline.reasons.most_common()) or "none"
     print(f"{stats.frames} frames ({stats.bad_frames} unprocessable, skipped) in {stats.seconds:.1f} s = "
           f"{stats.fps:.1f} FPS; "
           f"{pipeline.counts['faces']} faces, {_skip_summary(stats, pipeline.counts['skipped'])}; "
           f"{len(stats.captures)} captures in {args.out}; "
           f"rejections: {reasons}; stopped by {stats.stopped_by}", flush=True)
-    return 1 if stats.stopped_by.startswith("source lost") else 0
+    if (lost := lost_output(pipeline, args)) is not None:
+        problems.insert(0, lost)
+    for problem in problems:
+        print(f"error: {problem}", file=sys.stderr)
+    return 1 if problems or stats.stopped_by.startswith("source lost") else 0
 
 
 if __name__ == "__main__":

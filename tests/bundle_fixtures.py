@@ -149,3 +149,28 @@ def write_test_bundle(out: Path, onnx: Path, tflite: Path | None = None, specs: 
                                                   max_batch=8, opt_batch=1),
                         extra_files=extra_files, force=force, mirror_average=mirror_average,
                         provenance={"command": "pytest", "student": {"arch": "tiny-test"}})
+
+
+def newer_opset_bundle(dst: Path) -> Path:
+    """The embedded cpu bundle with its ONNX models stamped opset 99, newer than any installed ONNX Runtime knows
+    (which refuses them at load; OpenCV's importer does not check the stamp), hashes and bundle id redone as a
+    compile would."""
+    import json
+
+    import onnx
+
+    from fiqa_sdk.bundle import BUNDLES_DIR, DEFAULT_BUNDLES, MANIFEST, bundle_id_for, sha256_file
+
+    shutil.copytree(BUNDLES_DIR / DEFAULT_BUNDLES["cpu"], dst)
+    manifest = json.loads((dst / MANIFEST).read_text())
+    for entry in manifest["models"]:
+        model = onnx.load(str(dst / entry["file"]))
+        for opset in model.opset_import:
+            if opset.domain in ("", "ai.onnx"):
+                opset.version = 99
+        onnx.save(model, str(dst / entry["file"]))
+        entry["sha256"] = sha256_file(dst / entry["file"])
+    hashes = {**{e["file"]: e["sha256"] for e in manifest["models"]}, **manifest["files"]}
+    manifest["bundle_id"] = bundle_id_for(hashes, manifest)
+    (dst / MANIFEST).write_text(json.dumps(manifest))
+    return dst

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from datetime import datetime
 from pathlib import Path
@@ -274,6 +275,32 @@ def test_non_bundles_are_refused(tmp_path, copy):
     (copy / MANIFEST).write_text("{not json")
     with pytest.raises(BundleError, match="is not valid JSON"):
         load_bundle(copy)
+
+
+@pytest.mark.parametrize("unreadable", ["manifest.json", "student.onnx", "plots/edc.png", "."])
+def test_an_unreadable_file_or_folder_is_a_bundle_error_naming_it(copy, monkeypatch, unreadable):
+    """Permissions simulated (these tests run as root, where chmod 000 stops no read); a CLI that catches
+    BundleError then says so and exits 2 instead of a PermissionError traceback."""
+    from fs_faults import deny_reading
+
+    target = (copy / unreadable).resolve()
+    deny_reading(monkeypatch, target)
+    named = copy / MANIFEST if unreadable == "." else target  # in a folder that cannot be searched: its manifest
+    with pytest.raises(BundleError, match=rf"bundle {copy}: cannot read {named} \(Permission denied\); check the "
+                                          "path, and that this user may read the bundle folder"):
+        load_bundle(copy)
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root reads files whatever their mode")
+def test_a_model_file_without_read_permission_is_a_bundle_error(copy):
+    (copy / "student.onnx").chmod(0)
+    with pytest.raises(BundleError, match=r"cannot read .*student\.onnx \(Permission denied\)"):
+        load_bundle(copy)
+
+
+def test_a_bundle_path_too_long_for_the_filesystem_is_a_bundle_error(tmp_path):
+    with pytest.raises(BundleError, match=r"cannot read .* \(File name too long\)"):
+        load_bundle(tmp_path / ("b" * 300))
 
 
 def test_manifest_path_is_accepted_for_the_folder(built):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -338,3 +339,59 @@ def test_contradictory_gate_overrides_are_refused_before_anything_is_opened(ex, 
                     "--gate", "utility_release=99"]) == 2
     assert "--gate: GateConfig.utility_release=99.0 must be <=" in capsys.readouterr().err
     assert opened == [] and not log.exists() and not (tmp_path / "caps").exists()
+
+
+# -- a model or bundle that cannot be loaded, a log on a full disk -------------------------------------------------------
+
+def test_a_model_the_engine_refuses_is_an_error_naming_bundle_file_and_engine(ex, video, tmp_path, capsys):
+    from bundle_fixtures import newer_opset_bundle
+
+    bundle = newer_opset_bundle(tmp_path / "newer")
+    code = ex.main(["--source", str(video), "--bundle", str(bundle), "--backend", "onnxruntime",
+                    "--out", str(tmp_path / "caps"), "--display", "off"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith(f"error: bundle {bundle}: model file student_qdq.onnx on backend onnxruntime: "
+                          "onnxruntime ") and "Opset 99" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("case", ["unreadable folder", "name too long"])
+def test_a_bundle_that_cannot_be_read_is_an_error_not_a_traceback(ex, video, tmp_path, capsys, monkeypatch, case):
+    import shutil
+
+    from fs_faults import deny_reading
+
+    from fiqa_sdk.bundle import BUNDLES_DIR, DEFAULT_BUNDLES
+
+    bundle = shutil.copytree(BUNDLES_DIR / DEFAULT_BUNDLES["cpu"], tmp_path / "bundle")
+    if case == "unreadable folder":
+        deny_reading(monkeypatch, bundle)
+    else:
+        bundle = tmp_path / ("b" * 300)
+    code = ex.main(["--source", str(video), "--bundle", str(bundle), "--out", str(tmp_path / "caps"),
+                    "--display", "off"])
+    err = capsys.readouterr().err
+    why = "File name too long" if case == "name too long" else "Permission denied"
+    assert code == 2 and err.startswith(f"error: bundle {bundle}: cannot read ") and f"({why})" in err, err
+    # --gate overrides are checked against the bundle first: the same error, not called a --gate problem
+    assert ex.main(["--source", str(video), "--bundle", str(bundle), "--gate", "utility_accept=70"]) == 2
+    assert capsys.readouterr().err.startswith(f"error: bundle {bundle}: cannot read ")
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_a_log_on_a_full_disk_ends_the_run_with_its_summary_and_an_error(ex, video, retinaface_ort, tmp_path, capsys,
+                                                                         monkeypatch):
+    scorer = Scorer(detector=retinaface_ort, threads=1)
+    closed, real_close = [], scorer.close
+    scorer.close = lambda: (closed.append(True), real_close())
+    monkeypatch.setattr(ex, "Scorer", lambda *a, **k: scorer)
+    code = ex.main(["--source", str(video), "--out", str(tmp_path / "caps"), "--log", "/dev/full",
+                    "--display", "off"])
+    out, err = capsys.readouterr()
+    assert code == 1, err
+    summary = out.strip().splitlines()[-1]
+    assert summary.startswith("3 frames") and summary.endswith("stopped by end of source"), out
+    assert "warning: decision log: [Errno 28] No space left on device" in out
+    assert re.search(r"^error: \d+ decision log write\(s\) to /dev/full failed \(the warnings above say why\)$", err,
+                     re.M) and "Traceback" not in err, err
+    assert closed == [True] and "1 captures" in summary  # the capture itself went to --out

@@ -5,6 +5,8 @@ import errno
 import hashlib
 import json
 import os
+import signal
+import stat
 import threading
 from pathlib import Path
 
@@ -308,3 +310,116 @@ def test_a_rotation_that_finds_its_file_moved_keeps_logging(tmp_path, capture):
     frames = [json.loads(line)["frame_index"] for f in (path.with_name("k.jsonl.1"), path)
               for line in f.read_text().splitlines()]
     assert frames == [4, 5]  # the newest two kept (backups=2 plus the live file; one line each), log still open
+
+
+# -- interrupts, permissions, a full disk ------------------------------------------------------------------------------
+
+_STEPS = ("open", "write", "fsync", "close", "link", "replace")
+
+
+def _interrupt_at(monkeypatch, k: int, when: str, steps: tuple[str, ...] = _STEPS) -> list[int]:
+    """Make the ``k``-th call of the os functions a capture write uses raise KeyboardInterrupt: ``before`` it does
+    anything, or ``after`` it took effect (what an interrupt delivered as it returns looks like), or, ``signal``,
+    send this process SIGINT during it as Ctrl-C would (Python then raises in the main thread as soon as it can).
+    os.open is left out of ``after``: an os.open that raised made nothing, and a lock file found there belongs to
+    another writer, who must keep it."""
+    calls = [0]
+    for name in steps if when != "after" else [s for s in steps if s != "open"]:
+        def step(*args, _real=getattr(os, name), **kwargs):
+            calls[0] += 1
+            if calls[0] == k and when == "before":
+                raise KeyboardInterrupt
+            result = _real(*args, **kwargs)
+            if calls[0] == k and when == "after":
+                raise KeyboardInterrupt
+            if calls[0] == k and when == "signal":
+                os.kill(os.getpid(), signal.SIGINT)
+            return result
+
+        monkeypatch.setattr(capture_io.os, name, step)
+    return calls
+
+
+def _whole_or_nothing(folder: Path) -> bool:
+    """True for a whole capture, False for none; fails on anything else (part of one, a temp or lock file)."""
+    names = listing(folder)
+    if not names:
+        return False
+    stem = names[0].rsplit(".", 1)[0]
+    assert names == [f"{stem}.jpg", f"{stem}.json", f"{stem}_aligned.png"], names
+    doc = json.loads((folder / f"{stem}.json").read_text())
+    assert doc["image"] == f"{stem}.jpg" and cv2.imread(str(folder / doc["image"])) is not None
+    assert cv2.imread(str(folder / doc["aligned_image"])).shape == (112, 112, 3)
+    return True
+
+
+@pytest.mark.parametrize("links", [True, False], ids=["hard-links", "no-hard-links"])
+@pytest.mark.parametrize("when", ["before", "after", "signal"])
+def test_an_interrupt_at_any_step_leaves_the_whole_capture_or_none_and_no_temp_or_lock_file(tmp_path, capture,
+                                                                                            monkeypatch, links, when):
+    """Every call of every step, in turn: a raised interrupt rolls the capture back; Ctrl-C (a signal) waits for
+    the capture to be complete, then interrupts."""
+    k = 0
+    while True:
+        k += 1
+        folder = tmp_path / f"k{k}"
+        writer = CaptureWriter(folder, save_aligned=True)
+        with monkeypatch.context() as m:
+            if not links:  # a FAT/exFAT card: os.link refused, names given by os.replace under the stem's lock
+                m.setattr(capture_io.os, "link", lambda src, dst: (_ for _ in ()).throw(OSError(errno.EPERM, "no")))
+            calls = _interrupt_at(m, k, when, _STEPS if links else tuple(s for s in _STEPS if s != "link"))
+            try:
+                writer.write(capture)
+                interrupted = False
+            except KeyboardInterrupt:
+                interrupted = True
+        if calls[0] < k:  # the write needed fewer calls: every step has been interrupted once
+            assert not interrupted and _whole_or_nothing(folder)
+            break
+        assert interrupted, f"call {k}"
+        assert _whole_or_nothing(folder) == (when == "signal"), f"call {k} ({when})"
+    assert k > 10  # temp files, fsyncs, lock, links: the loop really went through the steps
+
+
+@pytest.mark.parametrize("links", [True, False], ids=["hard-links", "no-hard-links"])
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_capture_files_follow_the_umask(tmp_path, capture, monkeypatch, umask, links):
+    if not links:
+        monkeypatch.setattr(capture_io.os, "link", lambda src, dst: (_ for _ in ()).throw(OSError(errno.EPERM, "no")))
+    previous = os.umask(umask)
+    try:
+        files = CaptureWriter(tmp_path, save_aligned=True).write(capture)
+    finally:
+        os.umask(previous)
+    for path in (files.image, files.sidecar, files.aligned):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask, path.name
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_a_log_on_a_full_device_raises_per_line_and_still_closes(capture):
+    log = DecisionLog("/dev/full", run_id="r")
+    for d in _rejections(capture, 2):
+        with pytest.raises(OSError, match="No space left"):
+            log.write(d)
+    log.close()  # nothing was left in a buffer to fail on again
+
+
+def test_a_line_the_disk_cuts_short_is_taken_back(tmp_path, capture):
+    """A file-size limit makes the kernel write part of a line and refuse the rest, as a full disk does."""
+    resource = pytest.importorskip("resource")
+    decisions = _rejections(capture, 3)
+    path = tmp_path / "d.jsonl"
+    log = DecisionLog(path, run_id="r")
+    log.write(decisions[0])
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    xfsz = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of the signal that kills the process
+    resource.setrlimit(resource.RLIMIT_FSIZE, (path.stat().st_size + 40, hard))
+    try:
+        with pytest.raises(OSError):
+            log.write(decisions[1])
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, xfsz)
+    log.write(decisions[2])
+    log.close()
+    assert [json.loads(line)["frame_index"] for line in path.read_text().splitlines()] == [0, 2]

@@ -164,3 +164,59 @@ def test_a_failing_warm_up_releases_the_engine_and_the_detector_it_made(monkeypa
     with pytest.raises(RuntimeError, match="engine fault"):
         Scorer(CPU, backend="onnxruntime", detector=passed_in)
     assert len(closed) == 2 and passed_in.closed == 0  # the caller's detector stays the caller's to close
+
+
+# -- an installed engine that refuses the model -----------------------------------------------------------------------
+
+def test_a_model_the_engine_refuses_makes_auto_move_on_and_a_named_backend_say_where(tmp_path, caplog):
+    """A bundle whose ONNX opset is newer than the installed ONNX Runtime: ``auto`` moves on (to OpenCV, whose
+    importer does not check the stamp) with a warning naming bundle, file and engine; asked for by name, the error
+    names all three and the fix."""
+    from bundle_fixtures import newer_opset_bundle
+
+    bundle = newer_opset_bundle(tmp_path / "newer")
+    model = (bundle / "student_fp32.onnx").read_bytes()
+    assert load_backend(model, "onnx").name == "opencv"
+    with pytest.raises(BackendUnavailable, match=r"onnxruntime [\d.]+ could not load the model \(Fail: .*Opset 99"):
+        load_backend(model, "onnx", backend="onnxruntime")
+
+    with caplog.at_level(logging.WARNING, logger="fiqa_sdk.bundle"):
+        scorer = Scorer(bundle, detector=None, threads=1)
+    assert scorer.info.backend == "opencv" and scorer.info.model_file == "student_fp32.onnx"
+    assert len(scorer.score(np.zeros((112, 112, 3), np.uint8))) == 1
+    scorer.close()
+    warned = [r.getMessage() for r in caplog.records if r.name == "fiqa_sdk.bundle"]
+    assert any(f"bundle {bundle} " in w and "backend onnxruntime unavailable for student_qdq.onnx" in w
+               and "Opset 99" in w for w in warned), warned
+
+    with pytest.raises(BackendUnavailable) as raised:
+        Scorer(bundle, backend="onnxruntime", detector=None)
+    message = str(raised.value)
+    assert message.startswith(f"bundle {bundle}: model file student_qdq.onnx on backend onnxruntime: onnxruntime ")
+    assert "upgrade onnxruntime, pick another backend, or rebuild the bundle" in message
+
+
+class _NewerOpsInterpreter:
+    """What LiteRT says of a model with an operator it does not have yet."""
+
+    def __init__(self, model_content, num_threads=None):
+        raise RuntimeError("Didn't find op for builtin opcode 'STABLEHLO_COMPOSITE' version '1'. An older version of "
+                           "this builtin might be supported. Are you using an old TFLite binary with a newer model?")
+
+
+def test_a_tflite_model_litert_refuses_is_named_with_its_bundle_and_file(monkeypatch, caplog):
+    from fiqa_runtimes.litert_backend import LiteRTBackend
+
+    monkeypatch.setattr(LiteRTBackend, "_interpreter_class", staticmethod(lambda: _NewerOpsInterpreter))
+    with pytest.raises(BackendUnavailable) as raised:
+        Scorer(ANDROID, backend="litert", detector=None)
+    message = str(raised.value)
+    assert message.startswith(f"bundle {ANDROID}: model file student_int8.tflite on backend litert: litert ")
+    assert "STABLEHLO_COMPOSITE" in message
+    with pytest.raises(BackendUnavailable, match=rf"no backend could load a model of bundle {ANDROID}: "
+                                                 r"litert/student_int8\.tflite: litert .*STABLEHLO_COMPOSITE"):
+        Scorer(ANDROID, detector=None)
+    with caplog.at_level(logging.WARNING, logger="fiqa_sdk.scorer"):
+        scorer = Scorer(detector=None, threads=1)  # the embedded defaults: on to the cpu bundle
+    assert scorer.info.target == "cpu" and "default-android-arm64: no runtime could load it" in caplog.text
+    scorer.close()

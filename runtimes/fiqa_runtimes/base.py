@@ -5,10 +5,11 @@ import contextlib
 import importlib
 import importlib.util
 import logging
+import sys
 import threading
 from abc import ABC, abstractmethod
 from enum import Enum
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -22,6 +23,12 @@ class ModelFormat(str, Enum):
 
 class BackendUnavailable(RuntimeError):
     """The engine a backend wraps is not installed (or has no device to run on)."""
+
+
+class ModelLoadError(BackendUnavailable):
+    """The engine is installed and starts, but cannot load this model: an ONNX opset or a TFLite operator newer
+    than it supports, or a file it cannot parse. For this model the backend is as unusable as a missing one, so
+    ``auto`` moves on to the next (a bundle's other model, or another engine) rather than stopping there."""
 
 
 class Backend(ABC):
@@ -152,6 +159,26 @@ def _engine_failure(error: BaseException) -> bool:
     if isinstance(error, ImportError):
         return not (error.name or "").startswith("fiqa_")
     return isinstance(error, OSError) and error.filename is None
+
+
+@contextlib.contextmanager
+def loading_model(name: str) -> Iterator[None]:
+    """Around the engine call of backend ``name`` that reads the model: whatever it raises is that engine refusing
+    the model, raised as :class:`ModelLoadError` (the engines' own exception types share no base class: ONNX
+    Runtime's ``Fail`` is not even a RuntimeError). ImportError and OSError pass through as themselves, for
+    :func:`_construct` to tell a broken engine from a missing file."""
+    try:
+        yield
+    except (ImportError, OSError):
+        raise
+    except Exception as e:
+        requires = _REGISTRY[name][0] if name in _REGISTRY else name
+        version = getattr(sys.modules.get(requires), "__version__", None)
+        engine = f"{name} {version}" if isinstance(version, str) else name
+        raise ModelLoadError(
+            f"{engine} could not load the model ({type(e).__name__}: {str(e).strip()}); usually the model needs a "
+            f"newer {name} (an ONNX opset or TFLite operator it does not know yet) or the file is damaged: upgrade "
+            f"{name}, pick another backend, or rebuild the bundle for the runtime installed here") from e
 
 
 def _factory(name: str) -> Callable[..., Backend]:

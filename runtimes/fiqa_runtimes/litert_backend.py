@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fiqa_runtimes.base import Backend, ModelFormat, read_model
+from fiqa_runtimes.base import Backend, ModelFormat, loading_model, read_model
 
 
 def _quantize(x: np.ndarray, detail: dict) -> np.ndarray:
@@ -42,8 +42,11 @@ class LiteRTBackend(Backend):
     def __init__(self, model: bytes | str, threads: int | None = None):
         super().__init__()
         Interpreter = self._interpreter_class()
-        self._interp = Interpreter(model_content=read_model(model), num_threads=int(threads) if threads else None)
-        self._interp.allocate_tensors()
+        data = read_model(model)
+        # ValueError (not a flatbuffer) or RuntimeError (an operator, or operator version, this LiteRT lacks)
+        with loading_model(self.name):
+            self._interp = Interpreter(model_content=data, num_threads=int(threads) if threads else None)
+            self._interp.allocate_tensors()
         self._in = self._interp.get_input_details()
         self._out = self._interp.get_output_details()
         self._batch = None

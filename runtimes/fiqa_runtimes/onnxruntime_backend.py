@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fiqa_runtimes.base import ModelFormat, NamedIOBackend, read_model
+from fiqa_runtimes.base import ModelFormat, NamedIOBackend, loading_model, read_model
 
 
 class OnnxRuntimeBackend(NamedIOBackend):
@@ -20,8 +20,9 @@ class OnnxRuntimeBackend(NamedIOBackend):
             opts.intra_op_num_threads = int(threads)
             opts.inter_op_num_threads = 1
         opts.log_severity_level = 3
-        self._session = ort.InferenceSession(read_model(model), opts,
-                                             providers=providers or ["CPUExecutionProvider"])
+        model = read_model(model)
+        with loading_model(self.name):  # e.g. Fail: an opset newer than this ONNX Runtime supports
+            self._session = ort.InferenceSession(model, opts, providers=providers or ["CPUExecutionProvider"])
         self._inputs = [i.name for i in self._session.get_inputs()]
         self._outputs = [o.name for o in self._session.get_outputs()]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fiqa_runtimes.base import ModelFormat, NamedIOBackend, read_model
+from fiqa_runtimes.base import ModelFormat, NamedIOBackend, loading_model, read_model
 
 
 class OpenCVDnnBackend(NamedIOBackend):
@@ -19,8 +19,10 @@ class OpenCVDnnBackend(NamedIOBackend):
         super().__init__()
         if threads:
             cv2.setNumThreads(int(threads))
-        self._net = cv2.dnn.readNetFromONNX(np.frombuffer(read_model(model), np.uint8))
-        self._outputs = list(self._net.getUnconnectedOutLayersNames())
+        data = np.frombuffer(read_model(model), np.uint8)
+        with loading_model(self.name):  # cv2.error: a layer this OpenCV's importer lacks
+            self._net = cv2.dnn.readNetFromONNX(data)
+            self._outputs = list(self._net.getUnconnectedOutLayersNames())
         self._inputs = list(input_names) if input_names else ["input"]
 
     def _infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -438,10 +438,10 @@ class Bundle:
             try:
                 engine = load_backend(str(c.path), c.model.format, backend=c.backend, threads=threads, **c.options)
             except BackendUnavailable as e:
-                if backend != "auto":
-                    raise
-                log.warning("bundle %s: backend %s unavailable for %s (%s); trying the next one",
-                            self.bundle_id, c.backend, c.model.file, e)
+                if backend != "auto":  # the same error, saying which bundle and file the named engine failed on
+                    raise type(e)(f"bundle {self.path}: model file {c.model.file} on backend {c.backend}: {e}") from e
+                log.warning("bundle %s (%s): backend %s unavailable for %s (%s); trying the next one",
+                            self.path, self.bundle_id, c.backend, c.model.file, e)
                 skipped.append((c, str(e)))
                 continue
             return LoadedModel(choice=c, backend=engine, skipped=skipped)
@@ -510,8 +510,18 @@ def _check_input(section: Any) -> None:
 
 def load_bundle(path: str | os.PathLike) -> Bundle:
     """Read and verify a bundle: header, every field this SDK uses, every file's sha256, the bundle id and the
-    preprocessing spec, before anything is loaded. Raises :class:`BundleError` (or a subclass) naming the fix."""
-    root, m = _read_manifest(Path(path))
+    preprocessing spec, before anything is loaded. Raises :class:`BundleError` (or a subclass) naming the fix,
+    also for a folder or file that cannot be read (permissions, a name too long for the filesystem)."""
+    try:
+        return _load_bundle(Path(path))
+    except OSError as e:  # whichever file of the bundle it was: one place, so no read on the way can escape raw
+        where = e.filename if e.filename is not None else path
+        raise BundleError(f"bundle {path}: cannot read {os.fsdecode(where)} ({e.strerror or e}); check the path, "
+                          "and that this user may read the bundle folder and every file in it") from e
+
+
+def _load_bundle(path: Path) -> Bundle:
+    root, m = _read_manifest(path)
     mpath = root / MANIFEST
     _check_header(m, mpath)
 

@@ -7,7 +7,10 @@ never publish under one stem) and checks that none of its names is taken; each f
 ``os.link`` (which fails if the name exists), or, on filesystems without hard links (FAT/exFAT SD cards),
 ``os.replace``, which the reservation makes safe. No final name ever holds an empty or partial file. The sidecar
 is published last, so a consumer that reacts to ``*.json`` never sees a capture whose image is missing or partial.
-A write that fails midway removes its temp files and any part of the capture already published.
+A write that fails midway removes its temp files and any part of the capture already published. Python signal
+handlers (Ctrl-C's KeyboardInterrupt, a SIGTERM handler that raises) are held while a capture goes to disk and
+run once it is complete, so an interrupt leaves the whole capture or none of it, never a temp or lock file. Files
+are created like any new file: mode 0666 less the process's umask.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ import json
 import logging
 import os
 import secrets
-import tempfile
+import signal
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -59,21 +62,81 @@ def _write_fd(fd: int, data: bytes) -> None:
         view = view[n:]
 
 
-def _write_temp(data: bytes, folder: Path, suffix: str, fsync: bool) -> Path:
-    """``data`` in a hidden temp file of ``folder``, flushed (and fsynced), so only complete files get published;
-    removed again if writing fails."""
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=_TMP_PREFIX, suffix=suffix)
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Run Python signal handlers only after the block. A handler's exception (KeyboardInterrupt, the capture
+    example's Terminated) can land between any two statements, in the clean-up code too, and no clean-up can then
+    be sure to remove a temp or lock file or half a capture; held, it comes once the capture is complete. Python
+    runs handlers in the main thread only, so in any other thread there is nothing to hold."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[tuple[int, Any]] = []
+    previous: dict[int, Any] = {}
     try:
+        for signum in signal.valid_signals():
+            handler = signal.getsignal(signum)
+            if callable(handler):  # SIG_DFL / SIG_IGN raise nothing in Python
+                previous[signum] = handler
+                signal.signal(signum, lambda n, frame: held.append((n, frame)))
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        for signum, frame in held:
+            previous[signum](signum, frame)
+
+
+class _Writes:
+    """The files one capture write creates. Each is recorded *before* the call that creates it, since that call can
+    take effect and still raise (an exception delivered as it returns), so :meth:`unpublish` and
+    :meth:`remove_temps` remove exactly this write's files, whichever step failed, and nothing another writer
+    owns: a published name is removed only while it holds one of this write's temp files (same inode)."""
+
+    def __init__(self, folder: Path, fsync: bool):
+        self.folder, self.fsync = folder, fsync
+        self.temps: list[Path] = []
+        self.inodes: set[tuple[int, int]] = set()
+        self.published: list[Path] = []
+
+    def temp(self, data: bytes, suffix: str) -> Path:
+        """``data`` in a new hidden temp file, flushed (and fsynced), so only complete files get published. Created
+        with mode 0666, which the umask narrows as for any new file (tempfile.mkstemp would force 0600, and a link
+        keeps it)."""
+        tmp = self.folder / f"{_TMP_PREFIX}{secrets.token_hex(8)}{suffix}"
+        self.temps.append(tmp)
         try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        except FileExistsError:  # not this write's file (64 random bits make it theoretical): never remove it
+            self.temps.remove(tmp)
+            raise
+        try:
+            st = os.fstat(fd)
+            self.inodes.add((st.st_dev, st.st_ino))
             _write_fd(fd, data)
-            if fsync:
+            if self.fsync:
                 os.fsync(fd)
         finally:
             os.close(fd)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return Path(tmp)
+        return tmp
+
+    def place(self, tmp: Path, final: Path) -> None:
+        self.published.append(final)
+        _place(tmp, final)
+
+    def unpublish(self) -> None:
+        for final in self.published:
+            try:
+                st = os.lstat(final)
+            except OSError:
+                continue
+            if (st.st_dev, st.st_ino) in self.inodes:
+                final.unlink(missing_ok=True)
+        self.published.clear()
+
+    def remove_temps(self) -> None:
+        for tmp in self.temps:
+            tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -82,8 +145,9 @@ def _stem_lock(folder: Path, stem: str) -> Iterator[None]:
     while another writer holds it). A filesystem without hard links cannot refuse to replace a name by itself, so
     the names are checked and published under this reservation; it is removed afterwards."""
     lock = folder / f".{stem}{_LOCK_SUFFIX}"
-    os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)  # raised: made nothing, or found another's
     try:
+        os.close(fd)  # inside: a close that fails (or is interrupted) still removes the lock
         yield
     finally:
         lock.unlink(missing_ok=True)
@@ -187,27 +251,27 @@ class CaptureWriter:
             json.dumps(doc, allow_nan=False)
         except (TypeError, ValueError) as e:
             raise ValueError(f"capture metadata cannot be stored as JSON: {e}") from e
-        temps: list[Path] = []
-        try:
-            temps.append(_write_temp(image, self.directory, self.ext, self.fsync))
-            if aligned is not None:
-                temps.append(_write_temp(aligned, self.directory, ".png", self.fsync))
-            return self._publish(capture, now, extra, temps)
-        except CaptureWriteError:
-            raise
-        except OSError as e:
-            raise CaptureWriteError(f"writing a capture into {self.directory} failed ({e}); nothing was kept") from e
-        finally:
-            for tmp in temps:
-                tmp.unlink(missing_ok=True)
+        blobs = [(image, self.ext)] + ([(aligned, ".png")] if aligned is not None else [])
+        with _signals_held():  # an interrupt waits for the capture to be complete (or rolled back)
+            writes = _Writes(self.directory, self.fsync)
+            try:
+                temps = [writes.temp(data, suffix) for data, suffix in blobs]
+                return self._publish(capture, now, extra, temps, writes)
+            except CaptureWriteError:
+                raise
+            except OSError as e:
+                raise CaptureWriteError(f"writing a capture into {self.directory} failed ({e}); nothing was "
+                                        "kept") from e
+            finally:
+                writes.remove_temps()
 
     def _files(self, capture: Capture, now: datetime, attempt: int, aligned: bool) -> CaptureFiles:
         stem = self._stem(capture, now, attempt)
         return CaptureFiles(stem, self.directory / f"{stem}{self.ext}", self.directory / f"{stem}.json",
                             self.directory / f"{stem}_aligned.png" if aligned else None)
 
-    def _publish(self, capture: Capture, now: datetime, extra: Mapping[str, Any] | None,
-                 temps: list[Path]) -> CaptureFiles:
+    def _publish(self, capture: Capture, now: datetime, extra: Mapping[str, Any] | None, temps: list[Path],
+                 writes: _Writes) -> CaptureFiles:
         """Publish the written temp files (image, then aligned face) and the sidecar under the first free stem."""
         for attempt in range(10_000):
             files = self._files(capture, now, attempt, aligned=len(temps) > 1)
@@ -216,36 +280,32 @@ class CaptureWriter:
                 with _stem_lock(self.directory, files.stem):
                     if any(os.path.lexists(p) for p in names):
                         continue
-                    self._publish_files(capture, now, extra, temps, files)
+                    self._publish_files(capture, now, extra, temps, files, writes)
                     return files
             except FileExistsError:  # another writer holds this stem, or took one of its names (hard links)
                 continue
         raise CaptureWriteError(f"no free file name for {files.stem} in {self.directory}")
 
     def _publish_files(self, capture: Capture, now: datetime, extra: Mapping[str, Any] | None, temps: list[Path],
-                       files: CaptureFiles) -> None:
-        """Images first, sidecar last; whatever was published is removed again if a later step fails."""
-        published: list[Path] = []
+                       files: CaptureFiles, writes: _Writes) -> None:
+        """Images first, sidecar last; whatever was published is removed again if a later step fails, while the
+        stem's lock is still held (so no other writer can have taken the names meanwhile)."""
         try:
             for tmp, final in zip(temps, (files.image, files.aligned)):
-                _place(tmp, final)
-                published.append(final)
+                writes.place(tmp, final)
             doc = json.dumps(self.sidecar(capture, files, now, extra), indent=1, allow_nan=False).encode()
-            sidecar_tmp = _write_temp(doc, self.directory, ".json", self.fsync)
-            try:
-                _place(sidecar_tmp, files.sidecar)
-            finally:
-                sidecar_tmp.unlink(missing_ok=True)
+            writes.place(writes.temp(doc, ".json"), files.sidecar)
         except BaseException:
-            for path in published:
-                path.unlink(missing_ok=True)
+            writes.unpublish()
             raise
 
 
 class DecisionLog:
-    """Append one JSON object per gate decision to a ``.jsonl`` file, flushed after every line.
+    """Append one JSON object per gate decision to a ``.jsonl`` file, each line handed to the OS as it is written.
 
-    Flushing per line means a crash loses at most the line being written, and ``tail -f`` shows decisions live.
+    Unbuffered, a crash loses at most the line being written, and ``tail -f`` shows decisions live. A line that
+    cannot be written whole (a full disk) raises OSError and is cut off again, so the file never ends in half a
+    JSON object, and nothing is left in a buffer for :meth:`close` to fail on.
     Safe to share between threads. Every line carries ``run_id`` (default: the UTC start time plus a random
     suffix): track ids restart with every run, so runs appended to one file stay apart.
 
@@ -270,8 +330,11 @@ class DecisionLog:
         self.bundle_id = bundle_id
         self.run_id = run_id if run_id is not None else \
             f"{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}-{secrets.token_hex(3)}"
-        self._file = open(self.path, "a", encoding="utf-8", newline="\n")
+        self._file = self._open()
         self._lock = threading.Lock()
+
+    def _open(self):
+        return open(self.path, "ab", buffering=0)
 
     def write(self, decision: GateDecision, **extra: Any) -> None:
         record = {"run_id": self.run_id, **decision.to_dict()}
@@ -286,15 +349,27 @@ class DecisionLog:
         except (TypeError, ValueError) as e:
             raise ValueError(f"decision of track {decision.track_id} frame {decision.frame_index} cannot be logged "
                              f"as JSON ({e}); scores, measures and extras must be finite numbers/strings") from e
+        data = (line + "\n").encode("utf-8")
         with self._lock:
             if self._file.closed:
                 raise ValueError(f"decision log {self.path} is closed")
-            data = line + "\n"
-            if self.max_bytes is not None and 0 < self._file.tell() and \
-                    self._file.tell() + len(data.encode("utf-8")) > self.max_bytes:
+            size = os.fstat(self._file.fileno()).st_size
+            if self.max_bytes is not None and 0 < size and size + len(data) > self.max_bytes:
                 self._rotate()
-            self._file.write(data)
-            self._file.flush()
+            self._append(data)
+
+    def _append(self, data: bytes) -> None:
+        """One whole line or none: what a full disk (or an interrupt) cut short is truncated away again, or the
+        next line would be glued to half a JSON object. (A device such as /dev/full cannot be truncated, and holds
+        nothing to cut.)"""
+        fd = self._file.fileno()
+        start = os.fstat(fd).st_size
+        try:
+            _write_fd(fd, data)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, start)
+            raise
 
     def _rotate(self) -> None:
         """Shift ``path`` -> ``path.1`` -> ... -> ``path.<backups>`` (the last one's old content is dropped) and
@@ -315,7 +390,7 @@ class DecisionLog:
         except OSError as e:
             log.warning("decision log %s: rotation failed (%s); writing on", self.path, e)
         finally:
-            self._file = open(self.path, "a", encoding="utf-8", newline="\n")
+            self._file = self._open()
 
     def write_step(self, step: GateStep, **extra: Any) -> None:
         """Log every decision one gate update settled."""

@@ -265,5 +265,6 @@ class CapturePipeline:
                 for d in step.decisions:
                     self.logger.write(d, **stored.get((d.track_id, d.frame_index), {}) if d.accepted else {})
             except (OSError, ValueError) as e:
+                self.counts["log_errors"] += 1
                 report.errors.append(f"decision log: {e}")
                 log.error("could not log gate decisions: %s", e)

@@ -11,6 +11,7 @@ import argparse
 import csv
 import dataclasses
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,8 +39,11 @@ perceptual quality). Without --all-faces only the largest face of each photo (it
 
 IMAGE may be photos or folders (searched recursively for .jpg .jpeg .png .bmp .webp .tif .tiff .ppm .pgm;
 symlinked sub-folders are not followed); each photo is judged once however often it is named. A photo that
-cannot be read is listed with verdict 'error' (exit status 1); one without a face gets 'no_face'. --gate
-utility_accept=N alone moves utility_release down with it (the bundle's gap kept).
+cannot be read is listed with verdict 'error', a folder that cannot be read is named on stderr (its photos are
+not judged): either makes the exit status 1. Exit status 2: nothing could be judged (no photo found, a folder
+named that cannot be read, a bundle or model that cannot be loaded, an output that cannot be written). One
+without a face gets 'no_face'. --gate utility_accept=N alone moves utility_release down with it (the bundle's
+gap kept).
 
 examples:
   fiqa-score enrolment/                          # the subject of every photo, with verdicts
@@ -99,23 +103,69 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--max-side is an option of the retinaface detector")
     for flag in ("csv", "json"):  # checked before minutes of scoring, not after
         out = getattr(args, flag)
-        if out is None:
-            continue
-        if out.exists() and not out.is_file():
-            p.error(f"--{flag} {out} is not a file")
-        if out.exists() and not args.force:
-            p.error(f"--{flag} {out} exists; pass --force to replace it, or another path")
-        if not out.absolute().parent.is_dir():
-            p.error(f"--{flag} {out}: folder {out.absolute().parent} does not exist")
-    if args.csv is not None and args.json is not None and args.csv.absolute() == args.json.absolute():
+        if out is not None and (problem := output_problem(out, args.force)) is not None:
+            p.error(f"--{flag} {out}: {problem}")
+    # resolved, so sub/../x.csv and x.csv (or a symlink to it) are seen to be one file
+    if args.csv is not None and args.json is not None and args.csv.resolve() == args.json.resolve():
         p.error("--csv and --json name the same file; give each its own")
     return args
 
 
-def find_images(paths: list[Path]) -> Iterator[Path]:
+def output_problem(out: Path, force: bool) -> str | None:
+    """Why results cannot be written to ``out`` (None when they can), found before any photo is scored."""
+    try:
+        folder = out.absolute().parent
+        if out.exists() and not out.is_file():
+            return "is not a file"
+        if out.exists() and not force:
+            return "already exists; pass --force to replace it, or give another path"
+        if not folder.is_dir():
+            return f"its folder {folder} does not exist"
+        # access() also sees a read-only filesystem; the file itself matters when --force rewrites it in place
+        if not os.access(folder, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
+            return "is not writable by this user; pick another path or fix the permissions"
+    except OSError as e:  # a name too long for the filesystem, a folder on the way this user may not search
+        return f"cannot be used ({e.strerror or e})"
+    return None
+
+
+def _entries(folder: Path, unreadable: list[tuple[Path, OSError]]) -> Iterator[Path]:
+    """Everything below ``folder``, not following symlinked sub-folders. Path.rglob would skip a folder it may not
+    list without a word (and its photos with it): here each one goes to ``unreadable`` with its error."""
+    try:
+        with os.scandir(folder) as it:
+            entries = list(it)
+    except OSError as e:
+        unreadable.append((folder, e))
+        return
+    for entry in entries:
+        path = folder / entry.name
+        yield path
+        try:
+            is_dir = entry.is_dir(follow_symlinks=False)
+        except OSError:
+            is_dir = False
+        if is_dir:
+            yield from _entries(path, unreadable)
+
+
+def _is_photo_file(path: Path) -> bool:
+    """A file with a photo's suffix; one that cannot even be stat'ed counts, so reading it reports why."""
+    if path.suffix.lower() not in IMAGE_SUFFIXES:
+        return False
+    try:
+        return path.is_file()
+    except OSError:
+        return True
+
+
+def find_images(paths: list[Path], unreadable: list[tuple[Path, OSError]] | None = None) -> Iterator[Path]:
     """The photos named, and those inside the folders named (sorted, recursive; symlinked sub-folders are not
-    followed), each once however often it is named; a missing path raises."""
+    followed), each once however often it is named. A missing path, or one that cannot be looked at (a name too
+    long, a parent this user may not search), raises OSError naming it. A folder that cannot be listed is
+    appended to ``unreadable`` (with its error) and searching goes on; without that list, it raises too."""
     seen: set[Path] = set()
+    found_unreadable: list[tuple[Path, OSError]] = [] if unreadable is None else unreadable
 
     def once(p: Path) -> bool:
         key = p.resolve()
@@ -124,14 +174,21 @@ def find_images(paths: list[Path]) -> Iterator[Path]:
         return new
 
     for path in paths:
-        if path.is_dir():
-            yield from (p for p in sorted(path.rglob("*"))
-                        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and once(p))
-        elif path.is_file():
+        try:
+            is_dir, is_file = path.is_dir(), path.is_file()
+        except OSError as e:
+            raise OSError(f"{display_name(path)} cannot be read ({e.strerror or e})") from e
+        if is_dir:
+            below = sorted(_entries(path, found_unreadable))
+            if unreadable is None and found_unreadable:
+                folder, e = found_unreadable[0]
+                raise OSError(f"cannot read folder {display_name(folder)} ({e.strerror or e})") from e
+            yield from (p for p in below if _is_photo_file(p) and once(p))
+        elif is_file:
             if once(path):
                 yield path
         else:
-            raise FileNotFoundError(f"{path} is neither a photo nor a folder")
+            raise FileNotFoundError(f"{display_name(path)} is neither a photo nor a folder")
 
 
 def display_name(path: Path) -> str:
@@ -234,10 +291,17 @@ def write_outputs(rows: list[Row], args: argparse.Namespace, scorer: Scorer, gat
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    unreadable: list[tuple[Path, OSError]] = []
     try:
-        files = list(find_images(args.images))
-    except FileNotFoundError as e:
+        files = list(find_images(args.images, unreadable))
+    except OSError as e:
         print(f"fiqa-score: error: {e}", file=sys.stderr)
+        return 2
+    for folder, e in unreadable:  # said, never skipped in silence: its photos are missing from the results
+        print(f"fiqa-score: {'warning' if files else 'error'}: cannot read folder {display_name(folder)} "
+              f"({e.strerror or e}), so its photos are not judged; fix its permissions, or run as a user who may "
+              "read it", file=sys.stderr)
+    if not files and unreadable:
         return 2
     if not files:
         print(f"fiqa-score: error: no photos found in {', '.join(map(str, args.images))} (looked for "
@@ -267,7 +331,10 @@ def main(argv: list[str] | None = None) -> int:
     faces = sum(r.face is not None for r in rows)
     print(f"{len(files)} photos, {faces} faces judged: " + ", ".join(f"{n} {v}" for v, n in counts.items() if n) +
           f" (bundle {scorer.info.bundle_id}, {scorer.info.backend})")
-    return 1 if counts["error"] else 0
+    if unreadable:
+        print(f"{len(unreadable)} folder(s) could not be read; their photos are not in the results (see above)",
+              file=sys.stderr)
+    return 1 if counts["error"] or unreadable else 0
 
 
 if __name__ == "__main__":
