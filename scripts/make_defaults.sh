@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuild the SDK's embedded defaults from ../shared/data/lfw-dev, deterministically (fixed seeds), resumable:
-#   labels -> utility + perceptual teachers (in parallel) -> distilled student (eleven cycles) -> cpu + android-arm64
-#   bundles.
+#   labels -> utility + perceptual teachers (in parallel) -> distilled student (eleven cycles) -> recognition-utility
+#   labels and the student that learns them -> cpu + android-arm64 bundles.
 # Every step skips itself when its output is complete; re-run after an interruption to continue.
 # Usage: bash scripts/make_defaults.sh [FACES_DIR]        (run inside the project venv: bash scripts/setup.sh first)
 set -euo pipefail
@@ -98,15 +98,26 @@ cycle student_mir2 student_mix 3 0.001 0
 cycle student_mix student_mix2 3 0.0005 0
 cycle student_mix2 student_swap 3 0.0005 0.25
 cycle student_swap student_swap2 6 0.001 0.5
-mkdir -p "$WEIGHTS/student_mfn" && cp "$RUNS/student_swap2/student.pt" "$RUNS/student_swap2/student.json" "$WEIGHTS/student_mfn/"
+# 4. recognition-utility labels, and the student that learns them (docs/recognition_utility.md): every photo of the
+#    training people degraded in the whole frame (4 versions), detected and aligned as the device does and embedded
+#    by dlib and MobileFaceNet (~30 min on 2 cores); the eleventh-cycle student then learns the labels, grounded in
+#    both recognisers' embeddings (4 epochs, ~35 min on one thread). It scores one pass (no mirror average).
+python -c 'import sys; from fiqa_compile.fr.mobilefacenet import find_model; sys.exit(find_model() is None)' \
+  || bash scripts/get_mobilefacenet.sh
+[ -f "$RUNS/frames/train/failures.txt" ] || python -m fiqa_compile.labels.frame_set --faces "$FACES" \
+  --out "$RUNS/frames/train" --split train --protocol train --versions 4 --seed 0 --workers 2
+[ -f "$RUNS/student_rec/student.json" ] || python -m fiqa_compile.train.recognition_student \
+  --frames "$RUNS/frames/train" --out "$RUNS/student_rec" --init "$RUNS/student_swap2" --epochs 4 --threads 1
+mkdir -p "$WEIGHTS/student_mfn" && cp "$RUNS/student_rec/student.pt" "$RUNS/student_rec/student.json" "$WEIGHTS/student_mfn/"
 
-# 4. the default bundles that make Scorer() work out of the box, INT8-calibrated on the photos of 200 people the
+# 5. the default bundles that make Scorer() work out of the box, INT8-calibrated on the photos of 200 people the
 #    teachers and the student trained on (never the held-out ones), faces like the ones scored rather than the 6 small
 #    faces of the pip-shipped group photo fiqa-compile calibrates on by default (TFLite SRCC with fp32 on held-out LFW
-#    people 0.9997 / 0.9977 with these, 0.9995 / 0.9977 with the group photo: bench/eval_student.py)
-[ -d "$RUNS/calibration-lfw" ] || python scripts/calibration_subset.py "$FACES" "$RUNS/labels/lfw-dev" "$RUNS/calibration-lfw"
+#    people: bench/eval_student.py --bundle)
+[ -d "$RUNS/calibration-lfw" ] || python scripts/calibration_subset.py "$FACES" "$RUNS/calibration-lfw"
 mkdir -p "$BUNDLES"
 for target in cpu android-arm64; do
-  fiqa-compile --target "$target" --calibration "$RUNS/calibration-lfw" --out "$BUNDLES/default-$target" --force --seed 0
+  fiqa-compile --target "$target" --calibration "$RUNS/calibration-lfw" --no-mirror-average \
+    --out "$BUNDLES/default-$target" --force --seed 0
 done
 sha256sum "$WEIGHTS"/*/*.pt "$BUNDLES"/*/manifest.json

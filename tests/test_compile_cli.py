@@ -178,6 +178,21 @@ def test_an_undefined_rank_agreement_fails_verification():
     assert verification_failures(v(float("nan"), float("nan")), -1, -1) == []  # -1 turns the gates off
 
 
+def test_a_score_learned_from_its_own_labels_is_not_gated_on_the_teacher():
+    """A student that learned recognition labels disagrees with the old teacher by design: that is reported, not a
+    failure; its agreement with the fp32 student and the other score's with its teacher are still gated."""
+    from fiqa_compile.compiler import own_targets, verification_failures
+
+    v = {"onnx_qdq": {"vs_fp32": {"utility": {"srcc": 0.97}, "perceptual": {"srcc": 0.999}},
+                      "vs_teacher": {"utility": {"srcc": 0.50}, "perceptual": {"srcc": 0.70}}}}
+    mine = own_targets({"utility_target": "recognition utility", "scores": []})
+    assert mine == frozenset({"utility"})
+    assert own_targets({"scores": []}) == frozenset()
+    assert verification_failures(v, 0.98, 0.80, mine) == ["onnx_qdq utility: SRCC vs fp32 student 0.9700 < 0.98",
+                                                          "onnx_qdq perceptual: SRCC vs teacher 0.7000 < 0.8"]
+    assert "onnx_qdq utility: SRCC vs teacher 0.5000 < 0.8" in verification_failures(v, 0.98, 0.80)
+
+
 def test_an_edc_of_few_people_is_marked_indicative_only():
     from fiqa_compile.report import MIN_EDC_PEOPLE, edc_caveat
 

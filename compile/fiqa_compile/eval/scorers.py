@@ -6,6 +6,8 @@ Specs (``fiqa-eval --method``):
                          ``teacher:DIR#tta`` for a utility teacher's mean over its 10 test-time views
 * ``bundle:DIR``         a compiled bundle's student through :class:`fiqa_sdk.Scorer`; ``bundle:DIR#perceptual``
                          for its perceptual output (default ``#utility``)
+* ``student:DIR``        a distilled student (``student.json`` + ``student.pt``) in torch fp32, one pass;
+                         ``student:DIR#mirror`` for the mean over each face and its mirror image
 * ``baseline:sharpness`` variance of the Laplacian of the aligned face (blur detector, Pech-Pacheco et al.)
 * ``baseline:face_size`` inter-ocular distance of the face in its source photo, divided by the downscale factor
                          of its degradation (the resolution the face really has)
@@ -27,7 +29,7 @@ import numpy as np
 from fiqa_compile.eval.pairs import chain_downscale
 
 BASELINES = ("sharpness", "face_size", "random")
-SPEC_HELP = "teacher:DIR[#tta], bundle:DIR[#utility|#perceptual], baseline:" + "|".join(BASELINES)
+SPEC_HELP = "teacher:DIR[#tta], student:DIR[#mirror], bundle:DIR[#utility|#perceptual], baseline:" + "|".join(BASELINES)
 
 
 class MethodSpecError(ValueError):
@@ -148,6 +150,25 @@ def _bundle(target: str, spec: str, backend: str) -> QualityMethod:
     return QualityMethod(spec, f"student {output} ({scorer.info.precision}, {scorer.info.backend})", run)
 
 
+def _student(target: str, spec: str) -> QualityMethod:
+    path_text, _, mode = target.partition("#")
+    if mode not in ("", "mirror"):
+        raise MethodSpecError(f"--method {spec!r}: unknown student mode {mode!r}; use student:{path_text} or "
+                              f"student:{path_text}#mirror")
+    from fiqa_compile.distill import _predict
+    from fiqa_compile.errors import CompileError
+    from fiqa_compile.student_store import load_student
+
+    try:
+        model, info = load_student(Path(path_text))
+    except CompileError as e:
+        raise MethodSpecError(f"--method {spec!r}: {e}") from e
+    index = next(s["index"] for s in info["scores"] if s["name"] == "utility")
+    mirror = mode == "mirror"
+    return QualityMethod(spec, f"student utility ({info['student']}, torch fp32{', face + mirror' if mirror else ''})",
+                         lambda v, _s: _predict(model, v.crops, mirror_average=mirror)[:, index])
+
+
 def parse_method(spec: str, bundle_backend: str = "auto") -> QualityMethod:
     """Build the method a ``--method`` spec names; :class:`MethodSpecError` explains a spec it cannot use."""
     kind, sep, value = str(spec).partition(":")
@@ -159,6 +180,8 @@ def parse_method(spec: str, bundle_backend: str = "auto") -> QualityMethod:
         return _teacher(value, spec)
     if kind == "bundle":
         return _bundle(value, spec, bundle_backend)
+    if kind == "student":
+        return _student(value, spec)
     raise MethodSpecError(f"unknown method kind {kind!r} in --method {spec!r}; use one of {SPEC_HELP}")
 
 

@@ -173,6 +173,25 @@ def load(directory: str | os.PathLike) -> dict[str, np.ndarray]:
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
 
 
+def load_sets(directories) -> dict[str, np.ndarray]:
+    """Several sets of the same photos (other ``--seed``s), as one: each photo's clean row once, the degraded
+    versions of later sets numbered after those of earlier ones. Sets of other photos are refused."""
+    directories = [Path(d) for d in directories]
+    stamps = [json.loads((d / "settings.json").read_text()) for d in directories]
+    if len({s["photos_sha256"] for s in stamps}) > 1:
+        raise ValueError(f"{', '.join(map(str, directories))} were not built from the same photos; merge only sets "
+                         "of one --faces/--split that differ in --seed")
+    merged = load(directories[0])
+    for d in directories[1:]:
+        more = load(d)
+        keep = more["version"] > 0
+        offset = int(merged["version"].max())
+        more = {k: v[keep] for k, v in more.items()}
+        more["version"] = more["version"] + offset
+        merged = {k: np.concatenate([merged[k], more[k]]) for k in merged}
+    return merged
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m fiqa_compile.labels.frame_set", description=__doc__.split("\n\n")[0])
     p.add_argument("--faces", required=True, help="face folder: <root>/<identity>/<photo>.jpg")

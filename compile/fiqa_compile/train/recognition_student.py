@@ -31,6 +31,8 @@ from fiqa_compile.train.schedule import epoch_batches, warmup_cosine
 from fiqa_compile.train.tasks import pairwise_rank_loss
 
 SCORE_NAMES = ("utility", "perceptual")
+UTILITY_MEANING = ("recognition utility: how far above their FMR-1e-3 thresholds dlib's ResNet and MobileFaceNet are "
+                   "expected to match this face to another photo of the person (fiqa_compile.labels.recognition)")
 
 
 @dataclass(frozen=True)
@@ -172,7 +174,8 @@ def fit(rows: dict[str, np.ndarray], targets: np.ndarray, out: Path, cfg: Recogn
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m fiqa_compile.train.recognition_student",
                                  description=__doc__.split("\n\n")[0])
-    ap.add_argument("--frames", type=Path, required=True, help="frame set of the training people (labels.frame_set)")
+    ap.add_argument("--frames", type=Path, required=True, action="append",
+                    help="frame set of the training people (labels.frame_set); repeat for sets of other --seeds")
     ap.add_argument("--out", type=Path, required=True, help="run folder (resumes when the settings match)")
     ap.add_argument("--init", type=Path, required=True, help="distilled student to start from")
     ap.add_argument("--epochs", type=int, default=RecognitionStudentConfig.epochs, help="passes (default %(default)s)")
@@ -181,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed (default %(default)s)")
     args = ap.parse_args(argv)
     from fiqa_compile.distill import load_init
-    from fiqa_compile.labels.frame_set import load
+    from fiqa_compile.labels.frame_set import load_sets
     from fiqa_compile.models.registry import create_model
 
     torch.set_num_threads(args.threads)
@@ -189,16 +192,18 @@ def main(argv: list[str] | None = None) -> int:
     init_state, init_record = load_init(args.init, "student_mfn", "--init", "student_mfn")
     init_model = create_model("student_mfn")
     init_model.load_state_dict(init_state)
-    data = load(args.frames)
+    data = load_sets(args.frames)
     rows, targets = training_targets(data, init_model.eval())
     print(f"{len(targets)} labelled faces of {len(np.unique(rows['identity']))} people "
           f"({time.time() - t0:.0f} s to label)", flush=True)
-    stamp = json.loads((args.frames / "settings.json").read_text())
+    stamps = [json.loads((f / "settings.json").read_text()) for f in args.frames]
     cfg = RecognitionStudentConfig(epochs=args.epochs, lr=args.lr, seed=args.seed)
-    provenance = {"command": "python -m fiqa_compile.train.recognition_student " + " ".join(sys.argv[1:] if argv is None else argv),
-                  "data": str(args.frames), "frame_set": stamp, "init": init_record, "torch": torch.__version__,
-                  "utility_target": "recognition margins of dlib + MobileFaceNet at FMR 1e-3 (labels.recognition)",
-                  "perceptual_target": "the init student's perceptual score (face + mirror mean)"}
+    # The perceptual score is still the teachers' (through the init student), so the compile checks them as its own.
+    teachers = json.loads((args.init / "student.json").read_text()).get("teachers")
+    provenance = {"teachers": teachers, "command": "python -m fiqa_compile.train.recognition_student " + " ".join(sys.argv[1:] if argv is None else argv),
+                  "data": [str(f) for f in args.frames], "frame_sets": stamps, "init": init_record, "torch": torch.__version__,
+                  "utility_target": UTILITY_MEANING,
+                  "perceptual_from": "the --init student's perceptual score (face + mirror mean)"}
     info = fit(rows, targets, args.out, cfg, init_state, provenance)
     print(json.dumps({k: info[k] for k in ("samples", "history", "sha256")}, indent=2))
     return 0
