@@ -446,3 +446,24 @@ def test_teacher_tta_spec_names_the_mode_and_refuses_a_perceptual_teacher():
         parse_method(f"teacher:{dirs['perceptual']}#tta")
     with pytest.raises(MethodSpecError, match="unknown teacher mode 'best'"):
         parse_method(f"teacher:{dirs['utility']}#best")
+
+
+def test_a_student_method_scores_as_the_student_does():
+    """student:DIR runs the distilled student in torch: its utility column, one pass or face + mirror."""
+    import numpy as np
+
+    from fiqa_compile.distill import _predict
+    from fiqa_compile.eval.scorers import MethodSpecError, SampleView, parse_method
+    from fiqa_compile.student_store import EMBEDDED_STUDENT, load_student
+
+    rng = np.random.default_rng(0)
+    crops = rng.integers(0, 256, (4, 112, 112, 3), dtype=np.uint8)
+    model, info = load_student(EMBEDDED_STUDENT)
+    index = next(s["index"] for s in info["scores"] if s["name"] == "utility")
+    one = parse_method(f"student:{EMBEDDED_STUDENT}").score(SampleView(crops))
+    both = parse_method(f"student:{EMBEDDED_STUDENT}#mirror").score(SampleView(crops))
+    assert np.allclose(one, _predict(model, crops)[:, index], atol=1e-5)
+    assert np.allclose(both, _predict(model, crops, mirror_average=True)[:, index], atol=1e-5)
+    assert not np.allclose(one, both)
+    with pytest.raises(MethodSpecError, match="unknown student mode"):
+        parse_method(f"student:{EMBEDDED_STUDENT}#tta")

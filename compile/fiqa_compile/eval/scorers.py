@@ -29,7 +29,7 @@ import numpy as np
 from fiqa_compile.eval.pairs import chain_downscale
 
 BASELINES = ("sharpness", "face_size", "random")
-SPEC_HELP = "teacher:DIR[#tta], student:DIR[#mirror], bundle:DIR[#utility|#perceptual], baseline:" + "|".join(BASELINES)
+SPEC_HELP = "teacher:DIR[#tta], bundle:DIR[#utility|#perceptual], student:DIR[#mirror], baseline:" + "|".join(BASELINES)
 
 
 class MethodSpecError(ValueError):
