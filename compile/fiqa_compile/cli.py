@@ -76,10 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "converter's histogram observers); auto (default) tries each on calibration-pool faces "
                         "outside the calibration set and keeps the one whose INT8 ranking agrees best with fp32")
     g.add_argument("--keep-head-float", action="store_true", help="keep the final score head in float (Q/DQ ONNX targets: jetson-orin, cpu)")
-    g.add_argument("--mirror-average", action=argparse.BooleanOptionalAction, default=True,
+    g.add_argument("--mirror-average", action=argparse.BooleanOptionalAction, default=None,
                    help="score each face as the mean over it and its mirror image, two passes of the student "
-                        "(default on: mirror-symmetric scores, utility SRCC with the teacher 0.951 vs 0.946 in "
-                        "one pass on 3,519 held-out LFW faces); --no-mirror-average halves the model time")
+                        "(default: as the student learnt: on for a --faces distillation and for students trained "
+                        "on the mirror mean, off for one-pass students such as the embedded one)")
     g = ap.add_argument_group("verification")
     g.add_argument("--min-srcc-fp32", type=correlation, default=0.98,
                    help="fail if an INT8 artifact ranks faces differently from the fp32 student (default 0.98; -1: off)")

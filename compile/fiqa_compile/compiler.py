@@ -5,6 +5,8 @@ verifies every artifact right after it is written, and collects what the report 
 """
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 import platform
@@ -45,7 +47,9 @@ class CompileOptions:
     calibration_method: str = "auto"
     precision: str = "int8"
     keep_head_float: bool = False
-    mirror_average: bool = True          # score = mean over the face and its mirror image (manifest mirror_average)
+    # score = mean over the face and its mirror image (manifest mirror_average); None: as the student learnt (a
+    # --faces distillation learns the mirror mean, a given or embedded student records whether it did)
+    mirror_average: bool | None = None
     min_srcc_fp32: float = 0.98
     min_srcc_teacher: float = 0.80
     seed: int = 0
@@ -424,6 +428,8 @@ def compile_bundle(opts: CompileOptions) -> Path:
     from fiqa_sdk.preprocess import faces_to_tensor
 
     target: Target = get_target(opts.target)
+    if opts.mirror_average is None and opts.faces is not None:
+        opts = dataclasses.replace(opts, mirror_average=True)
     check_options(opts, target)
     refuse_existing_output(opts)
     if opts.threads:
@@ -455,6 +461,8 @@ def compile_bundle(opts: CompileOptions) -> Path:
                 print(f"warning: student {spath} is incomplete; re-run the fiqa-distill that made it to finish it",
                       file=sys.stderr, flush=True)
         check_student_teachers(sinfo, teachers, opts)
+        if opts.mirror_average is None:
+            opts = dataclasses.replace(opts, mirror_average=bool(sinfo.get("config", {}).get("mirror_average")))
         if sinfo.get("config", {}).get("mirror_average") and not opts.mirror_average:
             print("warning: this student learned the mean over each face and its mirror image (fiqa-distill "
                   "--mirror-average); --no-mirror-average ships one pass of it, which ranks faces less like the "
