@@ -271,3 +271,20 @@ def test_verification_scores_the_fp32_student_as_the_device_runs_the_artifact(tm
     mirrored = student_z(net, np.ascontiguousarray(crops[:, :, ::-1]))
     np.testing.assert_allclose(torch_z, (one_pass + mirrored) / 2 if mirror else one_pass, atol=1e-5)
     assert not np.allclose(one_pass, mirrored, atol=1e-3)  # the net is not mirror-symmetric: the test can tell
+
+
+def test_an_out_that_cannot_be_written_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    """/proc passes a permission check as root but takes no files; a full disk is found before minutes of work."""
+    import fiqa_compile.compiler as compiler
+
+    assert main(["--target", "cpu", "--out", "/proc/fiqa-sdk-test/bundle"]) == 2
+    assert "a test file in /proc could not be created" in capsys.readouterr().err
+
+    class Usage:
+        free = 5_000_000
+
+    monkeypatch.setattr(compiler.shutil, "disk_usage", lambda path: Usage())
+    assert main(["--target", "cpu", "--out", str(tmp_path / "b")]) == 2
+    err = capsys.readouterr().err
+    assert "5 MB free" in err and "free some space or choose another --out" in err
+    assert not (tmp_path / "b").exists()

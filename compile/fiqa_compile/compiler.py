@@ -128,6 +128,9 @@ def check_options(opts: CompileOptions, target: Target) -> None:
                                    f"--target {qdq_targets} at int8)")
 
 
+MIN_FREE_BYTES = 200_000_000  # a bundle is ~10 MB; the exporters' temporary files take the rest
+
+
 def refuse_existing_output(opts: CompileOptions) -> None:
     """The bundle writer's own refusals, checked before minutes of work rather than after them."""
     out = opts.out_dir()
@@ -136,6 +139,17 @@ def refuse_existing_output(opts: CompileOptions) -> None:
     parent = next(p for p in out.absolute().parents if p.exists())  # the bundle is renamed into place there
     if not os.access(parent, os.W_OK | os.X_OK):
         raise CompileError(f"cannot write --out {out}: {parent} is not writable; choose another --out")
+    try:  # permission bits do not tell everything (root, read-only mounts, /proc): try it
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError as e:
+        raise CompileError(f"cannot write --out {out}: a test file in {parent} could not be created "
+                           f"({e.strerror or e}); choose another --out") from None
+    free = shutil.disk_usage(parent).free
+    if free < MIN_FREE_BYTES:
+        raise CompileError(f"--out {out}: {free / 1e6:.0f} MB free where it goes ({parent}); a compile needs about "
+                           f"{MIN_FREE_BYTES / 1e6:.0f} MB for the bundle and its work files: free some space or "
+                           "choose another --out")
 
 
 def faces_from_pool(pool, source: str) -> Faces:
