@@ -70,13 +70,12 @@ def mann_whitney_auc(low: np.ndarray, high: np.ndarray) -> float:
 
 def evaluate(q_row: np.ndarray, pairs, scores: np.ndarray, families: np.ndarray) -> dict:
     """EDC pAUC and per-family AUC of one method's qualities (per sample row) for one FR model's scores."""
-    from fiqa_compile.eval.edc import edc, similarity_threshold
+    from fiqa_compile.eval.edc import edc
 
     g = pairs.genuine
     pair_q = np.minimum(q_row[pairs.a], q_row[pairs.b])
     curve = edc(scores[g], pair_q[g], scores[~g], fmr=FMR, limits=(LIMIT, 0.3))
-    thr = similarity_threshold(scores[~g], FMR)
-    fail = scores[g] < thr
+    fail = scores[g] < curve.threshold
     fam = families[g]
     auc = {}
     for f in FAMILIES:
@@ -111,7 +110,7 @@ def frames_for(samples: Samples, rows: np.ndarray, faces: Path):
     import cv2
 
     from fiqa_calibration import FaceFolder
-    from fiqa_calibration.crops import ARCFACE_EYE_DISTANCE
+    from fiqa_calibration.crops import frame_scale
     from fiqa_calibration.degradations import Chain
 
     folder = FaceFolder(faces)
@@ -121,9 +120,7 @@ def frames_for(samples: Samples, rows: np.ndarray, faces: Path):
         photo = int(d["photo"][r])
         frame = cv2.imread(str(folder[photo][0]), cv2.IMREAD_COLOR)
         if d["version"][r] > 0:
-            lm0 = clean_lm[photo]
-            scale = max(float(np.linalg.norm(lm0[1] - lm0[0])) / ARCFACE_EYE_DISTANCE, 0.25)
-            frame = Chain.from_dict(json.loads(str(d["chain"][r]))).apply(frame, scale=scale)
+            frame = Chain.from_dict(json.loads(str(d["chain"][r]))).apply(frame, scale=frame_scale(clean_lm[photo]))
         yield frame, d["lm5"][r]
 
 
@@ -201,13 +198,15 @@ def main(argv: list[str] | None = None) -> int:
 
     from fiqa_compile.eval.pairs import build_pairs, cosine_scores, impostors_for_fmr
     from fiqa_compile.labels.frame_set import family_of, load
+    from fiqa_compile.labels.recognition import mfn_norm
 
     t0 = time.time()
     try:
-        samples = Samples(load(args.set))
+        data = load(args.set)
     except FileNotFoundError as e:
         print(f"recognition_utility: {e}", file=sys.stderr)
         return 2
+    samples = Samples(data)
     pairings = [build_pairs(samples, n_impostors=impostors_for_fmr(FMR), degraded_share=0.5,
                             max_genuine_per_identity=args.max_per_person, seed=seed) for seed in range(args.seeds)]
     rows = np.unique(np.concatenate([p.rows for p in pairings]))
@@ -219,15 +218,14 @@ def main(argv: list[str] | None = None) -> int:
     q_rows = score_methods(samples, rows, list(args.method or DEFAULT_METHODS), "auto")
     if not args.no_peers:
         q_rows.update(score_peers(samples, rows, args.faces))
-    mfn = samples.data["emb_mfn"][rows], samples.data["emb_mfn_mirror"][rows]
     q_rows["fr:mobilefacenet_norm"] = ("MobileFaceNet embedding norm (FR signal, not a FIQA model)",
-                                       (np.linalg.norm(mfn[0], axis=1) + np.linalg.norm(mfn[1], axis=1)) / 2)
+                                       mfn_norm(samples.data)[rows])
 
     n = len(samples.photo)
     p0 = pairings[0]
     record: dict = {"set": {"path": str(args.set), "samples": int(n), "photos": int(len(np.unique(samples.photo))),
                             "identities": int(len(np.unique(samples.identity))),
-                            "detected_share": float(np.mean(load(args.set)["detected"]))},
+                            "detected_share": float(np.mean(data["detected"]))},
                     "pairs": {"genuine": int(p0.genuine.sum()), "impostor": int((~p0.genuine).sum()),
                               "degraded_share": p0.degraded_share, "max_per_person": args.max_per_person,
                               "pairings": args.seeds},

@@ -132,6 +132,12 @@ class FrameVersion:
         return "clean" if self.chain is None else "+".join(s.kind for s in self.chain.steps)
 
 
+def frame_scale(landmarks5: np.ndarray) -> float:
+    """Pixel-size multiplier that makes a chain degrade a frame's face as much as a 112x112 crop (eye distance)."""
+    eye_distance = float(np.linalg.norm(np.asarray(landmarks5)[1] - np.asarray(landmarks5)[0]))
+    return max(eye_distance / ARCFACE_EYE_DISTANCE, 0.25)
+
+
 def frame_versions(frame_bgr: np.ndarray, detector, photo: int, chains: list[Chain]) -> tuple[list[FrameVersion], str | None]:
     """The clean photo and one version per chain, each degraded in the frame and detected again.
 
@@ -143,8 +149,7 @@ def frame_versions(frame_bgr: np.ndarray, detector, photo: int, chains: list[Cha
     if not detections:
         return [], "no face detected"
     face = central_face(detections, frame_bgr.shape)
-    eye_distance = float(np.linalg.norm(face.landmarks[1] - face.landmarks[0]))
-    scale = max(eye_distance / ARCFACE_EYE_DISTANCE, 0.25)
+    scale = frame_scale(face.landmarks)
     out = [FrameVersion(0, frame_bgr, None, face)]
     for v, chain in enumerate(chains, start=1):
         degraded = chain.apply(frame_bgr, scale=scale)

@@ -27,12 +27,13 @@ LABEL_FMR = 1e-3
 PRIOR_PHOTOS = 2.0  # how many other photos the norm's prediction is worth
 
 
-def _unit(e: np.ndarray) -> np.ndarray:
+def unit_rows(e: np.ndarray) -> np.ndarray:
+    """Each row scaled to length 1 (an FR embedding as cosine similarity compares it)."""
     return e / np.linalg.norm(e, axis=1, keepdims=True).clip(1e-12)
 
 
 def embeddings(data: dict[str, np.ndarray], fr: str) -> np.ndarray:
-    return _unit(data["emb_dlib"] if fr == "dlib" else data["emb_mfn"])
+    return unit_rows(data["emb_dlib"] if fr == "dlib" else data["emb_mfn"])
 
 
 def mfn_norm(data: dict[str, np.ndarray]) -> np.ndarray:

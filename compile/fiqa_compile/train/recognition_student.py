@@ -72,8 +72,9 @@ def training_targets(data: dict[str, np.ndarray], init_model) -> tuple[dict[str,
 
 def fr_targets(rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Unit FR embeddings per row (MobileFaceNet's of the mirror image too, for flipped crops)."""
-    unit = lambda e: (e / np.linalg.norm(e, axis=1, keepdims=True).clip(1e-12)).astype(np.float32)  # noqa: E731
-    return {"dlib": unit(rows["emb_dlib"]), "mfn": unit(rows["emb_mfn"]), "mfn_mirror": unit(rows["emb_mfn_mirror"])}
+    from fiqa_compile.labels.recognition import unit_rows
+
+    return {k: unit_rows(rows[f"emb_{k}"]).astype(np.float32) for k in ("dlib", "mfn", "mfn_mirror")}
 
 
 def fit(rows: dict[str, np.ndarray], targets: np.ndarray, out: Path, cfg: RecognitionStudentConfig,
