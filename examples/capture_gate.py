@@ -13,7 +13,8 @@ JSON-lines log. With a display (and an OpenCV built with GUI support) a window s
 reasons for each rejection; headless OpenCV wheels have no window support, so --display auto then runs
 headless. A frame that cannot be processed is counted and skipped: one bad frame never ends the run. Ctrl-C and
 SIGTERM (systemctl stop, docker stop) end the run cleanly: the last best-of-N windows are still written and the
-summary printed.
+summary printed; a second Ctrl-C (or SIGTERM) while that happens is ignored, so it changes neither the files nor
+the exit status.
 """
 from __future__ import annotations
 
@@ -58,10 +59,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--detector", default="retinaface", help="face detector (default: retinaface)")
     p.add_argument("--detector-backend", default="auto", choices=("auto", "onnxruntime", "opencv", "tensorrt"),
                    help="what runs RetinaFace: auto = ONNX Runtime, else OpenCV DNN; tensorrt on a Jetson (its "
-                        "engine is built once, minutes, then cached)")
+                        "engine is built once, on first use, then cached)")
     p.add_argument("--max-side", type=int, default=None,
                    help="longest frame side RetinaFace sees (default: half the frame's, within 320..640: 320 for a "
-                        "640x480 camera, 640 for HD; see README 'Alignment')")
+                        "640x480 camera, 640 for HD; why: docs/results.md, 'Alignment')")
     p.add_argument("--threads", type=int, default=None, help="inference threads (default: the engine's choice)")
     p.add_argument("--out", type=Path, default=Path("captures"), help="folder for accepted captures (default ./captures)")
     p.add_argument("--log", type=Path, default=None, help="append every gate decision to this .jsonl file")
@@ -159,36 +160,40 @@ class Terminated(BaseException):
 
 
 class SigtermStop:
-    """What SIGTERM does under :func:`stop_on_sigterm`: the first one raises :class:`Terminated` while ``armed``
-    (the frame loop); once the run disarms it for the final flush, a SIGTERM is only noted, so it cannot cut the
-    flush short. Later ones are ignored either way."""
+    """What SIGTERM and Ctrl-C (SIGINT) do under :func:`stop_on_sigterm`. While ``armed`` (the frame loop), the first
+    of them stops the run: SIGTERM raises :class:`Terminated`, Ctrl-C KeyboardInterrupt. Any later one, and any that
+    arrives once the run disarms it for the shutdown (final flush, closing the log and the engine, the summary), is
+    only noted in ``late``: a second Ctrl-C pressed while the last captures are written cannot cut them short or
+    turn a clean exit into a traceback."""
 
     def __init__(self) -> None:
         self.armed = True
         self.fired = False
+        self.late: list[int] = []  # signals that came during the shutdown, ignored
 
     def handler(self, signum: int, frame: object) -> None:
-        if self.fired:
+        if self.fired or not self.armed:
+            self.late.append(signum)
             return
         self.fired = True
-        if self.armed:
-            raise Terminated()
+        raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
 
 
 @contextlib.contextmanager
 def stop_on_sigterm() -> Iterator[SigtermStop]:
-    """While the block runs, SIGTERM stops the run like Ctrl-C (see :class:`SigtermStop`); the previous handler
-    comes back after. Without it SIGTERM kills the process before the open windows are written. Python lets only
-    the main thread set handlers: elsewhere this installs nothing."""
+    """While the block runs, SIGTERM stops the run like Ctrl-C, and neither can interrupt the shutdown (see
+    :class:`SigtermStop`); the previous handlers come back after. Without it SIGTERM kills the process before the
+    open windows are written. Python lets only the main thread set handlers: elsewhere this installs nothing."""
     stop = SigtermStop()
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
-    previous = signal.signal(signal.SIGTERM, stop.handler)
+    previous = {signum: signal.signal(signum, stop.handler) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield stop
     finally:  # a handler set outside Python reads as None and cannot be put back: the default is the nearest
-        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+        for signum, nearest in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
+            signal.signal(signum, previous[signum] if previous[signum] is not None else nearest)
 
 
 @dataclass
@@ -220,8 +225,8 @@ def _announce(report: FrameReport, stats: RunStats, out: TextIO | None = None) -
 def run(frames: Iterable[Frame], pipeline: CapturePipeline, max_frames: int | None = None, show: bool = False,
         out: TextIO | None = None, sigterm: SigtermStop | None = None) -> RunStats:
     """Feed frames through the pipeline until the source ends, ``max_frames``, 'q'/Esc in the window, Ctrl-C or
-    SIGTERM (``sigterm``, from :func:`stop_on_sigterm`); the pipeline is flushed however it ends, with SIGTERM
-    disarmed so it cannot interrupt the flush."""
+    SIGTERM (``sigterm``, from :func:`stop_on_sigterm`); the pipeline is flushed however it ends, with both signals
+    disarmed so neither can interrupt the flush."""
     out = out or sys.stdout
     stats = RunStats()
     t0 = time.perf_counter()
@@ -382,29 +387,32 @@ def main(argv: list[str] | None = None) -> int:
     pipeline = CapturePipeline(scorer, gate=gate, writer=writer, logger=logger,
                                tracker=IouTracker(max_missed_seconds=args.track_timeout))
     problems: list[str] = []
-    try:
-        with stop_on_sigterm() as sigterm, source:
-            try:
-                stats = run(source, pipeline, args.max_frames, show, sigterm=sigterm)
-            except Terminated:  # it came before the run's loop began: nothing was scored, but say so cleanly
-                sigterm.armed = False
-                stats = RunStats(stopped_by="SIGTERM")
-                _announce(pipeline.flush(), stats)
-    except SourceError as e:  # the source could not even start
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    finally:
-        problems = close_outputs(logger, scorer, show)
-    reasons = ", ".join(f"{k} {v}" for k, v in pipeline.reasons.most_common()) or "none"
-    print(f"{stats.frames} frames ({stats.bad_frames} unprocessable, skipped) in {stats.seconds:.1f} s = "
-          f"{stats.fps:.1f} FPS; "
-          f"{pipeline.counts['faces']} faces, {_skip_summary(stats, pipeline.counts['skipped'])}; "
-          f"{len(stats.captures)} captures in {args.out}; "
-          f"rejections: {reasons}; stopped by {stats.stopped_by}", flush=True)
-    if (lost := lost_output(pipeline, args)) is not None:
-        problems.insert(0, lost)
-    for problem in problems:
-        print(f"error: {problem}", file=sys.stderr)
+    # The handlers stay until the summary is out: a Ctrl-C or SIGTERM during the shutdown is ignored, not a traceback
+    with stop_on_sigterm() as sigterm:
+        try:
+            with source:
+                try:
+                    stats = run(source, pipeline, args.max_frames, show, sigterm=sigterm)
+                except (Terminated, KeyboardInterrupt) as e:  # before the run's loop began: nothing was scored
+                    sigterm.armed = False
+                    stats = RunStats(stopped_by="SIGTERM" if isinstance(e, Terminated) else "Ctrl-C")
+                    _announce(pipeline.flush(), stats)
+        except SourceError as e:  # the source could not even start
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        finally:
+            sigterm.armed = False
+            problems = close_outputs(logger, scorer, show)
+        reasons = ", ".join(f"{k} {v}" for k, v in pipeline.reasons.most_common()) or "none"
+        print(f"{stats.frames} frames ({stats.bad_frames} unprocessable, skipped) in {stats.seconds:.1f} s = "
+              f"{stats.fps:.1f} FPS; "
+              f"{pipeline.counts['faces']} faces, {_skip_summary(stats, pipeline.counts['skipped'])}; "
+              f"{len(stats.captures)} captures in {args.out}; "
+              f"rejections: {reasons}; stopped by {stats.stopped_by}", flush=True)
+        if (lost := lost_output(pipeline, args)) is not None:
+            problems.insert(0, lost)
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
     return 1 if problems or stats.stopped_by.startswith("source lost") else 0
 
 

@@ -193,7 +193,7 @@ def test_swapped_model_with_updated_hash_is_refused_by_the_bundle_id(copy, model
 
 
 @pytest.mark.parametrize("edit", [lambda m: m["thresholds"].update(utility_accept=m["thresholds"]["utility_accept"] - 5),
-                                  lambda m: m["scores"][0].update(lo=-1e9),
+                                  lambda m: m["scores"][0].update(lo=1.5),
                                   lambda m: m["tensorrt"]["build"].update(max_batch=64)])
 def test_hand_edited_settings_are_refused_by_the_bundle_id(copy, edit):
     """The id covers the manifest's content: a gate opened by editing a threshold does not load."""
@@ -263,6 +263,106 @@ def test_malformed_manifests_are_refused(copy, edit, match):
     _edit_manifest(copy, edit)
     with pytest.raises(BundleError, match=match):
         load_bundle(copy)
+
+
+@pytest.mark.parametrize("edit, match", [
+    # TensorRT build settings a Jetson would build its engine with
+    (lambda m: m["tensorrt"]["build"].update(precision="int4"), r"tensorrt.build.precision='int4' is not one of"),
+    (lambda m: m["tensorrt"]["build"].update(max_batch=0), "max_batch must be an integer from 1 to 1024, got 0"),
+    (lambda m: m["tensorrt"]["build"].update(max_batch="16"), "max_batch must be an integer from 1 to 1024, got '16'"),
+    (lambda m: m["tensorrt"]["build"].update(max_batch=10**6), "max_batch must be an integer from 1 to 1024"),
+    (lambda m: m["tensorrt"]["build"].update(opt_batch=9), r"opt_batch=9 is above max_batch=8"),
+    (lambda m: m["tensorrt"]["build"].update(fp16_fallback="yes"), "fp16_fallback must be true or false"),
+    (lambda m: m["tensorrt"]["build"].update(workspace_mb=10**9), "workspace_mb must be an integer from 1 to 65536"),
+    # score scales: finite numbers, but no scale a compile could have written
+    (lambda m: m["scores"][0].update(lo=-1e308, hi=1e308), r"hi - lo overflows \(lo=-1e\+308, hi=1e\+308\)"),
+    (lambda m: m["scores"][0].update(lo=-1e300), r"lie -1.43e\+300 and 2 standard deviations from mean=3.1"),
+    (lambda m: m["scores"][0].update(std=1e-300), r"standard deviations from mean=3.1 \(std=1e-300\)"),
+    (lambda m: m["scores"][0].update(std=1e300, mean=0.0), r"is 2.5e-300 standard deviations .*a step, not a scale"),
+    (lambda m: m["scores"][1].update(lo=30.0, hi=30.000001), r"hi - lo = 1e-06 is 8.33e-08 standard deviations"),
+    # a preprocessing step this SDK would silently skip
+    (lambda m: m["preprocessing"].update(gamma=2.2), r"preprocessing spec has key\(s\) \['gamma'\] this SDK does not "
+                                                     "implement"),
+    # what the capture gate reads, refused at load rather than when a CapturePipeline is made
+    (lambda m: m.pop("thresholds"), r"has no 'thresholds' section, which the capture gate \(CapturePipeline"),
+])
+def test_manifest_values_the_bundle_id_cannot_vouch_for_are_refused(copy, edit, match):
+    """A hand edit with the bundle id recomputed (as a compile would) still may not load settings no fiqa-compile
+    writes; before, each of these loaded."""
+    _edit_manifest(copy, edit)
+    with pytest.raises(BundleError, match=match):
+        load_bundle(copy)
+
+
+def test_a_key_given_twice_is_refused_not_decided_by_the_last_copy(copy):
+    """A reader of the file sees the first ``thresholds``, json.loads would keep the second; the id, computed over
+    what json.loads keeps, matched, so the bundle loaded with the thresholds nobody reviewing it saw."""
+    m = json.loads((copy / MANIFEST).read_text())
+    opened = {**m["thresholds"], "utility_accept": 1.0, "utility_release": 0.0}
+    m_opened = {**m, "thresholds": opened}
+    m_opened["bundle_id"] = bundle_id_for({**{e["file"]: e["sha256"] for e in m["models"]}, **m["files"]}, m_opened)
+    text = json.dumps(m_opened)
+    first = json.dumps(m["thresholds"])
+    (copy / MANIFEST).write_text(text.replace('"thresholds": ', f'"thresholds": {first}, "thresholds": ', 1))
+    with pytest.raises(BundleError, match=r"manifest.json: key 'thresholds' appears twice in one JSON object; "
+                                          "fiqa-compile never writes one"):
+        load_bundle(copy)
+
+
+def test_nan_infinity_and_deep_nesting_are_bundle_errors_not_raw_ones(copy):
+    _edit_manifest(copy, lambda m: m["provenance"].update(note=float("nan")))  # json.dumps writes NaN
+    with pytest.raises(BundleError, match="it holds NaN, which is not JSON"):  # was a ValueError from hashing
+        load_bundle(copy)
+    (copy / MANIFEST).write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(BundleError, match="nests its JSON deeper than this Python can read"):  # was RecursionError
+        load_bundle(copy)
+
+
+@pytest.mark.parametrize("name", ["report.md", "student.onnx"])
+def test_a_symlink_out_of_the_bundle_folder_is_refused_even_with_the_right_bytes(copy, tmp_path, name):
+    """The link's target holds the verified bytes today; whatever it holds later would be loaded."""
+    outside = tmp_path / "elsewhere" / name
+    outside.parent.mkdir()
+    outside.write_bytes((copy / name).read_bytes())
+    (copy / name).unlink()
+    (copy / name).symlink_to(outside)
+    with pytest.raises(BundleError, match=rf"{name} is a symlink to {outside}, outside the bundle folder; a bundle "
+                                          r"must be self-contained: copy the real file in \(cp -L\)"):
+        load_bundle(copy)
+    # a link that stays inside the folder is the folder's own file
+    (copy / name).unlink()
+    (copy / "real").mkdir()
+    outside.rename(copy / "real" / name)
+    (copy / name).symlink_to(copy / "real" / name)
+    assert load_bundle(copy).bundle_id
+
+
+def test_a_model_edited_after_verification_is_refused_when_loaded(copy, tmp_path):
+    """Scorer(load_bundle(d)) used to load whatever the model file held by then, under the verified bundle_id."""
+    from fiqa_sdk.scorer import Scorer
+
+    b = load_bundle(copy)
+    other = export_onnx(TinyQualityNet(seed=1), tmp_path / "other.onnx")  # a valid model, different weights
+    (copy / "student.onnx").write_bytes(other.read_bytes())
+    with pytest.raises(BundleIntegrityError, match=r"model file student\.onnx changed after the bundle was verified "
+                                                   r"\(sha256 now [0-9a-f]{64}, the manifest's [0-9a-f]{64}\), so it "
+                                                   "was not loaded"):
+        Scorer(b, backend="onnxruntime", detector=None)
+    (copy / "student.onnx").unlink()
+    with pytest.raises(BundleError, match=r"cannot read model file student\.onnx \(No such file or directory\)"):
+        b.load_model(backend="onnxruntime")
+
+
+def test_the_engine_gets_the_bytes_that_were_hashed(built, monkeypatch):
+    """The engine is handed bytes, never a path it would read again later: the hash and the load see one read."""
+    seen = []
+    real = fiqa_runtimes.load_backend
+    monkeypatch.setattr(fiqa_runtimes, "load_backend", lambda model, *a, **k: seen.append(model) or real(model, *a, **k))
+    b = load_bundle(built)
+    for backend in ("onnxruntime", "litert", "opencv"):
+        loaded = b.load_model(backend=backend)
+        assert isinstance(seen[-1], bytes)
+        assert hashlib.sha256(seen[-1]).hexdigest() == loaded.choice.model.sha256
 
 
 def test_non_bundles_are_refused(tmp_path, copy):

@@ -213,6 +213,20 @@ def test_sigterm_ends_the_run_like_ctrl_c_flushing_the_open_windows(ex, video, r
     assert handler_after is not previous and handler_after.__name__ == "<lambda>"  # the test's own, restored
 
 
+def _signalling_flush(ex, signum: int, finished: list[int]):
+    """A CapturePipeline whose flush first sends ``signum`` to this process (systemd's SIGTERM, an impatient
+    user's Ctrl-C), then appends how many captures it settled to ``finished``."""
+
+    class SignalledFlush(ex.CapturePipeline):
+        def flush(self):
+            os.kill(os.getpid(), signum)
+            report = super().flush()
+            finished.append(len(report.captures))
+            return report
+
+    return SignalledFlush
+
+
 def test_a_sigterm_during_the_final_flush_does_not_cut_it_short(ex, video, retinaface_ort, tmp_path, capsys,
                                                                   monkeypatch):
     """The source ended and the flush is settling the last windows when systemd's SIGTERM lands: the flush
@@ -220,15 +234,7 @@ def test_a_sigterm_during_the_final_flush_does_not_cut_it_short(ex, video, retin
     stray = []
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: stray.append(signum))
     finished = []
-
-    class SignalledFlush(ex.CapturePipeline):
-        def flush(self):
-            os.kill(os.getpid(), signal.SIGTERM)
-            report = super().flush()
-            finished.append(len(report.captures))
-            return report
-
-    monkeypatch.setattr(ex, "CapturePipeline", SignalledFlush)
+    monkeypatch.setattr(ex, "CapturePipeline", _signalling_flush(ex, signal.SIGTERM, finished))
     monkeypatch.setattr(ex, "Scorer", lambda *a, **k: Scorer(detector=retinaface_ort, threads=1))
     try:
         code = ex.main(["--source", str(video), "--out", str(tmp_path / "caps"), "--display", "off",
@@ -238,6 +244,52 @@ def test_a_sigterm_during_the_final_flush_does_not_cut_it_short(ex, video, retin
     summary = capsys.readouterr().out.strip().splitlines()[-1]
     assert code == 0 and stray == [] and finished == [1], summary
     assert summary.endswith("stopped by --max-frames") and len(list((tmp_path / "caps").glob("*.json"))) == 1
+
+
+class _InterruptedAfter(_TerminatedAfter):
+    """The portrait video's frames, with Ctrl-C (SIGINT to this process, as the terminal sends it) before frame
+    ``after``."""
+
+    description = "interrupted mid-run"
+
+    def __iter__(self):
+        for i, image in enumerate(self.frames):
+            if i == self.after:
+                os.kill(os.getpid(), signal.SIGINT)
+            yield Frame(i, i / 10, image)
+
+
+def test_a_second_ctrl_c_during_the_shutdown_changes_neither_the_files_nor_the_exit_status(
+        ex, video, retinaface_ort, tmp_path, capsys, monkeypatch):
+    """The first Ctrl-C ends the loop; the impatient second one, while the last window is written and again while
+    the engine is closed, used to escape as a KeyboardInterrupt traceback (exit status 130, capture lost)."""
+    finished, stops = [], []
+    scorer = Scorer(detector=retinaface_ort, threads=1)
+    real_close = scorer.close
+    scorer.close = lambda: (os.kill(os.getpid(), signal.SIGINT), real_close())
+    source = _InterruptedAfter(video, after=2)
+    monkeypatch.setattr(ex, "open_source", lambda spec, **kw: source)
+    monkeypatch.setattr(ex, "CapturePipeline", _signalling_flush(ex, signal.SIGINT, finished))
+    monkeypatch.setattr(ex, "Scorer", lambda *a, **k: scorer)
+
+    class RecordedStop(ex.SigtermStop):
+        def __init__(self):
+            super().__init__()
+            stops.append(self)
+
+    monkeypatch.setattr(ex, "SigtermStop", RecordedStop)
+    before = signal.getsignal(signal.SIGINT)
+    try:
+        code = ex.main(["--source", "x", "--out", str(tmp_path / "caps"), "--display", "off"])
+    except KeyboardInterrupt:  # the defect: caught here so that it fails this test instead of ending pytest
+        code = "KeyboardInterrupt escaped main()"
+    out = capsys.readouterr().out
+    assert code == 0, out
+    summary = out.strip().splitlines()[-1]
+    assert summary.startswith("2 frames") and summary.endswith("stopped by Ctrl-C"), summary
+    assert finished == [1] and len(list((tmp_path / "caps").glob("*.json"))) == 1 and source.closed
+    assert stops[0].late == [signal.SIGINT, signal.SIGINT]  # during the flush and while the scorer closed: ignored
+    assert signal.getsignal(signal.SIGINT) is before  # Ctrl-C is the caller's again
 
 
 def test_a_handler_python_cannot_restore_gives_way_to_the_default(ex, monkeypatch):

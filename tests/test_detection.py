@@ -398,3 +398,71 @@ def test_default_input_size_follows_the_frame(samples):
     (a,) = auto(frame)
     (b,) = RetinaFaceDetector(backend="onnxruntime", max_side=320)(frame)
     np.testing.assert_array_equal(a.landmarks, b.landmarks)
+
+
+def test_the_anchor_cache_keeps_only_the_sizes_used_last(samples):
+    """Every padded input size has its own prior boxes; a stream of varied frame sizes used to keep all of them
+    (440 MB and growing). Now the least recently used size goes once ANCHOR_CACHE_SIZE are held, and a size
+    computed again is the same array of numbers."""
+    from fiqa_sdk.detection import RetinaFaceDetector
+
+    det = RetinaFaceDetector(backend="onnxruntime", threads=1)
+    limit = 8  # RetinaFaceDetector.ANCHOR_CACHE_SIZE
+    frame = samples["astronaut"]
+    first = det(frame)
+    kept = {size: anchors.copy() for size, anchors in det._anchor_cache.items()}  # the photo's and the 256 view's
+    for k in range(200):  # 200 sizes, as a folder of photos of every shape would bring
+        det._anchors(32 * (1 + k % 20), 32 * (1 + k // 20))
+        assert len(det._anchor_cache) <= limit
+    assert not set(kept) & set(det._anchor_cache)  # evicted...
+    again = det(frame)  # ...and made again, to the same numbers
+    for size, anchors in kept.items():
+        np.testing.assert_array_equal(det._anchor_cache[size], anchors)
+    assert [(d.box.tolist(), d.landmarks.tolist()) for d in again] == \
+        [(d.box.tolist(), d.landmarks.tolist()) for d in first]
+    recent = list(det._anchor_cache)[-1]
+    det._anchors(64, 64)  # a hit moves its size to the back; the oldest goes first
+    det._anchors(*recent)
+    assert list(det._anchor_cache)[-2:] == [(64, 64), recent] and len(det._anchor_cache) == det.ANCHOR_CACHE_SIZE
+
+
+class _Scripted(Detector):
+    """A custom detector that returns whatever the test gives it."""
+
+    name = "scripted"
+
+    def __init__(self, found):
+        self.found = found
+
+    def _detect_bgr(self, frame):
+        return self.found
+
+
+_GOOD_BOX = np.array([10, 10, 50, 60], np.float32)
+_GOOD_LANDMARKS = np.array([[20, 25], [40, 25], [30, 35], [22, 48], [38, 48]], np.float32)
+
+
+@pytest.mark.parametrize("found, problem", [
+    ([Detection(_GOOD_BOX, np.full((5, 2), np.nan, np.float32), 0.9)], r"non-finite values \(box .*, landmarks "
+                                                                        r"\[\[nan, nan\]"),
+    ([Detection(_GOOD_BOX, _GOOD_LANDMARKS[:4], 0.9)], r"landmarks of shape \(4, 2\), not 5x2"),
+    ([Detection(_GOOD_BOX[:2], _GOOD_LANDMARKS, 0.9)], r"a box of shape \(2,\), not 4 values"),
+    ([Detection(_GOOD_BOX[[2, 1, 0, 3]], _GOOD_LANDMARKS, 0.9)], r"an empty box \[50.0, 10.0, 10.0, 60.0\]"),
+    ([Detection(_GOOD_BOX, _GOOD_LANDMARKS, float("nan"))], "score nan"),
+    ([(_GOOD_BOX, _GOOD_LANDMARKS, 0.9)], "a tuple, not a Detection"),
+    (np.zeros((1, 4)), "ndarray, not a list"),
+])
+def test_a_custom_detector_breaking_the_contract_is_named_with_what_it_returned(found, problem, samples):
+    """Before, a NaN went on to the aligner and 4 landmarks to numpy's broadcasting, each failing with its own
+    error that named neither the detector nor what a detector must return."""
+    from fiqa_sdk.scorer import Scorer
+
+    scripted = _Scripted(found)
+    with pytest.raises(ValueError, match=rf"detector 'scripted' \(_Scripted\) returned {problem}"):
+        scripted.detect(np.zeros((80, 80, 3), np.uint8))
+    scorer = Scorer(detector=scripted, threads=1)
+    with pytest.raises(ValueError, match=r"a Detector's _detect_bgr returns a list of fiqa_sdk.Detection, each with "
+                                         r"a finite box \(x1, y1, x2, y2; x2 > x1, y2 > y1\), 5x2 finite landmarks"):
+        scorer.score_frame(samples["astronaut"])
+    scripted.found = [Detection(_GOOD_BOX, _GOOD_LANDMARKS, 0.9)]
+    assert len(scorer.score_frame(samples["astronaut"])) == 1  # the contract kept: scored

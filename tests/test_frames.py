@@ -57,6 +57,32 @@ def test_bad_frames_raise_frame_error_naming_the_problem(frame, match):
         to_bgr(frame)
 
 
+def _with(value: float) -> np.ndarray:
+    f = np.full((4, 4, 3), 0.5, np.float32)
+    f[1, 2, 0] = value
+    return f
+
+
+@pytest.mark.parametrize("frame", [_with(np.nan), _with(np.inf), _with(-np.inf)], ids=["nan", "inf", "-inf"])
+def test_non_finite_pixels_of_a_float_frame_are_an_error_not_black(frame):
+    """A NaN pixel used to become a black one (and the frame was scored); an inf was called out of [0, 1]."""
+    with pytest.raises(FrameError, match=r"float frame holds 1 NaN or infinite value\(s\) \(of 48\), which would be "
+                                         r"scored as black pixels; fix what produced them \(np.isfinite"):
+        to_bgr(frame)
+
+
+@pytest.mark.parametrize("shape, hint", [
+    ((3, 48, 64), r"this looks channels-first \(CxHxW, a model's layout\): pass frame.transpose\(1, 2, 0\)"),
+    ((1, 3, 48, 64), r"this looks like a model's NCHW tensor of one frame: pass frame\[0\].transpose\(1, 2, 0\)"),
+    ((1, 48, 64, 3), r"this is a batch of one frame: pass frame\[0\]$"),
+    ((2, 48, 64, 3), "this is a batch of 2 frames: pass them one at a time"),
+    ((48, 64, 2), r"2 channels is gray \+ alpha: pass the gray plane, frame\[\.\.\., 0\]"),
+])
+def test_a_refused_layout_gets_the_hint_that_applies_to_it(shape, hint):
+    with pytest.raises(FrameError, match=rf"frame of shape .* is not an image: expected HxW .*\(BGRA\); {hint}"):
+        to_bgr(np.zeros(shape, np.uint8))
+
+
 def test_detectors_reject_bad_frames_with_frame_error(retinaface_ort, dlib_detector):
     for det in (retinaface_ort, dlib_detector):
         with pytest.raises(FrameError, match="empty"):

@@ -412,3 +412,30 @@ def test_config_from_manifest_and_overrides():
 def test_config_rejects_bad_values(manifest, overrides, match):
     with pytest.raises(ValueError, match=match):
         GateConfig.from_manifest(manifest, **overrides)
+
+
+@pytest.mark.parametrize("item, counts", [("window_frames=1.5", "frames"), ("max_accepts=two", "captures")])
+def test_a_count_override_that_is_not_a_whole_number_says_it_must_be_one(item, counts, capsys):
+    """``--gate window_frames=1.5`` was called "not a number"; 1.5 is a number, just not a count."""
+    from fiqa_sdk.gate import parse_overrides
+    from fiqa_sdk.score_photos import parse_args
+
+    key, _, text = item.partition("=")
+    why = rf"{key} counts {counts}, so it must be a whole number such as {key}=2, not '{text}'"
+    with pytest.raises(ValueError, match=why):
+        parse_overrides([item])
+    with pytest.raises(SystemExit):
+        parse_args(["photo.jpg", "--gate", item])
+    err = capsys.readouterr().err
+    assert "must be a whole number" in err and "is not a number" not in err
+    assert parse_overrides([f"{key}=3"]) == {key: 3}
+
+
+def test_check_timestamp_refuses_what_update_would_and_changes_nothing():
+    gate = CaptureGate(GateConfig())
+    gate.update([obs(1, 0, 2.0)], 2.0)
+    for bad in (1.0, math.nan, math.inf, "3"):
+        with pytest.raises(ValueError, match="went backwards" if bad == 1.0 else "finite number of seconds"):
+            gate.check_timestamp(bad)
+    gate.check_timestamp(2.0)  # equal times are allowed (two frames in one clock tick)
+    gate.update([], 2.0)  # the refused checks did not move the gate's clock

@@ -27,6 +27,7 @@ from fiqa_sdk.pipeline import CapturePipeline, face_crop, outside_fraction
 from fiqa_sdk.preprocess import ARCFACE_TEMPLATE_112
 from fiqa_sdk.scorer import Scorer
 from fiqa_sdk.sources import Frame
+from fiqa_sdk.tracking import IouTracker
 
 FPS = 10.0
 SHARP, BLUR, DARK = "sharp", "blur", "dark"
@@ -239,6 +240,24 @@ def test_a_face_with_a_non_finite_score_is_skipped_and_the_due_capture_survives(
     assert report.skipped == [(1, report.skipped[0][1])] and "utility=nan" in report.skipped[0][1]
     assert report.pending() == [] and report.decision_for(1) is None
     assert pipe.counts["skipped"] == 1 and pipe.counts["accepted"] == 1
+
+
+def test_a_backwards_timestamp_is_refused_before_the_tracker_moves(scorer, clip):
+    """The tracker ends every track when time goes back; the gate then refused the frame, so it never heard of the
+    end, and the same face in the next frame became a new track. Now the frame is refused with nothing changed."""
+    frames, _ = clip
+    pipe = CapturePipeline(scorer, gate=GateConfig.from_manifest({"thresholds": THRESHOLDS}),
+                           tracker=IouTracker(max_missed_seconds=1.0))
+    assert pipe.process(frames[0], 0, 1.0).track_ids == [1]
+    with pytest.raises(ValueError, match="went backwards"):
+        pipe.process(frames[1], 1, 0.5)
+    assert [t.track_id for t in pipe.tracker.tracks] == [1] and pipe.counts["frames"] == 1
+    with pytest.raises(ValueError, match="finite number of seconds"):
+        pipe.process(frames[1], 1, math.nan)
+    report = pipe.process(frames[2], 2, 1.1)
+    assert report.track_ids == [1] and report.ended_tracks == []  # the same person, the same window
+    settled = {d.frame_index for r in (report, pipe.flush()) for d in r.decisions}
+    assert settled == {0, 2}
 
 
 # ---- examples/capture_gate.py ---------------------------------------------------------------------------------------

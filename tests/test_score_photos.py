@@ -144,3 +144,24 @@ def test_odd_inputs_each_get_their_row_once_and_outputs_are_never_clobbered(phot
     with pytest.raises(SystemExit):
         main([str(odd), "--csv", str(tmp_path / "no-such-folder" / "x.csv")])
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_a_face_too_small_for_the_size_the_photo_was_searched_at_gets_a_max_side_hint(tmp_path, capsys):
+    """A 4000x3000 photo is searched at 640 px; a face 34 px between the eyes (one the gate accepts at 28) is 5 px
+    there and is not found. 'no_face' then says so and which --max-side finds it, and that one does."""
+    face = cv2.resize(load_sample("grace_hopper"), None, fx=0.4, fy=0.4, interpolation=cv2.INTER_AREA)
+    big = np.full((3000, 4000, 3), 90, np.uint8)
+    big[1400:1400 + face.shape[0], 1900:1900 + face.shape[1]] = face
+    cv2.imwrite(str(tmp_path / "big.jpg"), big)
+    cv2.imwrite(str(tmp_path / "small_blank.png"), np.full((480, 640, 3), 90, np.uint8))
+    out = tmp_path / "rows.json"
+    main([str(tmp_path), "--backend", "onnxruntime", "--json", str(out)])
+    rows = {r["image"].split("/")[-1]: r for r in json.loads(out.read_text())["rows"]}
+    big_row, blank_row = rows["big.jpg"], rows["small_blank.png"]
+    assert big_row["verdict"] == "no_face" and big_row["reasons"] == [
+        "photo 4000x3000 was searched at 640 px (shrunk 6.25x), where a face under 56 px between the eyes may be too "
+        "small to find: retry with --max-side 1312 (time grows with its square) or crop the photo to the person"]
+    assert blank_row["verdict"] == "no_face" and blank_row["reasons"] == []  # seen at full size: it has no face
+    capsys.readouterr()
+    assert main([str(tmp_path / "big.jpg"), "--backend", "onnxruntime", "--max-side", "1312"]) == 0
+    assert "1 photos, 1 faces judged" in capsys.readouterr().out

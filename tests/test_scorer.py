@@ -114,7 +114,12 @@ def test_auto_uses_the_bundles_preference_and_reports_it(bundle_path):
     (np.zeros((2, 96, 96, 3), np.uint8), r"got \(2, 96, 96, 3\)"),
     (np.zeros((112, 112), np.uint8), "to_bgr"),
     (np.zeros((112, 112, 4), np.uint8), "to_bgr"),
-    (np.zeros((3, 112, 112), np.uint8), "to_bgr"),
+    # channels-first and gray + alpha: the hint that applies (was "convert with to_bgr", which refuses them too)
+    (np.zeros((3, 112, 112), np.uint8), r"channels-first \(CHW\).*pass faces\.transpose\(1, 2, 0\)"),
+    (np.zeros((2, 3, 112, 112), np.uint8), r"channels-first \(NCHW\).*pass faces\.transpose\(0, 2, 3, 1\)"),
+    ([np.zeros((3, 112, 112), np.uint8)] * 2, r"got \(3, 112, 112\); this looks channels-first \(CHW\)"),
+    (np.zeros((112, 112, 2), np.uint8), r"2 channels is gray \+ alpha: .*to_bgr\(face\[\.\.\., 0\]\)"),
+    (np.zeros((112, 112, 5), np.uint8), "5 channels is no image layout"),
     (np.zeros((112, 112, 3), np.float32), "must be uint8"),
     (np.zeros((1, 1, 112, 112, 3), np.uint8), "expected aligned faces"),
     ([np.zeros((112, 112, 3), np.uint8), np.zeros((100, 100, 3), np.uint8)], "different shapes"),
@@ -122,6 +127,36 @@ def test_auto_uses_the_bundles_preference_and_reports_it(bundle_path):
 def test_score_rejects_what_is_not_aligned_faces(scorer, bad, match):
     with pytest.raises(ValueError, match=match):
         scorer.score(bad)
+
+
+@pytest.mark.parametrize("as_list", [False, True])
+def test_many_faces_are_scored_one_batch_at_a_time_in_bounded_memory(bundle_path, faces, scorer, monkeypatch,
+                                                                    as_list):
+    """1,000 faces at once (37 MB of uint8) used to become one 150 MB float tensor plus temporaries of its size;
+    now no more than max_batch faces are converted at a time, and the scores are those of small batches."""
+    import tracemalloc
+
+    import fiqa_sdk.scorer as scorer_module
+
+    batched = Scorer(bundle_path, backend="onnxruntime", detector=None, threads=1, max_batch=16)
+    many = np.concatenate([faces] * 125)  # 1,000 faces: the 8 test faces over and over
+    converted: list[int] = []
+    to_tensor = scorer_module.faces_to_tensor
+    monkeypatch.setattr(scorer_module, "faces_to_tensor", lambda x: converted.append(len(x)) or to_tensor(x))
+    batch = list(many) if as_list else many
+    tracemalloc.start()  # numpy reports its buffers to tracemalloc
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        got = batched.score(batch)
+        peak = tracemalloc.get_traced_memory()[1] - before
+    finally:
+        tracemalloc.stop()
+    assert max(converted) == 16 and sum(converted) == 1000
+    # one batch's float tensor is 2.4 MB (16 x 3 x 112 x 112 x 4 bytes), all 1,000 faces' 150 MB
+    assert peak < 16 * 2**20, f"scoring 1,000 faces held {peak / 2**20:.0f} MB at its peak"
+    small = scorer.score(faces)  # the 8 faces in one small batch
+    np.testing.assert_allclose(got.z.reshape(125, 8, 2), np.broadcast_to(small.z, (125, 8, 2)), atol=1e-5)
+    np.testing.assert_allclose(got.scores.reshape(125, 8, 2), np.broadcast_to(small.scores, (125, 8, 2)), atol=1e-3)
 
 
 def test_score_of_no_faces_is_an_empty_batch(scorer):

@@ -29,7 +29,8 @@ Manifest (``manifest.json``, ``schema_version`` 1 or 2)::
         {"name": "utility", "index": 0, "teacher": "vit_fiqa_tiny", "mean": m, "std": s, "lo": p01, "hi": p99,
          "range": [0, 100], "higher_is_better": true, "meaning": "..."},
         {"name": "perceptual", "index": 1, ...}],
-      "thresholds": {"utility_accept": 60, ...},     # fiqa_sdk.gate.GateConfig keys (GateConfig.from_manifest)
+      "thresholds": {"utility_accept": 60, ...},     # required (may be {}): fiqa_sdk.gate.GateConfig keys
+                                           # (GateConfig.from_manifest)
       "tensorrt": null | {"onnx": "student_qdq.onnx",   # the `file` of one ONNX entry in "models"
                           "calibration_cache": "trt_calibration.cache" | null,   # a key of "files"
                           "build": {"precision": "int8", "fp16_fallback": true, "max_batch": 16, "opt_batch": 1,
@@ -48,8 +49,14 @@ being the teacher's 1st/99th percentiles on the student's distillation set (reco
 ``higher_is_better`` describes the teacher's own scale, and a lower-is-better teacher is flipped
 (``100 * (hi - t) / (hi - lo)``).
 
-Unknown keys are ignored (a newer compiler may add optional fields without bumping ``schema_version``); a newer
-``schema_version`` is refused.
+Unknown keys are ignored (a newer compiler may add optional fields without bumping ``schema_version``), except in
+``preprocessing``, where a key this SDK does not know is a step it would not apply; a newer ``schema_version`` is
+refused. So is what the JSON module would take but no fiqa-compile writes: a key twice in one object (the last
+would silently win), NaN or Infinity, nesting deeper than Python's JSON reader goes, a file that is a symlink out
+of the bundle folder, TensorRT build settings outside what the engine takes, and score scales whose 1st/99th
+percentiles lie absurdly far from the mean (:data:`MAX_SCALE_Z`) or too close together (:data:`MIN_SCALE_SPAN_Z`).
+The model bytes an engine gets are hashed as they are read (:meth:`Bundle.model_bytes`), so a model file edited
+after :func:`load_bundle` is refused rather than run under the verified ``bundle_id``.
 """
 from __future__ import annotations
 
@@ -79,6 +86,11 @@ DEFAULT_BACKEND_PREFERENCE = ("tensorrt", "litert", "tflite-runtime", "onnxrunti
 BUNDLES_DIR = Path(__file__).resolve().parent / "bundles"
 DEFAULT_BUNDLES = {"android-arm64": "default-android-arm64", "cpu": "default-cpu"}
 _TFLITE_BACKENDS = ("litert", "tflite-runtime")
+MAX_SCALE_Z = 100.0  # |lo - mean| / std and |hi - mean| / std at most (ScoreSpec)
+MIN_SCALE_SPAN_Z = 1e-3  # (hi - lo) / std at least (ScoreSpec)
+TRT_PRECISIONS = ("int8", "fp16", "fp32")
+TRT_MAX_BATCH = 1024  # faces; the engine's input and output buffers for 1,024 faces are ~154 MB of device memory
+TRT_MAX_WORKSPACE_MB = 65536  # the largest Jetson (AGX Orin 64 GB) has this much memory in all
 _REBUILD_HINT = "rebuild it with fiqa-compile, or copy the bundle folder again from its source"
 
 
@@ -190,6 +202,21 @@ class ScoreSpec:
         if self.hi <= self.lo:
             raise BundleError(f"{where}: hi={self.hi} must be above lo={self.lo} (they are the teacher's "
                               "1st/99th percentiles)")
+        # In the model's z units the 0-100 scale runs from z_lo to z_hi. For percentiles and moments of one set of
+        # scores both lie within 10 of 0 (Cantelli's inequality); 100 leaves room for hand-set wide limits.
+        if not math.isfinite(self.hi - self.lo):
+            raise BundleError(f"{where}: hi - lo overflows (lo={self.lo}, hi={self.hi}): no scale fits in floating "
+                              f"point; {_REBUILD_HINT}")
+        z_lo, z_hi = (self.lo - self.mean) / self.std, (self.hi - self.mean) / self.std
+        if not (math.isfinite(z_lo) and math.isfinite(z_hi)) or max(abs(z_lo), abs(z_hi)) > MAX_SCALE_Z:
+            raise BundleError(f"{where}: lo={self.lo} and hi={self.hi} lie {z_lo:.3g} and {z_hi:.3g} standard "
+                              f"deviations from mean={self.mean} (std={self.std}); as the teacher's 1st/99th "
+                              f"percentiles and its mean/std they lie within 10, so this scale is not one fiqa-compile "
+                              f"wrote (beyond {MAX_SCALE_Z:g} it is refused); {_REBUILD_HINT}")
+        if z_hi - z_lo < MIN_SCALE_SPAN_Z:
+            raise BundleError(f"{where}: hi - lo = {self.hi - self.lo:.3g} is {(z_hi - z_lo):.3g} standard deviations "
+                              f"(std={self.std}), under {MIN_SCALE_SPAN_Z:g}: a step, not a scale (every face would "
+                              f"score 0 or 100); {_REBUILD_HINT}")
         if not isinstance(self.higher_is_better, bool):
             raise BundleError(f"{where}.higher_is_better must be true or false, got {self.higher_is_better!r}")
 
@@ -270,6 +297,7 @@ class TensorRTSpec:
         build = d.get("build", {})
         if not isinstance(build, Mapping):
             raise BundleError(f"tensorrt.build must be a JSON object, got {type(build).__name__}")
+        _check_build(build)
         return cls(onnx=onnx, calibration_cache=cache, build=dict(build))
 
     def backend_options(self) -> dict[str, Any]:
@@ -283,6 +311,26 @@ class TensorRTSpec:
 
     def to_dict(self) -> dict[str, Any]:
         return {"onnx": self.onnx, "calibration_cache": self.calibration_cache, "build": dict(self.build)}
+
+
+def _check_build(build: Mapping[str, Any]) -> None:
+    """The builder settings a Jetson would build its engine with: known keys of the types and ranges
+    :class:`fiqa_runtimes.tensorrt_backend.TensorRTBackend` takes (a TensorRT build from a bad one fails after
+    minutes, or allocates device memory for a million faces)."""
+    where = "tensorrt.build"
+    if "precision" in build and build["precision"] not in TRT_PRECISIONS:
+        raise BundleError(f"{where}.precision={build['precision']!r} is not one of {list(TRT_PRECISIONS)}; "
+                          f"{_REBUILD_HINT}")
+    if "fp16_fallback" in build and not isinstance(build["fp16_fallback"], bool):
+        raise BundleError(f"{where}.fp16_fallback must be true or false, got {build['fp16_fallback']!r}")
+    limits = {"max_batch": TRT_MAX_BATCH, "opt_batch": TRT_MAX_BATCH, "workspace_mb": TRT_MAX_WORKSPACE_MB}
+    for key, most in limits.items():
+        v = build.get(key, 1)
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= most:
+            raise BundleError(f"{where}.{key} must be an integer from 1 to {most}, got {v!r}; {_REBUILD_HINT}")
+    if "opt_batch" in build and build["opt_batch"] > build.get("max_batch", build["opt_batch"]):
+        raise BundleError(f"{where}: opt_batch={build['opt_batch']} is above max_batch={build['max_batch']} (the "
+                          "batch size kernels are tuned for must be one the engine takes)")
 
 
 def _sha(v: Any, where: str) -> str:
@@ -361,6 +409,24 @@ class Bundle:
     def model_path(self, model: ModelEntry) -> Path:
         return self.path / model.file
 
+    def model_bytes(self, model: ModelEntry) -> bytes:
+        """The model file's bytes, hashed again as they are read: what :meth:`load_model` hands an engine is what the
+        manifest's sha256 names, even when the file was replaced or edited after :func:`load_bundle` verified it
+        (no engine reads the file itself, so nothing can change between this check and the load)."""
+        path = _inside(self.path, model.file)
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            raise BundleError(f"bundle {self.path}: cannot read model file {model.file} ({e.strerror or e}); check "
+                              "that it is still there and this user may read it") from e
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != model.sha256:
+            raise BundleIntegrityError(
+                f"bundle {self.path}: model file {model.file} changed after the bundle was verified (sha256 now "
+                f"{actual}, the manifest's {model.sha256}), so it was not loaded. Something edited or replaced it "
+                f"on disk; load the bundle again once its files are back as compiled, or {_REBUILD_HINT}")
+        return data
+
     def candidates(self, backend: str = "auto", model: str | None = None) -> list[ModelChoice]:
         """(model, backend) pairs to try, best first.
 
@@ -435,8 +501,9 @@ class Bundle:
             self.pick_model(backend, model)  # raises, naming what to install
         skipped: list[tuple[ModelChoice, str]] = []
         for c in cands:
+            data = self.model_bytes(c.model)
             try:
-                engine = load_backend(str(c.path), c.model.format, backend=c.backend, threads=threads, **c.options)
+                engine = load_backend(data, c.model.format, backend=c.backend, threads=threads, **c.options)
             except BackendUnavailable as e:
                 if backend != "auto":  # the same error, saying which bundle and file the named engine failed on
                     raise type(e)(f"bundle {self.path}: model file {c.model.file} on backend {c.backend}: {e}") from e
@@ -451,6 +518,40 @@ class Bundle:
 
 # -- loading ----------------------------------------------------------------------------------------------------------
 
+class _StrictJSONError(ValueError):
+    """Valid for Python's json module, but not a manifest: a key given twice, NaN or Infinity."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json ``object_pairs_hook``: a key given twice would silently keep its last value (e.g. a second
+    ``utility_accept`` that the bundle id's canonical JSON never shows twice)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _StrictJSONError(f"key {key!r} appears twice in one JSON object")
+        out[key] = value
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    """json ``parse_constant``: NaN and Infinity are not JSON, and no manifest value may be non-finite."""
+    raise _StrictJSONError(f"it holds {name}, which is not JSON")
+
+
+def _inside(root: Path, name: str) -> Path:
+    """``root / name``, refused when it resolves (through a symlink) outside the bundle folder: a bundle is the
+    files in its folder, and a link out would load whatever the link's target holds at the time."""
+    path = root / name
+    try:
+        real, top = path.resolve(), root.resolve()
+    except RuntimeError as e:  # a symlink loop (Python < 3.13 says so this way; later ones raise OSError)
+        raise BundleError(f"bundle {root}: {name} cannot be resolved ({e}); {_REBUILD_HINT}") from e
+    if not real.is_relative_to(top):
+        raise BundleError(f"bundle {root}: {name} is a symlink to {real}, outside the bundle folder; a bundle must "
+                          f"be self-contained: copy the real file in (cp -L) or {_REBUILD_HINT}")
+    return path
+
+
 def _read_manifest(path: Path) -> tuple[Path, dict[str, Any]]:
     if path.is_file() and path.name == MANIFEST:
         path = path.parent
@@ -463,9 +564,16 @@ def _read_manifest(path: Path) -> tuple[Path, dict[str, Any]]:
         raise BundleError(f"{path} is not a fiqa bundle: it has no {MANIFEST}. Point to the folder fiqa-compile "
                           "wrote (fiqa-compile --target cpu --out <folder>)")
     try:
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
+        manifest = json.loads(mpath.read_text(encoding="utf-8"), object_pairs_hook=_unique_keys,
+                              parse_constant=_no_constant)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise BundleError(f"{mpath} is not valid JSON ({e}); {_REBUILD_HINT}") from e
+    except _StrictJSONError as e:
+        raise BundleError(f"{mpath}: {e}; fiqa-compile never writes one, so the manifest was edited by hand; "
+                          f"{_REBUILD_HINT}") from e
+    except RecursionError as e:
+        raise BundleError(f"{mpath} nests its JSON deeper than this Python can read (a fiqa manifest is a few "
+                          f"levels deep); {_REBUILD_HINT}") from e
     if not isinstance(manifest, dict):
         raise BundleError(f"{mpath} must hold a JSON object, got {type(manifest).__name__}")
     return path, manifest
@@ -486,7 +594,7 @@ def _check_header(manifest: dict[str, Any], mpath: Path) -> None:
 def _verify_files(root: Path, hashes: Mapping[str, str]) -> None:
     problems = []
     for name, expected in sorted(hashes.items()):
-        p = root / name
+        p = _inside(root, name)
         if not p.is_file():
             problems.append(f"{name}: missing (expected sha256 {expected})")
             continue
@@ -564,7 +672,10 @@ def _load_bundle(path: Path) -> Bundle:
     pref = m.get("backend_preference", list(DEFAULT_BACKEND_PREFERENCE))
     if not isinstance(pref, list) or not all(isinstance(b, str) for b in pref):
         raise BundleError(f"{mpath}: 'backend_preference' must be a list of backend names, got {pref!r}")
-    thresholds = m.get("thresholds", {})
+    if "thresholds" not in m:  # every fiqa-compile writes one (maybe {}); the capture gate cannot run without it
+        raise BundleError(f"{mpath} has no 'thresholds' section, which the capture gate (CapturePipeline, fiqa-score, "
+                          f"examples/capture_gate.py) reads; {_REBUILD_HINT}")
+    thresholds = m["thresholds"]
     if not isinstance(thresholds, Mapping):
         raise BundleError(f"{mpath}: 'thresholds' must be a JSON object, got {type(thresholds).__name__}")
     trt = m.get("tensorrt")

@@ -11,7 +11,9 @@ import importlib.util
 import math
 import numbers
 import os
+import threading
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,14 +64,54 @@ class Detector(ABC):
         return self.detect(frame)
 
     def detect(self, frame: np.ndarray) -> list[Detection]:
-        """Detect faces in any-size BGR / gray / BGRA frame; no face -> empty list."""
-        return self._detect_bgr(to_bgr(frame))
+        """Detect faces in any-size BGR / gray / BGRA frame; no face -> empty list.
+
+        What :meth:`_detect_bgr` returns is checked against the contract every later stage relies on (see
+        :func:`check_detections`), so a custom detector's bad output fails here, naming the detector, rather than
+        as a numpy error in alignment or tracking."""
+        return check_detections(self._detect_bgr(to_bgr(frame)), self)
 
     @abstractmethod
     def _detect_bgr(self, frame: np.ndarray) -> list[Detection]: ...
 
     def close(self) -> None:
         """Release the detector's engine now; most hold nothing that needs it (a TensorRT one frees GPU memory)."""
+
+
+DETECTOR_CONTRACT = ("a Detector's _detect_bgr returns a list of fiqa_sdk.Detection, each with a finite box "
+                     "(x1, y1, x2, y2; x2 > x1, y2 > y1), 5x2 finite landmarks (image-left eye, image-right eye, "
+                     "nose tip, left and right mouth corner) and a finite score")
+
+
+def check_detections(found: object, detector: object) -> list[Detection]:
+    """``found`` if it keeps :data:`DETECTOR_CONTRACT`, else a ValueError naming ``detector``, the face and what is
+    wrong (a NaN landmark, 4 landmarks, an empty box): alignment, tracking and the gate all assume it."""
+    who = f"detector {getattr(detector, 'name', '?')!r} ({type(detector).__name__})"
+    if not isinstance(found, list):
+        raise ValueError(f"{who} returned {type(found).__name__}, not a list; {DETECTOR_CONTRACT}")
+    for i, d in enumerate(found):
+        if not isinstance(d, Detection):
+            problem = f"a {type(d).__name__}, not a Detection"
+        else:
+            box, landmarks = np.asarray(d.box), np.asarray(d.landmarks)
+            numeric = all(np.issubdtype(a.dtype, np.number) and not np.issubdtype(a.dtype, np.complexfloating)
+                          for a in (box, landmarks))
+            if not numeric:
+                problem = f"box or landmarks of dtype {box.dtype}/{landmarks.dtype}, not numbers"
+            elif box.shape != (4,):
+                problem = f"a box of shape {box.shape}, not 4 values"
+            elif landmarks.shape != (5, 2):
+                problem = f"landmarks of shape {landmarks.shape}, not 5x2"
+            elif not (np.all(np.isfinite(box)) and np.all(np.isfinite(landmarks))):
+                problem = f"non-finite values (box {box.tolist()}, landmarks {landmarks.tolist()})"
+            elif not (box[2] > box[0] and box[3] > box[1]):
+                problem = f"an empty box {box.tolist()}"
+            elif isinstance(d.score, bool) or not isinstance(d.score, numbers.Real) or not math.isfinite(d.score):
+                problem = f"score {d.score!r}"
+            else:
+                continue
+        raise ValueError(f"{who} returned {problem} for face {i}; {DETECTOR_CONTRACT}")
+    return found
 
 
 class DetectorUnavailable(RuntimeError):
@@ -173,6 +215,9 @@ class RetinaFaceDetector(Detector):
     _MIN_SIZES = ((16, 32), (64, 128), (256, 512))
     _VARIANCE = (0.1, 0.2)
     _MEAN_BGR = np.array([104.0, 117.0, 123.0], dtype=np.float32)
+    # A camera needs two sizes (its frames and the 256x256 refinement view); a few cameras or a folder of photos
+    # in a handful of sizes fit too. At the automatic sizes (up to 640x640: 269 KB of anchors) it stays under 2.2 MB.
+    ANCHOR_CACHE_SIZE = 8
 
     def __init__(self, score_threshold: float = 0.8, nms_threshold: float = 0.4, max_side: int | None = None,
                  backend: str = "auto", threads: int | None = None, refine_landmarks: int | bool = 1):
@@ -204,20 +249,34 @@ class RetinaFaceDetector(Detector):
             options.update(tensorrt_options(self.max_side))
         self._model = load_backend(retinaface_onnx_bytes(), ModelFormat.ONNX, backend=backend, **options)
         self.backend_name = self._model.name
-        self._anchor_cache: dict[tuple[int, int], np.ndarray] = {}
+        # Prior boxes per padded input size, least recently used first. Bounded: a stream of varied frame sizes
+        # (photo folders, several cameras) would otherwise keep every size's anchors forever.
+        self._anchor_cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+        self._anchor_lock = threading.Lock()
 
     def close(self) -> None:
         """Release the engine now (a TensorRT detector frees its device buffers)."""
         self._model.close()
 
     def _anchors(self, h: int, w: int) -> np.ndarray:
-        # Threads sharing the detector may both miss and both compute a size: equal arrays, either may stay. Only
-        # finished arrays are stored, read-only, so no reader sees one half-made or changed.
-        anchors = self._anchor_cache.get((h, w))
-        if anchors is None:
-            anchors = self._make_anchors(h, w)
-            anchors.setflags(write=False)
-            self._anchor_cache[(h, w)] = anchors
+        """The prior boxes of an ``h`` x ``w`` input, from a cache of the :attr:`ANCHOR_CACHE_SIZE` sizes used last.
+
+        Threads sharing the detector may both miss and both compute a size: equal arrays, either may stay. Only
+        finished arrays are stored, read-only, so no reader sees one half-made or changed; the lock covers the
+        cache's order and eviction, not the computing."""
+        key = (h, w)
+        with self._anchor_lock:
+            anchors = self._anchor_cache.get(key)
+            if anchors is not None:
+                self._anchor_cache.move_to_end(key)
+                return anchors
+        anchors = self._make_anchors(h, w)
+        anchors.setflags(write=False)
+        with self._anchor_lock:
+            self._anchor_cache[key] = anchors
+            self._anchor_cache.move_to_end(key)
+            while len(self._anchor_cache) > self.ANCHOR_CACHE_SIZE:
+                self._anchor_cache.popitem(last=False)
         return anchors
 
     def _make_anchors(self, h: int, w: int) -> np.ndarray:

@@ -36,6 +36,7 @@ the window's winner when the window closes.
 from __future__ import annotations
 
 import math
+import numbers
 from collections import deque
 from dataclasses import dataclass, field, fields
 from enum import Enum
@@ -185,7 +186,7 @@ class GateConfig:
     def __post_init__(self) -> None:
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name in ("window_frames", "max_accepts"):
+            if f.name in _INTEGER_KEYS:
                 if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                     raise ValueError(f"GateConfig.{f.name} must be an integer >= 1, got {v!r}")
                 continue
@@ -249,6 +250,9 @@ class GateConfig:
         return cls(**merged)
 
 
+_INTEGER_KEYS = {"window_frames": "frames", "max_accepts": "captures"}  # the GateConfig keys that count things
+
+
 def parse_overrides(items: Sequence[str]) -> dict[str, float | int | None]:
     """``["utility_accept=70", "max_yaw_deg=off"]`` -> GateConfig keyword overrides (``off``/``none``: the check is
     disabled). What the command lines' ``--gate KEY=VALUE`` accepts; a typo'd key or a non-number raises, naming the
@@ -265,8 +269,15 @@ def parse_overrides(items: Sequence[str]) -> dict[str, float | int | None]:
         if text.lower() in ("off", "none"):
             out[key] = None
             continue
+        if key in _INTEGER_KEYS:
+            try:
+                out[key] = int(text)
+            except ValueError:
+                raise ValueError(f"gate override {item!r}: {key} counts {_INTEGER_KEYS[key]}, so it must be a whole "
+                                 f"number such as {key}=2, not {text!r}") from None
+            continue
         try:
-            out[key] = int(text) if key in ("window_frames", "max_accepts") else float(text)
+            out[key] = float(text)
         except ValueError:
             raise ValueError(f"gate override {item!r}: {text!r} is not a number (or 'off')") from None
     return out
@@ -312,17 +323,22 @@ class CaptureGate:
         self._now = -math.inf
 
     # -- public ---------------------------------------------------------------------------------------------------
+    def check_timestamp(self, timestamp: float) -> None:
+        """Raise, changing nothing, unless :meth:`update` would take ``timestamp``: finite and not before the last
+        frame's. A caller that changes other state per frame (the pipeline's tracker) asks first."""
+        if isinstance(timestamp, bool) or not isinstance(timestamp, numbers.Real) or not math.isfinite(timestamp):
+            raise ValueError(f"timestamp must be a finite number of seconds, got {timestamp!r}")
+        if timestamp < self._now:
+            raise ValueError(f"timestamp went backwards ({timestamp} < {self._now}); sources must give "
+                             "non-decreasing timestamps")
+
     def update(self, observations: Sequence[FaceObservation], timestamp: float,
                ended: Iterable[int] = ()) -> GateStep:
         """Process one frame's observations at ``timestamp`` (seconds, non-decreasing).
 
         ``ended``: track ids the tracker retired this frame; their open windows close now.
         """
-        if not math.isfinite(timestamp):
-            raise ValueError(f"timestamp must be finite, got {timestamp}")
-        if timestamp < self._now:
-            raise ValueError(f"timestamp went backwards ({timestamp} < {self._now}); sources must give "
-                             "non-decreasing timestamps")
+        self.check_timestamp(timestamp)
         ids = [o.track_id for o in observations]
         if len(ids) != len(set(ids)):
             raise ValueError(f"two observations share a track id in one frame: {ids}; each face needs its own track")

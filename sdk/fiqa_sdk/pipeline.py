@@ -204,7 +204,12 @@ class CapturePipeline:
         return skip_reason(face, self.gate.config.checks_pose())
 
     def process(self, frame: np.ndarray, frame_index: int, timestamp: float) -> FrameReport:
-        """Score one frame's faces, update tracks and the gate, write what the gate accepted."""
+        """Score one frame's faces, update tracks and the gate, write what the gate accepted.
+
+        A timestamp the gate would refuse (not finite, or before the last frame's) raises before anything changes:
+        the tracker, which ends every track when time goes back, must not retire tracks whose end the gate then
+        never hears of."""
+        self.gate.check_timestamp(timestamp)
         t0 = time.perf_counter()
         bgr = to_bgr(frame)
         faces = self.scorer.score_frame(bgr)

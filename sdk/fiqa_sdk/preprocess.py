@@ -45,6 +45,11 @@ def check_spec(recorded: dict) -> None:
         raise ValueError(f"preprocessing spec must be a JSON object, got {type(recorded).__name__}; recompile the "
                          "bundle with fiqa-compile")
     mine = SPEC.to_dict()
+    unknown = sorted(set(recorded) - set(mine))
+    if unknown:
+        raise ValueError(f"preprocessing spec has key(s) {unknown} this SDK does not implement (it knows "
+                         f"{sorted(mine)}): a newer fiqa-compile may preprocess faces in a way this SDK would skip. "
+                         "Upgrade fiqa-sdk, or recompile the bundle with a matching fiqa-sdk version.")
     diffs = [k for k in mine if k not in recorded or
              (np.asarray(recorded[k]).tolist() != np.asarray(mine[k]).tolist()
               if k == "template" else recorded[k] != mine[k])]

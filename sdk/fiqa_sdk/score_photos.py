@@ -11,6 +11,7 @@ import argparse
 import csv
 import dataclasses
 import json
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ import numpy as np
 
 from fiqa_runtimes import BackendUnavailable
 from fiqa_sdk.bundle import BundleError
-from fiqa_sdk.detection import DetectorUnavailable
+from fiqa_sdk.detection import DetectorUnavailable, RetinaFaceDetector, auto_max_side
 from fiqa_sdk.frames import FrameError
 from fiqa_sdk.gate import CaptureGate, GateConfig, parse_overrides
 from fiqa_sdk.json_safe import finite_or_null
@@ -42,8 +43,9 @@ symlinked sub-folders are not followed); each photo is judged once however often
 cannot be read is listed with verdict 'error', a folder that cannot be read is named on stderr (its photos are
 not judged): either makes the exit status 1. Exit status 2: nothing could be judged (no photo found, a folder
 named that cannot be read, a bundle or model that cannot be loaded, an output that cannot be written). One
-without a face gets 'no_face'. --gate utility_accept=N alone moves utility_release down with it (the bundle's
-gap kept).
+without a face gets 'no_face' (and, when it was searched shrunk so far that a face the gate accepts could be
+missed, the --max-side that would find it). --gate utility_accept=N alone moves utility_release down with it
+(the bundle's gap kept).
 
 examples:
   fiqa-score enrolment/                          # the subject of every photo, with verdicts
@@ -203,11 +205,36 @@ def read_photo(path: Path) -> np.ndarray | None:
     return cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
 
 
+# About the fewest pixels between the eyes at the network's input at which RetinaFace still finds a face: faces the
+# gate accepts (28 px) are found in 1920-wide frames seen at 640, i.e. at 9.3 px (detection.auto_max_side).
+SMALLEST_IOD_FOUND = 9.0
+
+
+def shrink_hint(shape: tuple[int, ...], detector: object, gate: GateConfig) -> str | None:
+    """For a photo in which no face was found: when RetinaFace saw it shrunk so far that a face big enough for the
+    gate (``min_iod_px`` between the eyes) would be under :data:`SMALLEST_IOD_FOUND` px, what --max-side would
+    find it; else None (the photo was seen closely enough: it has no face)."""
+    if not isinstance(detector, RetinaFaceDetector):
+        return None
+    h, w = shape[:2]
+    side = detector.max_side or auto_max_side(h, w)
+    scale = min(1.0, side / max(h, w))
+    min_iod = gate.min_iod_px if gate.min_iod_px is not None else GateConfig().min_iod_px
+    if min_iod * scale >= SMALLEST_IOD_FOUND:
+        return None
+    needed = math.ceil(max(h, w) * SMALLEST_IOD_FOUND / min_iod / 32) * 32
+    return (f"photo {w}x{h} was searched at {side} px (shrunk {1 / scale:.3g}x), where a face under "
+            f"{SMALLEST_IOD_FOUND / scale:.0f} px between the eyes may be too small to find: retry with --max-side "
+            f"{needed} (time grows with its square) or crop the photo to the person")
+
+
 def judge_photo(name: str, image: np.ndarray, scorer: Scorer, gate: CaptureGate, all_faces: bool) -> list[Row]:
-    """Rows for one photo: its largest face (or every face), each with the gate's verdict on it alone."""
+    """Rows for one photo: its largest face (or every face), each with the gate's verdict on it alone. A photo
+    without a face found says when it was searched too small to tell (:func:`shrink_hint`)."""
     faces: list[FaceResult] = scorer.score_frame(image)
     if not faces:
-        return [Row(name, verdict="no_face")]
+        hint = shrink_hint(image.shape, scorer.detector, gate.config)
+        return [Row(name, verdict="no_face", reasons=[hint] if hint else [])]
     order = sorted(range(len(faces)), key=lambda k: -faces[k].detection.size)
     rows = []
     signs = z_signs(scorer)

@@ -120,31 +120,56 @@ class ScorerInfo:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
 
 
-def _check_faces(faces: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
-    """Validate aligned faces and return them as N x 112 x 112 x 3 uint8 with errors that name the fix."""
+def _layout_hint(shape: tuple[int, ...]) -> str:
+    """What to do about an array of this shape that is not N x 112 x 112 x 3: the fix that applies to it."""
+    size = SPEC.size
+    if len(shape) >= 3 and shape[-3] in (1, 3, 4) and tuple(shape[-2:]) == (size, size):
+        order = "(1, 2, 0)" if len(shape) == 3 else "(0, 2, 3, 1)"
+        return (f"this looks channels-first ({'CHW' if len(shape) == 3 else 'NCHW'}); aligned faces are "
+                f"channels-last BGR: pass faces.transpose{order}")
+    if len(shape) >= 3 and tuple(shape[-3:-1]) == (size, size):
+        channels = shape[-1]
+        if channels in (1, 4):
+            return "convert gray/BGRA faces to BGR with fiqa_sdk.to_bgr(face) first"
+        if channels == 2:
+            return "2 channels is gray + alpha: convert the gray plane with fiqa_sdk.to_bgr(face[..., 0]) first"
+        return f"{channels} channels is no image layout (gray 1, BGR 3, BGRA 4): pass the 3-channel BGR face"
+    if tuple(shape) == (size, size):
+        return "convert gray faces to BGR with fiqa_sdk.to_bgr(face) first"
+    return "align faces with fiqa_sdk.align_face(frame, detection.landmarks), or call score_frame(frame)"
+
+
+def _check_layout(shape: tuple[int, ...], dtype: np.dtype, single: bool = False) -> None:
+    """Raise, naming the fix, unless ``shape``/``dtype`` are one aligned face (HxWx3) or (unless ``single``) a batch
+    (NxHxWx3) of BGR uint8."""
+    if dtype != np.uint8:
+        raise ValueError(f"aligned faces must be uint8 BGR (0-255), got dtype {dtype}; "
+                         "convert with (face * 255).round().astype(np.uint8) for [0, 1] floats")
+    want = (SPEC.size, SPEC.size, 3)
+    if tuple(shape[-3:]) != want or len(shape) not in ((3,) if single else (3, 4)):
+        raise ValueError(f"expected aligned faces of shape ({SPEC.size}, {SPEC.size}, 3) or "
+                         f"(N, {SPEC.size}, {SPEC.size}, 3) BGR uint8, got {tuple(shape)}; {_layout_hint(shape)}")
+
+
+def _check_faces(faces: np.ndarray | Sequence[np.ndarray]) -> np.ndarray | list[np.ndarray]:
+    """Validate aligned faces, with errors that name the fix: an N x 112 x 112 x 3 uint8 array, or for a list of
+    faces the list of 112 x 112 x 3 arrays, left unstacked so that :meth:`Scorer.score` copies one batch at a time
+    (4,000 faces stacked at once are 150 MB before the float tensor is made)."""
     if isinstance(faces, (list, tuple)):
         if not faces:
             return np.zeros((0, SPEC.size, SPEC.size, 3), np.uint8)
-        shapes = {np.asarray(f).shape for f in faces}
+        arrays = [np.asarray(f) for f in faces]  # views of arrays, no copies
+        shapes = {a.shape for a in arrays}
         if len(shapes) != 1:
             raise ValueError(f"faces have different shapes {sorted(shapes)}; every aligned face is "
                              f"{SPEC.size}x{SPEC.size}x3 (fiqa_sdk.align_face)")
-        faces = np.stack([np.asarray(f) for f in faces])
+        bad = next((a.dtype for a in arrays if a.dtype != np.uint8), np.dtype(np.uint8))
+        _check_layout(arrays[0].shape, bad, single=True)  # each item one face: the hint is about its shape
+        return arrays
     if not isinstance(faces, np.ndarray):
         raise TypeError(f"faces must be a numpy array or a list of arrays, got {type(faces).__name__}")
-    if faces.dtype != np.uint8:
-        raise ValueError(f"aligned faces must be uint8 BGR (0-255), got dtype {faces.dtype}; "
-                         "convert with (face * 255).round().astype(np.uint8) for [0, 1] floats")
-    if faces.ndim == 3:
-        faces = faces[None]
-    want = (SPEC.size, SPEC.size, 3)
-    if faces.ndim != 4 or faces.shape[1:] != want:
-        square = (SPEC.size, SPEC.size) in {tuple(faces.shape[-2:]), tuple(faces.shape[-3:-1])}
-        hint = ("convert gray/BGRA faces to BGR with fiqa_sdk.to_bgr(face) first" if square
-                else "align faces with fiqa_sdk.align_face(frame, detection.landmarks), or call score_frame(frame)")
-        raise ValueError(f"expected aligned faces of shape ({SPEC.size}, {SPEC.size}, 3) or "
-                         f"(N, {SPEC.size}, {SPEC.size}, 3) BGR uint8, got {faces.shape}; {hint}")
-    return faces
+    _check_layout(faces.shape, faces.dtype)
+    return faces[None] if faces.ndim == 3 else faces
 
 
 def _load_from(path: Path, backend: str, threads: int | None, model: str | None) -> tuple[Bundle, LoadedModel]:
@@ -295,13 +320,24 @@ class Scorer:
         return y
 
     def score(self, faces: np.ndarray | Sequence[np.ndarray]) -> ScoreBatch:
-        """Score aligned faces (HxWx3 or NxHxWx3 BGR uint8, H = W = 112). Always returns a :class:`ScoreBatch`
-        (``scorer.score(face)[0]`` for one face)."""
+        """Score aligned faces (HxWx3 or NxHxWx3 BGR uint8, H = W = 112, or a list of HxWx3). Always returns a
+        :class:`ScoreBatch` (``scorer.score(face)[0]`` for one face).
+
+        Any number of faces: they are converted to the model's float tensor and run ``max_batch`` at a time into a
+        preallocated result, so memory beyond the caller's own faces stays that of one batch (4,000 faces at once
+        used to make a 600 MB float tensor, and three temporaries of it)."""
         batch = _check_faces(faces)
-        if len(batch) == 0:
+        n = len(batch)
+        if n == 0:
             empty = np.zeros((0, len(self.bundle.scores)))
             return ScoreBatch(empty, empty, self.score_names)
-        z = self.raw(faces_to_tensor(batch))
+        z: np.ndarray | None = None
+        for start in range(0, n, self.max_batch):
+            chunk = batch[start:start + self.max_batch]
+            y = self.raw(faces_to_tensor(chunk if isinstance(chunk, np.ndarray) else np.stack(chunk)))
+            if z is None:  # the model's own output width (the manifest may read any of its columns)
+                z = np.empty((n, y.shape[1]), np.float32)
+            z[start:start + len(y)] = y
         cols = [s.index for s in self.bundle.scores]  # model column of each score, in score_names order
         return ScoreBatch(self.bundle.to_0_100(z), z[:, cols], self.score_names)
 
@@ -321,7 +357,7 @@ class Scorer:
         if not detections:
             return []
         aligned = [align_face(bgr, d.landmarks) for d in detections]
-        scores = self.score(np.stack(aligned))
+        scores = self.score(aligned)
         results = []
         for det, face, s in zip(detections, aligned, scores):
             measures = image_measures(face)
