@@ -5,9 +5,8 @@
 The people are drawn (seed 0) from the training side of the project's split, never from its held-out people
 (``fiqa_calibration.held_out_people``: share 0.15, seed 0, the label sets' and distillations' split), so
 the INT8 ranges are set on faces like the ones a bundle is evaluated on without touching the evaluation people.
-The pip-shipped group photo that ``fiqa-compile`` calibrates on by default holds 6 small faces: on 3,519 LFW
-faces of unseen people its full-INT8 TFLite ranked perceptual quality at SRCC 0.986 with fp32 before the compile
-pinned the TFLite output range to the student's score span (README, "Calibrate on faces like yours").
+The pip-shipped group photo that ``fiqa-compile`` calibrates on by default holds 6 small faces, unlike the faces
+a bundle scores (how each calibration compares: docs/results.md, "Calibration").
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Issue #5 data lever: a face folder of lfw-dev plus an LFW-style frame around every usable *background* face.
+"""A face folder of lfw-dev plus an LFW-style frame around every usable *background* face.
 
     python scripts/lfw_background_faces.py ../shared/data/lfw-dev runs/lfw-plus
 
@@ -6,7 +6,8 @@ LFW photos often hold other people besides the one they are filed under. Every f
 the frame centre (IOD >= 15 px, score >= 0.8, all five landmarks inside the photo) is re-framed as LFW frames
 its people: a 250x250 view with the face centred and its eyes ~50 px apart (edge pixels repeated past the
 photo), saved beside the photo it came from (so the person-level held-out split is unchanged). The photos
-themselves are symlinked. On lfw-dev: 871 background faces, 12.6 % more faces, most of them new people.
+themselves are symlinked. On lfw-dev most of the faces it adds are new people (counts: the embedded weights'
+model card, compile/fiqa_compile/weights/MODEL_CARD.md).
 `fiqa-distill --faces runs/lfw-plus ...` then sees them like any other photo (its detector picks the face
 nearest the centre).
 """

@@ -18,8 +18,9 @@ examples:
   fiqa-compile --target cpu --faces ~/my_captures    # distil a new student on your own unlabelled face photos
   fiqa-compile --target jetson-orin --student fiqa-student-my_captures   # reuse it for another target
 
-With no --faces the embedded default student (distilled from the embedded teachers on LFW) is quantised;
-with --faces a new student is distilled first. The report (report.md in the bundle) says which happened.
+With no --faces the embedded default student (trained on LFW; its model card is
+compile/fiqa_compile/weights/MODEL_CARD.md in the source tree) is quantised; with --faces a new student is
+distilled first. The report (report.md in the bundle) says which happened.
 TensorRT engines are not built here: they are tied to the GPU and TensorRT version, so the bundle carries the
 Q/DQ INT8 ONNX, its build settings and a calibration cache, and the Jetson builds and caches the engine on first use.
 """

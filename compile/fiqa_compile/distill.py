@@ -7,20 +7,20 @@ logistic ranking term, because the scores exist to rank faces and to gate captur
 matters more than matching every value. Checkpoints every N steps; re-running the same command resumes.
 
 The utility target is the utility teacher's mean over ten test-time views (the crop and its mirror, as is and
-shifted 2 px four ways: ``fiqa_compile.teachers.tta_views``). One forward pass of the small ViT is not repeatable
-at the scale of a device's alignment jitter (SRCC ~0.90 with itself after a 2 px re-alignment, 0.96 for the
-10-view mean, whose EDC is no worse), and a student cannot learn noise. ``--no-utility-tta`` keeps one view.
+shifted 2 px four ways: ``fiqa_compile.teachers.tta_views``). One forward pass of the small ViT is less repeatable
+under a device's alignment jitter than the 10-view mean, and a student cannot learn noise (the measurement:
+``bench/teacher_repeatability.py``, docs/results.md). ``--no-utility-tta`` keeps one view.
 
 The utility teacher (a small ViT) is cheap next to a student training step, so by default it scores *online*,
-on exactly the augmented crop the student sees: its score is not flip-invariant (SRCC 0.95 between a face and
-its mirror image), so a cached score would teach the student noise. Online, the student also learns what
+on exactly the augmented crop the student sees: its score is not flip-invariant (a face and its mirror image
+score differently), so a cached score would teach the student noise. Online, the student also learns what
 the teacher *sees*, through throw-away hint heads: its quality features (the input of its final linear layer,
 128 numbers per face instead of one), optionally its patch tokens (``--token-weight``: the student's last 7x7
 map against the teacher's token grid) and its face-recognition embedding (``--embedding-weight``, cosine).
 An exponential moving average of the weights (``--ema``) is what gets saved when it is on. And since its target is exact whatever the crop, part of each batch is augmented
 (re-aligned, re-lit, freshly degraded: ``fiqa_compile.train.augment``), so the student sees many more distinct
-faces than the photos hold. The slow perceptual teacher is scored once and cached (it is flip-invariant to
-SRCC 0.98); its loss only counts the crops that were not augmented.
+faces than the photos hold. The slow perceptual teacher is scored once and cached (its score changes little
+under a mirror flip); its loss only counts the crops that were not augmented.
 """
 from __future__ import annotations
 
@@ -618,8 +618,8 @@ OPTION_HELP = {
                  "recognising whose face it is (needs --online-utility; 0 = off)",
     "ema": "decay of an exponential moving average of the weights, saved instead of the last ones (0 = off)",
     "mirror_average": "train the mean of the student over each crop and its mirror image, the score a bundle "
-                      "compiled with --mirror-average (on by default in fiqa-compile) computes; twice the student's "
-                      "work per step",
+                      "compiled with --mirror-average computes (fiqa-compile turns it on for students trained "
+                      "this way); twice the student's work per step",
     "utility_tta": "utility target = the teacher's mean over its 10 test-time views (face + mirror, shifted 2 px); "
                    "--no-utility-tta: one view",
 }

@@ -134,10 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
                "mobilefacenet --out runs/eval-mfn")
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--labels", type=Path, help="label set made by fiqa-labels (uses its degraded versions and "
-                                                 "stored dlib embeddings: seconds; with --fr mobilefacenet its "
-                                                 "stored crops are embedded: ~5 ms per sample)")
+                                                 "stored dlib embeddings, so nothing is detected again; with --fr "
+                                                 "mobilefacenet its stored crops are embedded)")
     src.add_argument("--faces", type=Path, help="face folder <identity>/<photo>; detects, degrades and embeds "
-                                                "with --fr (slow: ~0.1 s per face version)")
+                                                "every face version with --fr (slower than --labels)")
     ap.add_argument("--fr", choices=FR_MODELS, default="dlib",
                     help="face-recognition model whose cosine similarity is the comparison score: dlib (ResNet, "
                          "128-d; default) or mobilefacenet (TFLite, 192-d, of the 112x112 crop; fetch it with "
