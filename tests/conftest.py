@@ -57,3 +57,44 @@ def match_by_eyes(det, candidates):
     """The candidate whose eye midpoint is nearest ``det``'s (robust to different box conventions)."""
     mid = det.landmarks[:2].mean(0)
     return min(candidates, key=lambda c: float(np.linalg.norm(c.landmarks[:2].mean(0) - mid)))
+
+
+# ------------------------------------------------------------------------------------------- device tests
+# Test files that run with the device distribution alone (fiqa-sdk + its engines, no torch, no fiqa-compile, no
+# fiqa_calibration): they get the ``device`` marker, and ``pytest --device-only`` collects nothing else (the other
+# files import torch or the host packages at import time). scripts/device_tests.sh runs them in a fresh environment
+# holding only the device wheel; tests/test_packaging.py checks the list names real files.
+DEVICE_TEST_FILES = frozenset({
+    "test_capture_io.py", "test_default_bundle.py", "test_demo.py", "test_detection.py", "test_device_imports.py",
+    "test_frames.py", "test_gate.py", "test_measures.py", "test_runtimes.py", "test_score_photos.py",
+    "test_sources.py", "test_tensorrt_backend.py", "test_thread_safety.py", "test_tracking.py",
+})
+# Tests in those files that need a host package or torch all the same ("file::test").
+NOT_DEVICE_TESTS = frozenset({"test_device_imports.py::test_the_probe_does_see_an_import",
+                              "test_device_imports.py::test_calibration_datasets_import_no_torch"})
+
+
+def pytest_addoption(parser):
+    parser.addoption("--device-only", action="store_true", default=False,
+                     help="collect only the tests marked 'device' (DEVICE_TEST_FILES in tests/conftest.py)")
+
+
+def pytest_ignore_collect(collection_path, config):
+    if (config.getoption("--device-only") and collection_path.suffix == ".py"
+            and collection_path.name.startswith("test_") and collection_path.name not in DEVICE_TEST_FILES):
+        return True
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    device, host = [], []
+    for item in items:
+        name = item.path.name
+        if name in DEVICE_TEST_FILES and f"{name}::{getattr(item, 'originalname', item.name)}" not in NOT_DEVICE_TESTS:
+            item.add_marker(pytest.mark.device)
+            device.append(item)
+        else:
+            host.append(item)
+    if config.getoption("--device-only") and host:
+        config.hook.pytest_deselected(items=host)
+        items[:] = device

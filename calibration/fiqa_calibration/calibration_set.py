@@ -238,29 +238,42 @@ def sample_pool(detector=None, severities: Sequence[float] = (0.25, 0.5, 0.75, 1
                 photos: Sequence[str] = ("t1", "grace_hopper", "tom_hanks", "astronaut")) -> FacePool:
     """Aligned faces from the photos pip packages ship (:mod:`fiqa_sdk.samples`), clean plus every degradation
     at every severity: 9 faces x (1 + 12 x 4) = 441 with the defaults. For demos, tests and benchmarks when no
-    face folder is around; degradations are applied on a margin canvas, as :mod:`fiqa_calibration.crops` does."""
-    from fiqa_calibration.crops import aligned_canvas, crop_from_canvas
-    from fiqa_calibration.degradations import DEGRADATION_TYPES, degrade
+    face folder is around; degradations are applied on a margin canvas, as :mod:`fiqa_calibration.crops` does.
+    :func:`fiqa_calibration.shipped_faces.shipped_pool` gives the same pool from the canvases fiqa-compile ships
+    (no photo package, no detector)."""
+    from fiqa_calibration.crops import aligned_canvas
     from fiqa_sdk.detection import create_detector
     from fiqa_sdk.samples import load_sample
 
     detector = detector or create_detector("retinaface", max_side=640, refine_landmarks=False)  # as the default compile made it
-    kinds = tuple(kinds) if kinds is not None else DEGRADATION_TYPES
-    out_f, out_k, out_s, out_p = [], [], [], []
-    person = 0
+    canvases = []
     for name in photos:
         img = load_sample(name)
-        for det in detector(img):
-            canvas, _ = aligned_canvas(img, det.landmarks)
-            versions = [(CLEAN, 0.0, canvas)] + [
-                (kind, float(sv), degrade(canvas, kind, float(sv), seed=seed + 1000 * person + j))
-                for j, kind in enumerate(kinds) for sv in severities]
-            for kind, sv, img_v in versions:
-                out_f.append(crop_from_canvas(img_v))
-                out_k.append(kind)
-                out_s.append(sv)
-                out_p.append(person)
-            person += 1
-    if not out_f:
+        canvases += [aligned_canvas(img, det.landmarks)[0] for det in detector(img)]
+    if not canvases:
         raise CalibrationSetError(f"no faces detected in the sample photos {list(photos)}")
+    return pool_from_canvases(canvases, severities, kinds, seed)
+
+
+def pool_from_canvases(canvases: Sequence[np.ndarray], severities: Sequence[float] = (0.25, 0.5, 0.75, 1.0),
+                       kinds: Sequence[str] | None = None, seed: int = 0) -> FacePool:
+    """Each aligned margin canvas (:func:`fiqa_calibration.crops.aligned_canvas`) clean plus every degradation at
+    every severity, cut to the 112x112 crop; canvas ``i`` is person ``i`` and seeds its degradations with
+    ``seed + 1000 * i``."""
+    from fiqa_calibration.crops import crop_from_canvas
+    from fiqa_calibration.degradations import DEGRADATION_TYPES, degrade
+
+    kinds = tuple(kinds) if kinds is not None else DEGRADATION_TYPES
+    out_f, out_k, out_s, out_p = [], [], [], []
+    for person, canvas in enumerate(canvases):
+        versions = [(CLEAN, 0.0, canvas)] + [
+            (kind, float(sv), degrade(canvas, kind, float(sv), seed=seed + 1000 * person + j))
+            for j, kind in enumerate(kinds) for sv in severities]
+        for kind, sv, img_v in versions:
+            out_f.append(crop_from_canvas(img_v))
+            out_k.append(kind)
+            out_s.append(sv)
+            out_p.append(person)
+    if not out_f:
+        raise CalibrationSetError("no face canvases to build a pool from")
     return FacePool(faces=np.stack(out_f), kinds=np.array(out_k), severity=np.array(out_s), person=np.array(out_p))

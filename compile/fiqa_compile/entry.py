@@ -1,8 +1,9 @@
 """Console-script entry points of the compile side.
 
-Each command's module is imported only when the command runs, inside a guard: the console scripts are installed
-with the package even on a device (no compile extra, no torch), and there a compile command should say which
-package is missing and how to get it, not end in an import traceback.
+Each command's module is imported only when the command runs, inside a guard: the console scripts come with the
+fiqa-compile distribution (host/), which declares these packages, but an install without its dependencies
+(``pip install --no-deps``, a removed torch) should say which package is missing and how to get it, not end in an
+import traceback.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import importlib.util
 import sys
 from typing import Callable
 
-# Top-level modules that come with the compile extra (pyproject.toml); a missing one means the extra is missing.
+# Top-level modules that fiqa-compile's dependencies bring (host/setup.py); a missing one means they are missing.
 COMPILE_EXTRA_MODULES = frozenset({"torch", "onnx", "onnxscript", "onnxsim", "onnxruntime", "litert_torch",
                                    "ai_edge_litert", "scipy", "tqdm", "matplotlib", "dlib", "face_recognition_models"})
 
@@ -25,9 +26,10 @@ def run_command(command: str, module: str, argv: list[str] | None = None) -> int
         top = (e.name or "").split(".")[0]
         if top not in COMPILE_EXTRA_MODULES or _installed(top):
             raise  # ours, or a broken / mismatched install of the package: the traceback is the information
-        print(f"{command}: this command needs the compile extra, and Python module {top!r} is not installed. "
-              "Install it from the fiqa-sdk source with  pip install torch==2.13.0 && pip install '.[compile]'  "
-              "(torch first, so no dependency pulls a CUDA build; or run  bash scripts/setup.sh)", file=sys.stderr)
+        print(f"{command}: this command needs the fiqa-compile dependencies, and Python module {top!r} is not "
+              "installed. Install them from the fiqa-sdk source with  "
+              "pip install torch==2.13.0 && pip install . ./host  (torch first, so no dependency pulls a CUDA build; "
+              "or run  bash scripts/setup.sh)", file=sys.stderr)
         return 2
 
 
