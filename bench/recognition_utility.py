@@ -26,6 +26,7 @@ import hashlib
 import json
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,48 @@ class Samples:
 
     def embeddings(self, fr: str) -> np.ndarray:
         return self.data["emb_dlib"] if fr == "dlib" else self.data["emb_mfn"]
+
+
+@dataclass
+class Evaluation:
+    """A held-out frame set with its seeded pairings and both FR models' comparison scores."""
+
+    data: dict[str, np.ndarray]
+    samples: Samples
+    pairings: list
+    rows: np.ndarray  # the sample rows any pairing uses: the faces a method must score
+    kinds: np.ndarray  # damage family per sample row
+    scores: list[dict[str, np.ndarray]]  # per pairing, per FR model
+
+
+def prepare(set_path: Path, max_per_person: int = 30, seeds: int = 5) -> Evaluation:
+    """Load a held-out frame set and draw ``seeds`` cross-quality pairings (FileNotFoundError when it is not built)."""
+    from fiqa_compile.eval.pairs import build_pairs, cosine_scores, impostors_for_fmr
+    from fiqa_compile.labels.frame_set import family_of, load
+
+    data = load(set_path)
+    samples = Samples(data)
+    pairings = [build_pairs(samples, n_impostors=impostors_for_fmr(FMR), degraded_share=0.5,
+                            max_genuine_per_identity=max_per_person, seed=seed) for seed in range(seeds)]
+    rows = np.unique(np.concatenate([p.rows for p in pairings]))
+    kinds = np.array([family_of(k) for k in samples.data["kind"]])
+    scores = [{fr: cosine_scores(samples.embeddings(fr), p.a, p.b) for fr in FR_MODELS} for p in pairings]
+    print(f"{seeds} pairings of {int(pairings[0].genuine.sum())} genuine / {int((~pairings[0].genuine).sum())} "
+          f"impostor comparisons over {len(rows)} faces", file=sys.stderr)
+    return Evaluation(data, samples, pairings, rows, kinds, scores)
+
+
+def measure(q_full: np.ndarray, ev: Evaluation) -> dict:
+    """Per FR model: pAUC (mean over the pairings, and each), FNMR, per-family AUC, the first pairing's curve."""
+    out = {}
+    for fr in FR_MODELS:
+        per_seed = [evaluate(q_full, p, s[fr], ev.kinds[p.b]) for p, s in zip(ev.pairings, ev.scores)]
+        entry = {k: float(np.mean([r[k] for r in per_seed])) for k in ("pauc", "pauc_30", "fnmr")}
+        entry["pauc_per_pairing"] = [r["pauc"] for r in per_seed]
+        entry["auc"] = {f: float(np.nanmean([r["auc"][f] for r in per_seed])) for f in FAMILIES}
+        entry["curve"] = per_seed[0]["curve"]
+        out[fr] = entry
+    return out
 
 
 def mann_whitney_auc(low: np.ndarray, high: np.ndarray) -> float:
@@ -196,24 +239,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS / "recognition_utility", help="output stem")
     args = ap.parse_args(argv)
 
-    from fiqa_compile.eval.pairs import build_pairs, cosine_scores, impostors_for_fmr
-    from fiqa_compile.labels.frame_set import family_of, load
     from fiqa_compile.labels.recognition import mfn_norm
 
     t0 = time.time()
     try:
-        data = load(args.set)
+        ev = prepare(args.set, args.max_per_person, args.seeds)
     except FileNotFoundError as e:
         print(f"recognition_utility: {e}", file=sys.stderr)
         return 2
-    samples = Samples(data)
-    pairings = [build_pairs(samples, n_impostors=impostors_for_fmr(FMR), degraded_share=0.5,
-                            max_genuine_per_identity=args.max_per_person, seed=seed) for seed in range(args.seeds)]
-    rows = np.unique(np.concatenate([p.rows for p in pairings]))
-    kinds = np.array([family_of(k) for k in samples.data["kind"]])
-    scores = [{fr: cosine_scores(samples.embeddings(fr), p.a, p.b) for fr in FR_MODELS} for p in pairings]
-    print(f"{args.seeds} pairings of {int(pairings[0].genuine.sum())} genuine / {int((~pairings[0].genuine).sum())} "
-          f"impostor comparisons over {len(rows)} faces", file=sys.stderr)
+    data, samples, pairings, rows = ev.data, ev.samples, ev.pairings, ev.rows
 
     q_rows = score_methods(samples, rows, list(args.method or DEFAULT_METHODS), "auto")
     if not args.no_peers:
@@ -237,13 +271,9 @@ def main(argv: list[str] | None = None) -> int:
             continue
         full = np.zeros(n)
         full[rows] = q
-        entry = {"name": name}
+        entry = {"name": name, **measure(full, ev)}
         for fr in FR_MODELS:
-            per_seed = [evaluate(full, p, s[fr], kinds[p.b]) for p, s in zip(pairings, scores)]
-            curves[fr][name] = per_seed[0]["curve"]
-            entry[fr] = {k: float(np.mean([r[k] for r in per_seed])) for k in ("pauc", "pauc_30", "fnmr")}
-            entry[fr]["pauc_per_pairing"] = [r["pauc"] for r in per_seed]
-            entry[fr]["auc"] = {f: float(np.nanmean([r["auc"][f] for r in per_seed])) for f in FAMILIES}
+            curves[fr][name] = entry[fr].pop("curve")
         record["methods"][spec] = entry
     any_m = next(m for m in record["methods"].values() if "dlib" in m)
     record["fnmr"] = {fr: any_m[fr]["fnmr"] for fr in FR_MODELS}
@@ -251,9 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     record["failures"] = {}
     g = p0.genuine
     for fr in FR_MODELS:
-        sc = scores[0][fr]
+        sc = ev.scores[0][fr]
         fail = sc[g] < similarity_threshold(sc[~g], FMR)
-        record["failures"][fr] = {f: int(np.sum(fail & (kinds[p0.b][g] == f))) for f in FAMILIES}
+        record["failures"][fr] = {f: int(np.sum(fail & (ev.kinds[p0.b][g] == f))) for f in FAMILIES}
     record["seconds"] = time.time() - t0
 
     args.out.parent.mkdir(parents=True, exist_ok=True)

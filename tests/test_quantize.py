@@ -28,12 +28,12 @@ from student_fixtures import exported_onnx, face_pool, fitted_student
 
 @pytest.fixture(scope="module")
 def data(retinaface_ort):
-    """300-face stratified calibration set; 64 other faces (held out, every kind and severity) for checks."""
+    """300-face stratified calibration set; every other face (held out, every kind and severity) for checks: the
+    test student is briefly fitted, so its INT8 rank agreement over 64 faces varies by +-0.01 with the sample."""
     pool = face_pool()
     calib = build_calibration_set(pool.faces, pool.kinds, pool.severity, size=300, detector=retinaface_ort)
     rest = np.setdiff1d(np.arange(len(pool.faces)), calib.source_index)
-    check = rest[np.linspace(0, len(rest) - 1, 64).astype(int)]
-    return calib.tensors, faces_to_tensor(pool.faces[check])
+    return calib.tensors, faces_to_tensor(pool.faces[rest])
 
 
 @pytest.fixture(scope="module")
