@@ -37,67 +37,42 @@ for t in vit_fiqa_mini dsl_fiqa_tiny; do
   mkdir -p "$WEIGHTS/$t" && cp "$RUNS/teachers/$t/teacher.pt" "$RUNS/teachers/$t/teacher.json" "$WEIGHTS/$t/"
 done
 
-# 3. the default student, distilled label-free from the embedded teachers on the photos themselves (each photo
-#    clean + 2 degraded versions; the utility teacher scores every augmented batch online; one utility view, as
-#    `fiqa-compile --faces` distilled then: it now uses the 10-view target and the mirror mean and does not
-#    augment). ~35 min on 2 cores; re-running resumes from the last checkpoint.
-[ -f "$RUNS/student_faces/student.json" ] || \
-  fiqa-distill --faces "$FACES" --versions 2 --epochs 6 --seed 0 --no-utility-tta --out "$RUNS/student_faces"
-#    then a second, gentler learning-rate cycle on top of it, with the utility losses weighted twice (the score that
-#    distils worse). Same photos, same seed, same teachers: the teacher scores are reused. ~40 min on 2 cores.
-if [ ! -f "$RUNS/student_ft/student.json" ]; then
-  mkdir -p "$RUNS/student_ft"
-  [ -f "$RUNS/student_ft/targets.npz" ] || cp "$RUNS/student_faces/targets.npz" "$RUNS/student_ft/"
-  fiqa-distill --faces "$FACES" --versions 2 --seed 0 --init "$RUNS/student_faces" --epochs 10 --lr 0.0015 \
-    --utility-weight 2 --no-utility-tta --out "$RUNS/student_ft"
-fi
-#    The first two cycles learned the utility teacher's single forward pass (the default then); the third learns
-#    its mean over 10 test-time views (the default now: one view is not repeatable at 2 px of re-alignment), with
-#    hint heads on the teacher's patch tokens and FR embedding and an average of the weights. ~55 min on 2 cores.
-if [ ! -f "$RUNS/student_tta/student.json" ]; then
-  mkdir -p "$RUNS/student_tta"
-  [ -f "$RUNS/student_tta/targets.npz" ] || cp "$RUNS/student_faces/targets.npz" "$RUNS/student_tta/"
-  fiqa-distill --faces "$FACES" --versions 2 --seed 0 --init "$RUNS/student_ft" --epochs 7 --lr 0.001 \
-    --utility-weight 3 --token-weight 1 --embedding-weight 1 --ema 0.998 --out "$RUNS/student_tta"
-fi
-#    Cycles 4 and 5: the same settings on more distinct faces, the photos plus the people in their backgrounds
-#    (scripts/lfw_background_faces.py, filed beside their photo so the held-out people stay the same). ~20 min each.
-[ -d "$RUNS/lfw-plus" ] || python scripts/lfw_background_faces.py "$FACES" "$RUNS/lfw-plus"
-for cycle in "student_tta student_bg" "student_bg student_bg2"; do
-  set -- $cycle
-  [ -f "$RUNS/$2/student.json" ] || \
-    fiqa-distill --faces "$RUNS/lfw-plus" --versions 2 --seed 0 --init "$RUNS/$1" --epochs 3 --lr 0.001 \
-      --utility-weight 3 --token-weight 1 --embedding-weight 1 --ema 0.998 --utility-tta --threads 2 --out "$RUNS/$2"
-done
-#    Cycle 6: the same again, learning the mean over each crop and its mirror image, which is what the bundles
-#    (fiqa-compile --mirror-average, the default) score. ~25 min.
-[ -f "$RUNS/student_mir/student.json" ] || \
-  fiqa-distill --faces "$RUNS/lfw-plus" --versions 2 --seed 0 --init "$RUNS/student_bg2" --epochs 3 --lr 0.001 \
-    --utility-weight 3 --token-weight 1 --embedding-weight 1 --ema 0.998 --utility-tta --mirror-average --threads 2 \
-    --out "$RUNS/student_mir"
-#    Cycle 7: once more with the utility losses weighted x6 (the perceptual score has slack to give). ~25 min.
-[ -f "$RUNS/student_mir2/student.json" ] || \
-  fiqa-distill --faces "$RUNS/lfw-plus" --versions 2 --seed 0 --init "$RUNS/student_mir" --epochs 3 --lr 0.001 \
-    --utility-weight 6 --token-weight 1 --embedding-weight 1 --ema 0.998 --utility-tta --mirror-average --threads 2 \
-    --out "$RUNS/student_mir2"
-#    Cycles 8-11 go off the photos: a quarter of each batch blended with another face (--mixup), then a share given
-#    another face's eyes, nose or mouth (--part-swap: new people, so quality cannot be learnt by recognising whose
-#    face it is); the online teacher scores them all. The last is one longer cycle of 6 epochs. ~25, 25, 25, 45 min.
-#    Same photos and teachers, so each cycle reuses the one before's teacher scores.
-cycle() {  # init out epochs lr part_swap
+# 3. the default student, distilled label-free from the embedded teachers in eleven cycles, each a committed recipe
+#    that starts from the cycle before (--init); compile/fiqa_compile/recipes/README.md says what each does and why.
+#    Cycles 1-3 distil on the photos themselves (each clean + 2 degraded versions), 4-11 on the photos plus the
+#    people in their backgrounds (scripts/lfw_background_faces.py, filed beside their photo so the held-out people
+#    stay the same). Cycles 2-3 and 8-11 keep the photos and teachers of the cycle they start from and copy its
+#    teacher scores instead of computing them again. ~6 h on 2 cores; re-running resumes the unfinished cycle.
+RECIPES=compile/fiqa_compile/recipes
+distil() {  # recipe faces out [init [threads]]
+  [ -f "$RUNS/$3/student.json" ] && return 0
+  fiqa-distill --recipe "$RECIPES/$1.json" --faces "$2" --out "$RUNS/$3" ${4:+--init "$RUNS/$4"} ${5:+--threads "$5"}
+}
+reuse_scores() {  # from to: the same crops and teachers, so the cached teacher scores hold
   [ -f "$RUNS/$2/student.json" ] && return 0
   mkdir -p "$RUNS/$2"
   for f in targets.npz utility_tta.npz; do
     [ -f "$RUNS/$2/$f" ] || [ ! -f "$RUNS/$1/$f" ] || cp "$RUNS/$1/$f" "$RUNS/$2/"
   done
-  fiqa-distill --faces "$RUNS/lfw-plus" --versions 2 --seed 0 --init "$RUNS/$1" --epochs "$3" --lr "$4" \
-    --utility-weight 6 --token-weight 1 --embedding-weight 1 --ema 0.998 --utility-tta --mirror-average \
-    --mixup 0.25 --part-swap "$5" --threads 2 --out "$RUNS/$2"
 }
-cycle student_mir2 student_mix 3 0.001 0
-cycle student_mix student_mix2 3 0.0005 0
-cycle student_mix2 student_swap 3 0.0005 0.25
-cycle student_swap student_swap2 6 0.001 0.5
+distil 01_faces "$FACES" student_faces
+reuse_scores student_faces student_ft
+distil 02_finetune "$FACES" student_ft student_faces
+reuse_scores student_ft student_tta
+distil 03_tta_hints "$FACES" student_tta student_ft
+[ -d "$RUNS/lfw-plus" ] || python scripts/lfw_background_faces.py "$FACES" "$RUNS/lfw-plus"
+distil 04_background "$RUNS/lfw-plus" student_bg student_tta 2
+distil 05_background2 "$RUNS/lfw-plus" student_bg2 student_bg 2
+distil 06_mirror "$RUNS/lfw-plus" student_mir student_bg2 2
+distil 07_utility6 "$RUNS/lfw-plus" student_mir2 student_mir 2
+reuse_scores student_mir2 student_mix
+distil 08_mixup "$RUNS/lfw-plus" student_mix student_mir2 2
+reuse_scores student_mix student_mix2
+distil 09_mixup_low_lr "$RUNS/lfw-plus" student_mix2 student_mix 2
+reuse_scores student_mix2 student_swap
+distil 10_part_swap "$RUNS/lfw-plus" student_swap student_mix2 2
+reuse_scores student_swap student_swap2
+distil 11_part_swap_long "$RUNS/lfw-plus" student_swap2 student_swap 2
 # 4. recognition-utility labels, and the student that learns them (docs/recognition_utility.md): every photo of the
 #    training people degraded in the whole frame (4 versions), detected and aligned as the device does and embedded
 #    by dlib and MobileFaceNet (~30 min on 2 cores); the eleventh-cycle student then learns the labels, grounded in

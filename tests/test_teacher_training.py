@@ -161,19 +161,31 @@ def test_teacher_loading_verifies_hash(teachers, tmp_path):
         load_teacher(bad)
 
 
+def _recipe(tmp_path, teachers, name: str = "recipe", **keys) -> str:
+    """A recipe file for the small test runs: the test teachers, student_nano, batches of 8 (``keys`` add to it)."""
+    path = tmp_path / f"{name}.json"
+    path.write_text(json.dumps({"utility_teacher": str(teachers / "utility"),
+                                "perceptual_teacher": str(teachers / "perceptual"), "student": "student_nano",
+                                "batch_size": 8, "held_out": 0.2, **keys}))
+    return str(path)
+
+
 def test_distillation_learns_from_teacher_scores(teachers, label_dir, tmp_path):
     from fiqa_compile.distill import main
 
     out = tmp_path / "student"
-    assert main(["--crops", str(label_dir), "--out", str(out), "--utility-teacher", str(teachers / "utility"),
-                 "--perceptual-teacher", str(teachers / "perceptual"), "--student", "student_nano",
-                 "--epochs", "2", "--batch-size", "8", "--held-out", "0.2", "--threads", "1"]) == 0
+    recipe = _recipe(tmp_path, teachers, description="a two-epoch nano student")
+    assert main(["--crops", str(label_dir), "--out", str(out), "--recipe", recipe, "--epochs", "2",
+                 "--threads", "1"]) == 0
     info = json.loads((out / "student.json").read_text())
     assert info["complete"] and [s["name"] for s in info["scores"]] == ["utility", "perceptual"]
     assert all(s["std"] > 0 and s["teacher_p01"] <= s["teacher_p99"] for s in info["scores"])
     assert set(info["held_out_srcc"]) == {"utility", "perceptual"}
     targets = np.load(out / "targets.npz")["targets"]
     assert targets.shape[1] == 2 and np.isfinite(targets).all()
+    # the recipe is recorded with the run: what it said, and the command line's override in the config
+    assert info["recipe"]["path"] == recipe and info["recipe"]["description"] == "a two-epoch nano student"
+    assert info["recipe"]["content"]["student"] == "student_nano" and info["config"]["epochs"] == 2
 
 
 def test_distillation_starts_from_an_earlier_student(teachers, label_dir, tmp_path):
@@ -181,15 +193,14 @@ def test_distillation_starts_from_an_earlier_student(teachers, label_dir, tmp_pa
     from fiqa_compile.student_store import load_student
     from fiqa_compile.distill import main
 
-    common = ["--crops", str(label_dir), "--utility-teacher", str(teachers / "utility"), "--perceptual-teacher",
-              str(teachers / "perceptual"), "--epochs", "1", "--batch-size", "8", "--held-out", "0.2",
-              "--threads", "1"]
+    common = ["--crops", str(label_dir), "--epochs", "1", "--threads", "1"]
+    nano = _recipe(tmp_path, teachers)
     first = tmp_path / "first"
-    assert main([*common, "--out", str(first), "--student", "student_nano"]) == 0
+    assert main([*common, "--out", str(first), "--recipe", nano]) == 0
     # a learning rate of ~0 keeps the weights where --init put them
     again = tmp_path / "again"
-    assert main([*common, "--out", str(again), "--student", "student_nano", "--init", str(first),
-                 "--lr", "1e-12", "--utility-weight", "2"]) == 0
+    assert main([*common, "--out", str(again), "--recipe", _recipe(tmp_path, teachers, "x2", utility_weight=2),
+                 "--init", str(first), "--lr", "1e-12"]) == 0
     start, start_info = load_student(first)
     end, info = load_student(again)
     assert info["init"]["sha256"] == start_info["sha256"] and info["config"]["utility_weight"] == 2.0
@@ -198,23 +209,23 @@ def test_distillation_starts_from_an_earlier_student(teachers, label_dir, tmp_pa
     assert convs and all(torch.allclose(w0[k], w1[k], atol=1e-6) for k in convs)
     # without --init the same run starts elsewhere
     fresh = tmp_path / "fresh"
-    assert main([*common, "--out", str(fresh), "--student", "student_nano", "--lr", "1e-12"]) == 0
+    assert main([*common, "--out", str(fresh), "--recipe", nano, "--lr", "1e-12"]) == 0
     w2 = load_student(fresh)[0].state_dict()
     assert not all(torch.allclose(w0[k], w2[k], atol=1e-6) for k in convs)
     assert "init" not in json.loads((fresh / "student.json").read_text())
 
 
 def test_distillation_grows_a_student_into_its_deeper_variant(teachers, label_dir, tmp_path):
-    """--init of a student_mfn for --student student_mfn_deep: its blocks are carried over, the grown-from recorded."""
+    """--init of a student_mfn for a student_mfn_deep recipe: its blocks are carried over, the grown-from recorded."""
     from fiqa_compile.student_store import load_student
     from fiqa_compile.distill import main
 
-    common = ["--crops", str(label_dir), "--utility-teacher", str(teachers / "utility"), "--perceptual-teacher",
-              str(teachers / "perceptual"), "--epochs", "1", "--batch-size", "8", "--held-out", "0.2",
-              "--threads", "1", "--lr", "1e-12"]
+    common = ["--crops", str(label_dir), "--epochs", "1", "--threads", "1", "--lr", "1e-12"]
     first, deep = tmp_path / "first", tmp_path / "deep"
-    assert main([*common, "--out", str(first), "--student", "student_mfn"]) == 0
-    assert main([*common, "--out", str(deep), "--student", "student_mfn_deep", "--init", str(first)]) == 0
+    assert main([*common, "--out", str(first),
+                 "--recipe", _recipe(tmp_path, teachers, "mfn", student="student_mfn")]) == 0
+    assert main([*common, "--out", str(deep), "--init", str(first),
+                 "--recipe", _recipe(tmp_path, teachers, "deep", student="student_mfn_deep")]) == 0
     small, _ = load_student(first)
     grown, info = load_student(deep)
     assert info["student"] == "student_mfn_deep" and info["init"]["grown_from"] == "student_mfn"
@@ -227,15 +238,16 @@ def test_distillation_grows_a_student_into_its_deeper_variant(teachers, label_di
 def test_distillation_refuses_an_init_of_another_architecture(teachers, label_dir, tmp_path, capsys):
     from fiqa_compile.distill import main
 
-    common = ["--crops", str(label_dir), "--utility-teacher", str(teachers / "utility"), "--perceptual-teacher",
-              str(teachers / "perceptual"), "--epochs", "1", "--batch-size", "8", "--threads", "1"]
+    common = ["--crops", str(label_dir), "--epochs", "1", "--threads", "1"]
+    nano = _recipe(tmp_path, teachers)
     first = tmp_path / "first"
-    assert main([*common, "--out", str(first), "--student", "student_nano"]) == 0
-    assert main([*common, "--out", str(tmp_path / "b"), "--student", "student_mfn", "--init", str(first)]) == 2
-    assert "is a student_nano, which cannot start the --student student_mfn" in capsys.readouterr().err
+    assert main([*common, "--out", str(first), "--recipe", nano]) == 0
+    mfn = _recipe(tmp_path, teachers, "mfn", student="student_mfn")
+    assert main([*common, "--out", str(tmp_path / "b"), "--recipe", mfn, "--init", str(first)]) == 2
+    assert "is a student_nano, which cannot start the recipe's student = student_mfn" in capsys.readouterr().err
     assert not (tmp_path / "b").exists()  # refused before any scoring or writing
     (first / "student.pt").write_bytes(b"not a checkpoint")
-    assert main([*common, "--out", str(tmp_path / "c"), "--student", "student_nano", "--init", str(first)]) == 2
+    assert main([*common, "--out", str(tmp_path / "c"), "--recipe", nano, "--init", str(first)]) == 2
     assert "sha256" in capsys.readouterr().err
 
 
@@ -294,16 +306,18 @@ def test_weight_average_follows_the_model_with_a_ramped_decay():
 
 
 def test_distillation_with_hints_and_ema_saves_the_average_and_resumes(teachers, label_dir, tmp_path, capsys):
-    """--token-weight/--embedding-weight add their hint heads to the checkpoint; --ema saves averaged weights."""
+    """token_weight/embedding_weight add their hint heads to the checkpoint; ema saves averaged weights."""
     from fiqa_compile.student_store import load_student
     from fiqa_compile.distill import main
 
     out = tmp_path / "student"
-    args = ["--crops", str(label_dir), "--out", str(out), "--utility-teacher", str(teachers / "utility"),
-            "--perceptual-teacher", str(teachers / "perceptual"), "--student", "student_nano", "--epochs", "2",
-            "--batch-size", "8", "--held-out", "0.2", "--threads", "1", "--token-weight", "1",
-            "--embedding-weight", "0.5", "--ema", "0.9", "--mixup", "0.5", "--part-swap", "0.5"]
-    assert main(args) == 0
+    keys = {"token_weight": 1, "embedding_weight": 0.5, "ema": 0.9, "mixup": 0.5, "part_swap": 0.5}
+
+    def run(*extra: str, **recipe_keys) -> int:
+        return main(["--crops", str(label_dir), "--out", str(out), "--epochs", "2", "--threads", "1",
+                     "--recipe", _recipe(tmp_path, teachers, **recipe_keys), *extra])
+
+    assert run(**keys) == 0
     ck = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
     assert {"hint", "token_hint", "embedding_hint", "ema"} <= set(ck)
     saved, info = load_student(out)
@@ -313,42 +327,16 @@ def test_distillation_with_hints_and_ema_saves_the_average_and_resumes(teachers,
     assert info["config"]["token_weight"] == 1.0 and info["config"]["ema"] == 0.9 and info["config"]["mixup"] == 0.5
     assert info["config"]["part_swap"] == 0.5
     assert all("raw_srcc_utility" in h for h in info["history"])
-    # a rerun of a finished run resumes (nothing left to train); one without --ema is refused, not mixed
-    assert main(args) == 0
+    # a rerun of a finished run resumes (nothing left to train); one without ema is refused, not mixed
+    assert run(**keys) == 0
     assert "resumed distillation" in capsys.readouterr().out
-    assert main([a for a in args if a not in ("--ema", "0.9")]) == 2
-    assert "other hint/--ema settings" in capsys.readouterr().err
-    # other options are refused too: the learning rate and the data would be mixed into the run
-    lr_changed = args + ["--lr", "0.01"]
-    assert main(lr_changed) == 2
+    assert run(**{**keys, "ema": 0}) == 2
+    assert "other hint/ema settings" in capsys.readouterr().err
+    # other settings are refused too: the learning rate and the data would be mixed into the run
+    assert run("--lr", "0.01", **keys) == 2
     assert "is a run with other settings (lr)" in capsys.readouterr().err
-    k = args.index("--part-swap")
-    assert main(args[:k] + args[k + 2:]) == 2
+    assert run(**{**keys, "part_swap": 0}) == 2
     assert "is a run with other settings (part_swap)" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("flags, message", [(["--ema", "1.5"], "the decay must be in [0, 1)"),
-                                            (["--augment", "-0.1"], "share of each batch must be in [0, 1]"),
-                                            (["--mixup", "1.5"], "share of each batch must be in [0, 1]"),
-                                            (["--mixup", "0.3", "--no-online-utility"], "needs --online-utility"),
-                                            (["--part-swap", "2"], "share of each batch must be in [0, 1]"),
-                                            (["--part-swap", "0.3", "--no-online-utility"],
-                                             "--part-swap needs --online-utility"),
-                                            (["--augment", "0.3", "--no-online-utility"],
-                                             "--augment needs --online-utility"),
-                                            (["--token-weight", "1", "--no-online-utility"],
-                                             "--token-weight needs --online-utility"),
-                                            (["--epochs", "0"], "--epochs 0: need 1 or more"),
-                                            (["--batch-size", "0"], "--batch-size 0: need 1 or more"),
-                                            (["--held-out", "1.2"], "held-out share must be between 0 and 1"),
-                                            (["--student", "bogus"], "'bogus' is not a student architecture")])
-def test_distill_refuses_out_of_range_options_before_any_work(flags, message, tmp_path, capsys):
-    from fiqa_compile.distill import main
-
-    out = tmp_path / "student"
-    assert main(["--crops", str(tmp_path / "no-labels"), "--out", str(out), *flags]) == 2
-    assert message in capsys.readouterr().err
-    assert not out.exists()
 
 
 def test_distill_refuses_a_file_as_out_and_a_teacher_of_the_other_role(tmp_path, capsys):
@@ -359,8 +347,9 @@ def test_distill_refuses_a_file_as_out_and_a_teacher_of_the_other_role(tmp_path,
     afile.write_text("x")
     assert main(["--crops", str(tmp_path / "no-labels"), "--out", str(afile)]) == 2
     assert "is a file" in capsys.readouterr().err and afile.read_text() == "x"
-    swapped = ["--utility-teacher", str(embedded_teacher_dirs()["perceptual"])]
-    assert main(["--crops", str(tmp_path / "no-labels"), "--out", str(tmp_path / "s"), *swapped]) == 2
+    swapped = tmp_path / "swapped.json"
+    swapped.write_text(json.dumps({"utility_teacher": str(embedded_teacher_dirs()["perceptual"])}))
+    assert main(["--crops", str(tmp_path / "no-labels"), "--out", str(tmp_path / "s"), "--recipe", str(swapped)]) == 2
     assert "is a perceptual teacher" in capsys.readouterr().err and not (tmp_path / "s").exists()
 
 
@@ -375,7 +364,7 @@ def test_distill_refuses_an_out_holding_a_finished_student_it_cannot_resume(tmp_
     err = capsys.readouterr().err
     assert "would be overwritten" in err and f"--init {out}" in err
     assert (out / "student.pt").read_bytes() == b"weights" and sorted(p.name for p in out.iterdir()) == ["student.pt"]
-    # augmentation's default follows --online-utility rather than being dropped silently without it
+    # augmentation's default follows online_utility rather than being dropped silently without it
     assert DistillConfig().augment == 0.5 and DistillConfig(online_utility=False).augment == 0.0
 
 
@@ -420,12 +409,10 @@ def test_distillation_learns_the_view_mean_and_caches_it(teachers, label_dir, tm
     from fiqa_compile.distill import cached_tta_utility, crops_from_labels, main
     from fiqa_compile.teachers import load_teacher
 
-    common = ["--crops", str(label_dir), "--utility-teacher", str(teachers / "utility"), "--perceptual-teacher",
-              str(teachers / "perceptual"), "--student", "student_nano", "--epochs", "1", "--batch-size", "8",
-              "--held-out", "0.2", "--threads", "1"]
+    common = ["--crops", str(label_dir), "--epochs", "1", "--threads", "1"]
     tta, single = tmp_path / "tta", tmp_path / "single"
-    assert main([*common, "--out", str(tta)]) == 0
-    assert main([*common, "--out", str(single), "--no-utility-tta"]) == 0
+    assert main([*common, "--out", str(tta), "--recipe", _recipe(tmp_path, teachers)]) == 0
+    assert main([*common, "--out", str(single), "--recipe", _recipe(tmp_path, teachers, "one", utility_tta=False)]) == 0
     data = crops_from_labels(label_dir)
     cached = np.load(tta / "utility_tta.npz")["utility_tta"]
     np.testing.assert_allclose(cached, load_teacher(teachers / "utility").score(data.crop, tta=True), atol=1e-6)
@@ -440,16 +427,15 @@ def test_distillation_learns_the_view_mean_and_caches_it(teachers, label_dir, tm
 
 
 def test_distillation_with_mirror_average_trains_the_mirror_mean_and_old_runs_still_resume(teachers, label_dir, tmp_path):
-    """--mirror-average: the student learns the mean over a crop and its mirror image (what a mirror_average
-    bundle scores), and a run written without the option still resumes."""
+    """mirror_average: the student learns the mean over a crop and its mirror image (what a mirror_average
+    bundle scores), and a run written without the setting still resumes."""
     from fiqa_compile.distill import _predict, crops_from_labels, main
     from fiqa_compile.student_store import load_student
 
-    common = ["--crops", str(label_dir), "--utility-teacher", str(teachers / "utility"), "--perceptual-teacher",
-              str(teachers / "perceptual"), "--student", "student_nano", "--epochs", "1", "--batch-size", "8",
-              "--held-out", "0.2", "--threads", "1"]
+    mirror, one_pass = _recipe(tmp_path, teachers, "mirror", mirror_average=True), _recipe(tmp_path, teachers)
+    common = ["--crops", str(label_dir), "--epochs", "1", "--threads", "1"]
     out = tmp_path / "mirror"
-    assert main([*common, "--out", str(out), "--mirror-average"]) == 0
+    assert main([*common, "--out", str(out), "--recipe", mirror]) == 0
     model, info = load_student(out)
     assert info["config"]["mirror_average"] is True
     data = crops_from_labels(label_dir)
@@ -460,11 +446,11 @@ def test_distillation_with_mirror_average_trains_the_mirror_mean_and_old_runs_st
     # (the held-out SRCC is not compared exactly: a 1-epoch nano student's near-ties re-rank between the
     # channels-last training layout and a reloaded model)
     assert np.isfinite(info["held_out_srcc"]["utility"]) and len(info["history"]) == 1
-    # a finished run without the option re-runs (resumes) without tripping the settings check
+    # a finished run without the setting re-runs (resumes) without tripping the settings check
     plain = tmp_path / "plain"
-    assert main([*common, "--out", str(plain)]) == 0
-    assert main([*common, "--out", str(plain)]) == 0
-    assert main([*common, "--out", str(plain), "--mirror-average"]) == 2  # another setting: refused, not mixed
+    assert main([*common, "--out", str(plain), "--recipe", one_pass]) == 0
+    assert main([*common, "--out", str(plain), "--recipe", one_pass]) == 0
+    assert main([*common, "--out", str(plain), "--recipe", mirror]) == 2  # another setting: refused, not mixed
 
 
 def _truncated_copy(cache, tmp_path):
@@ -499,7 +485,7 @@ def test_online_utility_refuses_a_teacher_without_quality_head(teachers):
     from fiqa_compile.distill import OnlineUtilityTeacher
     from fiqa_compile.teachers import load_teacher
 
-    with pytest.raises(ValueError, match="no-online-utility"):
+    with pytest.raises(ValueError, match="set online_utility to false"):
         OnlineUtilityTeacher(load_teacher(teachers / "perceptual"), 0.0, 1.0)
 
 

@@ -26,6 +26,11 @@ def non_negative_int(text: str) -> int:
     return _bounded(text, int, 0, math.inf, "0 or more")
 
 
+def positive_float(text: str) -> float:
+    """A number > 0 (learning rates, time limits)."""
+    return _bounded(text, float, math.nextafter(0.0, 1.0), math.inf, "positive")
+
+
 def correlation(text: str) -> float:
     """A correlation threshold in [-1, 1] (-1 accepts anything: the check is off)."""
     return _bounded(text, float, -1.0, 1.0, "between -1 and 1 (an SRCC)")

@@ -1,26 +1,14 @@
 """Label-free distillation of both teachers into one compact two-output student (``fiqa-distill``).
 
-The student sees only aligned faces: clean and seeded degraded versions of a user's own unlabelled
-photos (``--faces DIR``) or the crops of an existing label set (``--crops DIR``). The teachers score every
-crop; the student learns both scores at once. Its loss is MSE on z-scored teacher scores *plus* a pairwise
-logistic ranking term, because the scores exist to rank faces and to gate captures: getting the order right
-matters more than matching every value. Checkpoints every N steps; re-running the same command resumes.
+The student sees only aligned faces: clean and seeded degraded versions of a user's own unlabelled photos
+(``--faces DIR``) or the crops of an existing label set (``--crops DIR``). The teachers score every crop; the
+student learns both scores at once, with MSE on z-scored teacher scores plus a pairwise logistic ranking term
+(the scores exist to rank faces and gate captures). The slow perceptual teacher is scored once and cached; the
+utility teacher by default runs online on each (augmented) batch, so its target is exact whatever the crop and
+throw-away hint heads can learn what it sees. Checkpoints every N steps; re-running the same command resumes.
 
-The utility target is the utility teacher's mean over ten test-time views (the crop and its mirror, as is and
-shifted 2 px four ways: ``fiqa_compile.teachers.tta_views``). One forward pass of the small ViT is less repeatable
-under a device's alignment jitter than the 10-view mean, and a student cannot learn noise (the measurement:
-``bench/teacher_repeatability.py``, docs/results.md). ``--no-utility-tta`` keeps one view.
-
-The utility teacher (a small ViT) is cheap next to a student training step, so by default it scores *online*,
-on exactly the augmented crop the student sees: its score is not flip-invariant (a face and its mirror image
-score differently), so a cached score would teach the student noise. Online, the student also learns what
-the teacher *sees*, through throw-away hint heads: its quality features (the input of its final linear layer,
-128 numbers per face instead of one), optionally its patch tokens (``--token-weight``: the student's last 7x7
-map against the teacher's token grid) and its face-recognition embedding (``--embedding-weight``, cosine).
-An exponential moving average of the weights (``--ema``) is what gets saved when it is on. And since its target is exact whatever the crop, part of each batch is augmented
-(re-aligned, re-lit, freshly degraded: ``fiqa_compile.train.augment``), so the student sees many more distinct
-faces than the photos hold. The slow perceptual teacher is scored once and cached (its score changes little
-under a mirror flip); its loss only counts the crops that were not augmented.
+A run's configuration is a recipe (:mod:`fiqa_compile.distill_recipe`, :class:`DistillConfig`); what each
+setting does and why, and the embedded student's cycles, are in ``fiqa_compile/recipes/README.md``.
 """
 from __future__ import annotations
 
@@ -34,17 +22,20 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fiqa_compile.cli_args import non_negative_int, plain, positive_int
+from fiqa_compile.cli_args import non_negative_int, positive_float, positive_int
 from fiqa_compile.train.augment import AugmentConfig, augment_batch, mix_faces, swap_parts
 from fiqa_compile.train.data import to_tensor
 from fiqa_compile.train.schedule import epoch_batches, warmup_cosine
 from fiqa_compile.train.tasks import pairwise_rank_loss
+
+if TYPE_CHECKING:
+    from fiqa_compile.distill_recipe import Recipe
 
 SCORE_NAMES = ("utility", "perceptual")
 
@@ -217,34 +208,35 @@ class DistillConfig:
     mirror_average: bool = False  # learn the mean over each crop and its mirror image: what mirror_average bundles run
 
     def __post_init__(self) -> None:
-        # checked when the options are read, not minutes later when training starts
+        # checked when the recipe is read, not minutes later when training starts; messages name the recipe keys
         from fiqa_compile.models.registry import list_models
 
         students = list_models("student_")
         if self.student not in students:
-            raise ValueError(f"--student {self.student!r} is not a student architecture; choose one of "
+            raise ValueError(f"student = {self.student!r} is not a student architecture; choose one of "
                              f"{', '.join(students)}")
         for name in ("epochs", "batch_size", "checkpoint_every"):
             if getattr(self, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)}: need 1 or more")
+                raise ValueError(f"{name} = {getattr(self, name)}: need 1 or more")
+        if self.seed < 0:
+            raise ValueError(f"seed = {self.seed}: need 0 or more")
         if not self.lr > 0:
-            raise ValueError(f"--lr {self.lr}: the learning rate must be positive")
+            raise ValueError(f"lr = {self.lr}: the learning rate must be positive")
         if not 0.0 < self.held_out < 1.0:
-            raise ValueError(f"--held-out {self.held_out}: the held-out share must be between 0 and 1")
+            raise ValueError(f"held_out = {self.held_out}: the held-out share must be between 0 and 1")
         if self.max_minutes is not None and not self.max_minutes > 0:
-            raise ValueError(f"--max-minutes {self.max_minutes}: must be positive (leave it out for no limit)")
+            raise ValueError(f"max_minutes = {self.max_minutes}: must be positive (leave it out for no limit)")
         for name in ("weight_decay", "rank_weight", "utility_weight", "feature_weight", "token_weight",
                      "embedding_weight"):
             if getattr(self, name) < 0:
-                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)}: must be 0 or more")
+                raise ValueError(f"{name} = {getattr(self, name)}: must be 0 or more")
         if not 0.0 <= self.ema < 1.0:
-            raise ValueError(f"--ema {self.ema}: the decay must be in [0, 1) (0 = off; e.g. 0.998)")
+            raise ValueError(f"ema = {self.ema}: the decay must be in [0, 1) (0 = off; e.g. 0.998)")
         if self.augment is None:
             self.augment = 0.5 if self.online_utility else 0.0
         for name in ("augment", "mixup", "part_swap"):
             if not 0.0 <= getattr(self, name) <= 1.0:
-                raise ValueError(f"--{name.replace('_', '-')} {getattr(self, name)}: the share of each batch must "
-                                 "be in [0, 1]")
+                raise ValueError(f"{name} = {getattr(self, name)}: the share of each batch must be in [0, 1]")
         if not self.online_utility:  # each of these needs the teacher's output on the crop the student sees
             for name, why in (("mixup", "a blend of two faces has no cached teacher score"),
                               ("part_swap", "a face with another's eyes, nose or mouth has no cached teacher score"),
@@ -252,8 +244,8 @@ class DistillConfig:
                               ("token_weight", "the teacher's patch tokens come from the online teacher"),
                               ("embedding_weight", "the teacher's embedding comes from the online teacher")):
                 if getattr(self, name) > 0:
-                    raise ValueError(f"--{name.replace('_', '-')} needs --online-utility: {why} "
-                                     f"(pass --{name.replace('_', '-')} 0, or drop --no-online-utility)")
+                    raise ValueError(f"{name} needs online_utility: {why} (set {name} to 0, or online_utility "
+                                     "to true)")
 
 
 def changed_keys(was: dict, now: dict) -> list[str]:
@@ -304,7 +296,7 @@ class OnlineUtilityTeacher:
         head = getattr(teacher.model, "head_qs", None)
         if not isinstance(head, torch.nn.Sequential) or not isinstance(head[-1], torch.nn.Linear):
             raise ValueError(f"online utility distillation needs a ViT-FIQA teacher (head_qs ending in a Linear); "
-                             f"{type(teacher.model).__name__} has none: use --no-online-utility")
+                             f"{type(teacher.model).__name__} has none: set online_utility to false in the recipe")
         self.teacher, self.mean, self.std = teacher, mean, std
         self.model = teacher.model.eval()
         self.dim = head[-1].in_features
@@ -429,11 +421,11 @@ def distill(data: FaceCrops, targets: np.ndarray, out: Path, cfg: DistillConfig,
         kept = {k for k in ck if k in ("hint", "token_hint", "embedding_hint", "ema")}
         wanted = set(hints) | ({"ema"} if ema is not None else set())
         if kept != wanted:
-            raise ValueError(f"{last} was written with other hint/--ema settings (it holds {sorted(kept) or 'none'}, "
+            raise ValueError(f"{last} was written with other hint/ema settings (it holds {sorted(kept) or 'none'}, "
                              f"this run needs {sorted(wanted) or 'none'}); use another --out")
         if "settings" in ck and (diff := changed_keys(json.loads(ck["settings"]), run_settings)):
             raise ValueError(f"{last} is a run with other settings ({', '.join(diff)}); resuming would mix them. "
-                             "Pass the same options again to resume, or use another --out")
+                             "Pass the same recipe and options again to resume, or use another --out")
         model.load_state_dict(ck["model"])
         for name, h in hints.items():
             h.load_state_dict(ck[name])
@@ -452,7 +444,7 @@ def distill(data: FaceCrops, targets: np.ndarray, out: Path, cfg: DistillConfig,
                "settings": json.dumps(run_settings), **extra}, last)
 
     def final_model() -> torch.nn.Module:
-        """What is evaluated and saved: the averaged weights when --ema is on, else the last ones."""
+        """What is evaluated and saved: the averaged weights when ema is on, else the last ones."""
         return ema.model_copy(model) if ema is not None else model
 
     t0, stopped = time.time(), False
@@ -594,66 +586,36 @@ def load_init(path: Path, student: str, flag: str, arch_flag: str) -> tuple[dict
     return state, record
 
 
-OPTION_HELP = {
-    "student": "student architecture (student_mfn, student_mfn_deep, student_mfn_full, student_nano)",
-    "epochs": "passes over the training crops",
-    "batch_size": "crops per step",
-    "lr": "peak learning rate of the warm-up + cosine schedule (halve it with --init)",
-    "weight_decay": "AdamW weight decay",
-    "rank_weight": "weight of the pairwise ranking loss next to MSE",
-    "utility_weight": "weight of the utility score's losses next to the perceptual one's",
-    "held_out": "share of people (photo folders) held out to report SRCC with the teachers",
-    "checkpoint_every": "steps between checkpoints (last.pt; re-running the command resumes)",
-    "max_minutes": "stop after this many minutes with a checkpoint (re-run to continue; default: no limit)",
-    "online_utility": "run the utility teacher on every batch (exact targets for augmented crops, feature hints)",
-    "feature_weight": "weight of the hint loss on the teacher's quality features",
-    "augment": "share of each batch re-aligned, re-lit and freshly degraded (needs --online-utility; "
-               "default 0.5 with it, 0 without)",
-    "token_weight": "weight of the hint loss on the teacher's patch tokens (0 = off)",
-    "embedding_weight": "weight of the hint loss on the teacher's face-recognition embedding (0 = off)",
-    "mixup": "share of each batch blended with another face of the batch and scored by the online teacher "
-             "(function matching off the photos; needs --online-utility; 0 = off)",
-    "part_swap": "share of each batch given the eyes, nose or mouth of another face of the batch (colour-matched, "
-                 "feathered) and scored by the online teacher: new people, so quality cannot be learnt by "
-                 "recognising whose face it is (needs --online-utility; 0 = off)",
-    "ema": "decay of an exponential moving average of the weights, saved instead of the last ones (0 = off)",
-    "mirror_average": "train the mean of the student over each crop and its mirror image, the score a bundle "
-                      "compiled with --mirror-average computes (fiqa-compile turns it on for students trained "
-                      "this way); twice the student's work per step",
-    "utility_tta": "utility target = the teacher's mean over its 10 test-time views (face + mirror, shifted 2 px); "
-                   "--no-utility-tta: one view",
-}
+DESCRIPTION = """\
+Distil the two teachers into a small two-output student (utility, perceptual), label-free, on aligned faces
+of your own photos (--faces) or of a label set (--crops). The training settings come from a recipe (--recipe:
+a JSON or TOML file, or the name of a shipped one such as 11_part_swap_long; fiqa_compile/recipes/README.md
+lists the keys and the shipped recipes). Re-running the same command resumes from the last checkpoint."""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="fiqa-distill", description=plain(__doc__),
+    ap = argparse.ArgumentParser(prog="fiqa-distill", description=DESCRIPTION,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     src = ap.add_mutually_exclusive_group(required=True)
-    src.add_argument("--faces", type=Path, help="folder of the user's own unlabelled face photos")
-    src.add_argument("--crops", type=Path, help="a fiqa-labels directory whose aligned crops to reuse")
-    ap.add_argument("--out", type=Path, required=True, help="run directory (student.pt, student.json, checkpoints)")
-    ap.add_argument("--utility-teacher", type=Path, default=None, help="teacher dir (default: embedded ViT-FIQA mini)")
-    ap.add_argument("--perceptual-teacher", type=Path, default=None, help="teacher dir (default: embedded DSL-FIQA tiny)")
-    ap.add_argument("--versions", type=non_negative_int, default=2,
-                    help="--faces: degraded versions per photo (default 2)")
-    ap.add_argument("--init", type=Path, default=None,
-                    help="student directory (student.pt + student.json) to start from instead of random weights, "
-                         "e.g. compile/fiqa_compile/weights/student_mfn: a new learning-rate cycle on top of it")
-    for f in dataclasses.fields(DistillConfig):
-        if f.name in ("seed",):
-            continue
-        flag, what = "--" + f.name.replace("_", "-"), OPTION_HELP.get(f.name, "")
-        if isinstance(f.default, bool):
-            ap.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
-                            help=f"{what} (default {'on' if f.default else 'off'})")
-            continue
-        if f.default is None:  # resolved by DistillConfig (a time limit, or a default that depends on others)
-            ap.add_argument(flag, type=float, default=None, help=what)
-            continue
-        ap.add_argument(flag, type=type(f.default), default=f.default,
-                        help=f"{what} (default {f.default})" if what else f"default {f.default}")
-    ap.add_argument("--seed", type=int, default=0, help="seed of the split, batches, augmentation and degradations (default 0)")
-    ap.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's choice)")
+    src.add_argument("--faces", type=Path, metavar="DIR", help="folder of your own unlabelled face photos")
+    src.add_argument("--crops", type=Path, metavar="DIR", help="a fiqa-labels directory whose aligned crops to reuse")
+    ap.add_argument("--out", type=Path, required=True, metavar="DIR",
+                    help="run directory (student.pt, student.json, checkpoints)")
+    ap.add_argument("--recipe", default=None, metavar="FILE",
+                    help="the distillation settings (default: the built-in ones, listed in the recipes' README)")
+    ap.add_argument("--init", type=Path, default=None, metavar="DIR",
+                    help="student directory (student.pt + student.json) to start from instead of random weights: "
+                         "a new learning-rate cycle on top of it")
+    ap.add_argument("--epochs", type=positive_int, default=None, metavar="N",
+                    help="passes over the training crops (default: the recipe's)")
+    ap.add_argument("--lr", type=positive_float, default=None,
+                    help="peak learning rate of the warm-up + cosine schedule (default: the recipe's)")
+    ap.add_argument("--seed", type=non_negative_int, default=None, metavar="N",
+                    help="seed of the split, batches, augmentation and degradations (default: the recipe's)")
+    ap.add_argument("--max-minutes", type=positive_float, default=None, metavar="M",
+                    help="stop after this many minutes with a checkpoint; re-run to continue (default: no limit)")
+    ap.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                    help="torch CPU threads (default: torch's choice)")
     return ap
 
 
@@ -668,11 +630,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def recipe_of(args: argparse.Namespace) -> "Recipe":
+    """The run's :class:`~fiqa_compile.distill_recipe.Recipe`: ``--recipe`` with the command line's overrides."""
+    from fiqa_compile.distill_recipe import load_recipe, with_overrides
+
+    return with_overrides(load_recipe(args.recipe), epochs=args.epochs, lr=args.lr, seed=args.seed,
+                          max_minutes=args.max_minutes)
+
+
 def _main(argv: list[str] | None) -> int:
     args = build_parser().parse_args(argv)
     from fiqa_compile.errors import CompileError
     from fiqa_compile.teachers import load_teacher_pair
 
+    recipe = recipe_of(args)
+    cfg = recipe.config
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.out.exists() and not args.out.is_dir():
@@ -682,16 +654,16 @@ def _main(argv: list[str] | None) -> int:
         raise CompileError(f"--out {args.out} holds a student (student.pt) that no fiqa-distill run there can "
                            "resume; it would be overwritten: pass a new --out (start from that student with "
                            f"--init {args.out})")
-    cfg = DistillConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(DistillConfig)})
-    teachers = load_teacher_pair(args.utility_teacher, args.perceptual_teacher)
+    teachers = load_teacher_pair(recipe.utility_teacher, recipe.perceptual_teacher)
     provenance = {"command": "fiqa-distill " + " ".join(sys.argv[1:] if argv is None else argv),
+                  "recipe": recipe.record(),
                   "teachers": {k: {"model": t.info["model"], "sha256": t.info["sha256"], "path": str(t.path)}
                                for k, t in teachers.items()}, "torch": torch.__version__}
     init = None
     if args.init is not None:  # checked before minutes of aligning and scoring, and before --out is made
-        init, provenance["init"] = load_init(args.init, cfg.student, "--init", "--student")
+        init, provenance["init"] = load_init(args.init, cfg.student, "--init", "recipe's student =")
     args.out.mkdir(parents=True, exist_ok=True)
-    data = crops_from_labels(args.crops) if args.crops else crops_from_folder(args.faces, args.versions, args.seed)
+    data = crops_from_labels(args.crops) if args.crops else crops_from_folder(args.faces, recipe.versions, cfg.seed)
     targets = distillation_targets(teachers, data, args.out, cfg.utility_tta)
     info = distill(data, targets, args.out, cfg, provenance, utility_teacher=teachers["utility"], init=init)
     print(json.dumps({k: info[k] for k in ("student", "samples", "held_out_srcc", "complete", "sha256")}, indent=2))
