@@ -1,19 +1,21 @@
 """One face, one thread: the default bundle as its users call it, beside the published edge FIQA peers.
 
-    python bench/bench_peers_latency.py [--runs 300] [--rounds 4] [--bundle DIR ...]
+    python bench/bench_peers_latency.py [--runs 300] [--rounds 4] [--bundle DIR ...] [--old-tree DIR]
 
 ``Scorer(bundle, detector=None, threads=1).score(face)`` (everything the SDK does per aligned face: checks,
 preprocessing, the engine, mirror averaging where the manifest asks for it, the score scale) against LightQNet
 (width 1.0 and 0.25, TensorFlow Session) and SDD-FIQA (MNN) on their own runtimes (``bench/peers``, each in its own
 virtual environment: ``bash bench/peers/setup_peers.sh``; a peer whose runtime is missing is listed as skipped).
 The peers' worker times only their engine call, the number most in their favour. Rounds interleave the methods,
-so a change of load on the machine falls on all of them; medians over all rounds. Writes
-``results/peers_latency.json`` / ``.md``.
+so a change of load on the machine falls on all of them; medians over all rounds. ``--old-tree DIR`` adds the
+Scorer of an earlier commit's code to the rounds (``git archive <commit> sdk runtimes | tar -x -C DIR``; see
+``profile_score.py``), for before/after in one run. Writes ``results/peers_latency.json`` / ``.md``.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -29,6 +31,7 @@ PEER_NAMES = {"lightqnet-dm100": "LightQNet width 1.0 (TensorFlow 2.19)",
               "lightqnet-dm025": "LightQNet width 0.25 (TensorFlow 2.19)",
               "sdd_fiqa": "SDD-FIQA MobileFaceNet (MNN 3.6.1)"}
 REFERENCE = "lightqnet-dm100"
+SMALL = "lightqnet-dm025"  # the issue's second bar: at most 1.0x the smaller LightQNet
 
 
 def a_face() -> np.ndarray:
@@ -59,13 +62,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=300, help="calls per method per round (default 300)")
     ap.add_argument("--rounds", type=int, default=4, help="interleaved rounds (default 4)")
     ap.add_argument("--out", type=Path, default=RESULTS / "peers_latency", help="output stem")
+    ap.add_argument("--old-tree", type=Path, default=None,
+                    help="also time the Scorer of the code in this folder (an earlier commit's sdk/ and runtimes/)")
+    ap.add_argument("--old-label", default="code before the lean path", help="what --old-tree is, for the table")
+    ap.add_argument("--note", default="", help="free text appended to the Markdown (e.g. what else ran)")
     args = ap.parse_args(argv)
+    bundles = args.bundle or [ROOT / "sdk/fiqa_sdk/bundles/default-android-arm64"]
+    machine = machine_basics()
+    scorers = {}
+    if args.old_tree:  # imported before this checkout's packages, then set aside (profile_score.old_scorer)
+        from profile_score import old_scorer
+
+        old = old_scorer(args.old_tree, bundles[0])
+        scorers[f"fiqa-sdk {bundles[0].name}, {args.old_label}: Scorer.score"] = old
     import peers
     from fiqa_sdk import Scorer
 
-    bundles = args.bundle or [ROOT / "sdk/fiqa_sdk/bundles/default-android-arm64"]
     face = a_face()
-    scorers = {}
+    for s in scorers.values():
+        time_scorer(s, face, 50)  # warm-up
     for b in bundles:
         s = Scorer(b, detector=None, threads=1)
         scorers[f"fiqa-sdk {b.name}: Scorer.score ({s.info.precision}, {s.info.backend}"
@@ -91,23 +106,31 @@ def main(argv: list[str] | None = None) -> int:
         elif t:
             rows[name] = {"label": PEER_NAMES.get(name, name), "median_ms": float(np.median(t)), "samples": len(t)}
     ref = rows.get(REFERENCE, {}).get("median_ms")
+    small = rows.get(SMALL, {}).get("median_ms")
     for r in rows.values():
         if ref and "median_ms" in r:
             r["vs_lightqnet_1.0"] = r["median_ms"] / ref
-    record = {"runs": args.runs, "rounds": args.rounds, "methods": rows, "machine": machine_basics()}
+        if small and "median_ms" in r:
+            r["vs_lightqnet_0.25"] = r["median_ms"] / small
+    record = {"runs": args.runs, "rounds": args.rounds, "methods": rows, "machine": machine,
+              "loadavg_at_end": [round(v, 2) for v in os.getloadavg()], "note": args.note}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(record, indent=2))
     lines = ["# One face, one thread: fiqa-sdk beside the published edge FIQA models", "",
              f"{args.rounds} interleaved rounds of {args.runs} calls; medians (per round for the peers, whose worker "
-             "times its engine call alone).", "", "| model, as its users call it | median per face | vs LightQNet 1.0 |",
-             "|---|---:|---:|"]
+             "times its engine call alone).", "",
+             "| model, as its users call it | median per face | vs LightQNet 1.0 | vs LightQNet 0.25 |",
+             "|---|---:|---:|---:|"]
     for r in rows.values():
         if "skipped" in r:
-            lines.append(f"| {r['label']} | {r['skipped']} | |")
+            lines.append(f"| {r['label']} | {r['skipped']} | | |")
         else:
-            rel = f"{r['vs_lightqnet_1.0']:.2f}x" if "vs_lightqnet_1.0" in r else "n/a"
-            lines.append(f"| {r['label']} | {r['median_ms']:.3f} ms | {rel} |")
-    lines += ["", f"Machine: {record['machine']['cpu']}, load average at start {record['machine']['loadavg_at_start']}.", ""]
+            rel = [f"{r[k]:.2f}x" if k in r else "n/a" for k in ("vs_lightqnet_1.0", "vs_lightqnet_0.25")]
+            lines.append(f"| {r['label']} | {r['median_ms']:.3f} ms | {rel[0]} | {rel[1]} |")
+    lines += ["", f"Machine: {machine['cpu']}, {machine['cores']} cores, load average (1, 5, 15 min) at start "
+              f"{machine['loadavg_at_start']}, at end {record['loadavg_at_end']}.", ""]
+    if args.note:
+        lines += [args.note, ""]
     args.out.with_suffix(".md").write_text("\n".join(lines))
     print("\n".join(lines))
     return 0

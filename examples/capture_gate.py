@@ -373,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     i = scorer.info
     print(f"bundle {i.bundle_id} ({i.target}): {i.model_file} [{i.precision}] on {i.backend}; detector "
           f"{i.detector}/{i.detector_backend}; source {source}", flush=True)
+    print("scores: " + "; ".join(f"{name} is {text}" for name, text in i.scales.items()), flush=True)
     writer.bundle_id = i.bundle_id
     if logger is not None:
         logger.bundle_id = i.bundle_id

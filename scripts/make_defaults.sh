@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Rebuild the SDK's embedded defaults from ../shared/data/lfw-dev, deterministically (fixed seeds), resumable:
 #   labels -> utility + perceptual teachers (in parallel) -> distilled student (eleven cycles) -> recognition-utility
-#   labels and the student that learns them -> cpu + android-arm64 bundles.
+#   labels and the student that learns them -> its calibrated utility scale -> cpu + android-arm64 bundles.
 # Every step skips itself when its output is complete; re-run after an interruption to continue.
 # Usage: bash scripts/make_defaults.sh [FACES_DIR]        (run inside the project venv: bash scripts/setup.sh first)
 set -euo pipefail
@@ -84,6 +84,14 @@ python -c 'import sys; from fiqa_compile.fr.mobilefacenet import find_model; sys
 [ -f "$RUNS/student_rec/student.json" ] || python -m fiqa_compile.train.recognition_student \
   --frames "$RUNS/frames/train" --out "$RUNS/student_rec" --init "$RUNS/student_swap2" --epochs 4 --threads 1
 mkdir -p "$WEIGHTS/student_mfn" && cp "$RUNS/student_rec/student.pt" "$RUNS/student_rec/student.json" "$WEIGHTS/student_mfn/"
+#    The utility scale (docs/recognition_utility.md): a monotone map from the student's raw utility output to the
+#    chance that a comparison with a clean photo of the person matches at FMR 1e-3 (dlib and MobileFaceNet), fitted
+#    on the training-side people the student held out, written into its student.json (`scale`), which every bundle
+#    below copies (with the gate thresholds from a deployment target). The copy above drops it, so it is fitted again
+#    whenever the record does not belong to these weights. ~3 min.
+python -c 'import json, sys; i = json.load(open(sys.argv[1])); s = i.get("scale") or {}; sys.exit(0 if s.get("fitted_on", {}).get("student_sha256") == i["sha256"] else 1)' \
+  "$WEIGHTS/student_mfn/student.json" || python -m fiqa_compile.scale --frames "$RUNS/frames/train" --student "$WEIGHTS/student_mfn" \
+  --faces "$FACES" --threads 2
 
 # 5. the default bundles that make Scorer() work out of the box, INT8-calibrated on the photos of 200 people the
 #    teachers and the student trained on (never the held-out ones), faces like the ones scored rather than the 6 small

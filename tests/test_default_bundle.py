@@ -81,6 +81,8 @@ def test_heavily_degraded_frames_are_rejected_with_the_right_reason(clip_run):
     for stretch, expected in (("blurring", {Reason.BLURRED, Reason.LOW_PERCEPTUAL, Reason.LOW_UTILITY}),
                               ("darkening", {Reason.TOO_DARK, Reason.LOW_PERCEPTUAL, Reason.LOW_UTILITY})):
         idx = [i for i, t in enumerate(truth) if t == stretch]
-        for i in idx[len(idx) // 2:]:  # the strongly degraded half
+        # The strongly degraded last third: a frame nearer the middle may still sit in a score's hysteresis band
+        # (between *_release and *_accept), which keeps a track's band by design and so gives no score reason.
+        for i in idx[2 * len(idx) // 3:]:
             d = decisions[i]
             assert not d.accepted and set(d.reasons) & expected, (stretch, i, d.reasons, d.scores, d.measures)

@@ -254,6 +254,39 @@ def test_litert_full_int8_model_takes_and_returns_float(int8_tflite):
     np.testing.assert_allclose((y / OUT_SCALE + OUT_ZERO), np.round(y / OUT_SCALE + OUT_ZERO), atol=1e-3)
 
 
+def test_litert_int8_model_takes_its_integers_as_they_are(int8_tflite):
+    """run_quantized: the caller writes the int8 input itself (fiqa_sdk's lean path); same outputs as run() on the
+    floats those integers stand for, batch resized as needed, the buffer reused per batch size."""
+    be = load_backend(int8_tflite, "tflite", backend="litert", threads=1)
+    qin = be.quantized_input
+    assert (qin.name, qin.dtype, qin.zero_point, qin.shape) == ("x", np.int8, IN_ZERO, (1, 4, 4, 2))
+    assert qin.scale == pytest.approx(IN_SCALE)
+    q = np.random.default_rng(3).integers(-128, 128, (3, 4, 4, 2)).astype(np.int8)
+    buffers = []
+
+    def fill(buf):
+        buffers.append(buf)
+        buf[...] = q
+
+    got = be.run_quantized(3, fill)["y"]
+    floats = ((q.astype(np.float32) - IN_ZERO) * qin.scale).transpose(0, 3, 1, 2)  # NCHW, as run() takes them
+    np.testing.assert_array_equal(got, be.run1(floats)["y"])
+    assert buffers[0].shape == (3, 4, 4, 2) and buffers[0].dtype == np.int8
+    np.testing.assert_array_equal(be.run_quantized(3, fill)["y"], got)
+    assert buffers[1] is buffers[0]  # kept for the batch size
+    one = be.run_quantized(1, lambda buf: np.copyto(buf, q[:1]))["y"]  # resized down: a new buffer
+    np.testing.assert_array_equal(one, got[:1])
+    np.testing.assert_array_equal(qin.quantize(np.array([-9.0, 0.0, 0.031, 9.0], np.float32)), [-128, -5, -3, 127])
+
+
+def test_float_and_onnx_models_take_no_quantized_input(tiny_onnx, torch_tflite):
+    assert load_backend(str(torch_tflite), "tflite", backend="litert", threads=1).quantized_input is None
+    be = load_backend(tiny_onnx, "onnx", backend="onnxruntime", threads=1)
+    assert be.quantized_input is None
+    with pytest.raises(TypeError, match="no quantised input"):
+        be.run_quantized(1, lambda buf: None)
+
+
 def test_quantize_dequantize_round_trip_and_saturation():
     detail = {"name": "t", "dtype": np.int8, "quantization": (0.1, -3)}
     x = np.array([-20.0, -12.5, -0.04, 0.0, 0.06, 3.33, 12.4, 50.0], np.float32)

@@ -28,7 +28,6 @@ from fiqa_sdk.bundle import (
     MANIFEST,
     MODEL_FORMATS,
     PRECISIONS,
-    SCHEMA_VERSION,
     SCORE_NAMES,
     TARGETS,
     ScoreSpec,
@@ -239,7 +238,7 @@ def write_bundle(out_dir: str | os.PathLike, target: str, models: Sequence[Model
     ``thresholds``: :class:`fiqa_sdk.gate.GateConfig` keys. ``extra_files``: ``{name in bundle: source path}``
     (reports, plots), hashed under the manifest's ``files``. ``mirror_average``: the device scores each face as
     the mean over it and its mirror image (written as schema_version 2, which older readers refuse rather than
-    score differently).
+    score differently); a score with a calibrated scale (``ScoreSpec.scale`` isotonic) makes it schema_version 3.
     """
     out = Path(out_dir).absolute()
     if target not in TARGETS:
@@ -304,7 +303,7 @@ def write_bundle(out_dir: str | os.PathLike, target: str, models: Sequence[Model
                             "output": out_name})
         hashed = {name: _copy_hashed(src, tmp / name) for name, src in sorted(extras.items())}
         manifest = {
-            "schema_version": SCHEMA_VERSION if mirror_average else 1, "kind": KIND, "bundle_id": None,
+            "schema_version": schema_version(specs, mirror_average), "kind": KIND, "bundle_id": None,
             "target": target,
             "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z"),
             "models": entries, "backend_preference": list(backend_preference),
@@ -330,6 +329,15 @@ def write_bundle(out_dir: str | os.PathLike, target: str, models: Sequence[Model
         raise
     log.info("wrote bundle %s (%s) to %s", manifest["bundle_id"], target, out)
     return out
+
+
+def schema_version(specs: Sequence[ScoreSpec], mirror_average: bool) -> int:
+    """The oldest schema that holds these settings, so a bundle that needs nothing new stays readable by older
+    SDKs: 3 for a calibrated score scale, 2 for mirror averaging (an older reader would skip either and score
+    differently, so it must refuse the bundle instead), else 1."""
+    if any(s.calibrated for s in specs):
+        return 3
+    return 2 if mirror_average else 1
 
 
 def _publish(tmp: Path, out: Path) -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from fiqa_calibration.calibration_set import MIN_SIZE as MIN_CALIBRATION_FACES
 from fiqa_compile.cli_args import correlation, plain, positive_int
+from fiqa_compile.scale import DEFAULT_GATE_TARGET
 from fiqa_compile.targets import TARGETS
 
 EPILOG = """targets:
@@ -17,6 +18,7 @@ examples:
   fiqa-compile --target android-arm64 --out bundles/phone
   fiqa-compile --target cpu --faces ~/my_captures    # distil a new student on your own unlabelled face photos
   fiqa-compile --target jetson-orin --student fiqa-student-my_captures   # reuse it for another target
+  fiqa-compile --target cpu --gate-target reject=0.15  # thresholds for a site that may reject 15 % of good captures
 
 With no --faces the embedded default student (trained on LFW; its model card is
 compile/fiqa_compile/weights/MODEL_CARD.md in the source tree) is quantised; with --faces a new student is
@@ -86,6 +88,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fail if an INT8 artifact ranks faces differently from the fp32 student (default 0.98; -1: off)")
     g.add_argument("--min-srcc-teacher", type=correlation, default=0.80,
                    help="fail if an artifact ranks faces differently from the teachers (default 0.80; -1: off)")
+    g = ap.add_argument_group("gate thresholds (the manifest's 'thresholds')")
+    g.add_argument("--gate-target", default=None, metavar="reject=R|fnmr=F",
+                   help="choose the thresholds from a deployment target on the student's calibrated utility scale: "
+                        "reject=R, the share of undegraded captures the score checks may reject (e.g. reject=0.15); "
+                        "fnmr=F, the FNMR at FMR 1e-3 needed among pairs of kept faces, mean of the scale's FR "
+                        "models (fnmr:dlib=F or fnmr:mobilefacenet=F for one). Default for a student with a scale: "
+                        f"{DEFAULT_GATE_TARGET} (the report lists what other thresholds would give); without one, the "
+                        "thresholds that best separate clean from degraded verification faces (Youden's J)")
+    g.add_argument("--gate", action="append", default=[], metavar="KEY=VALUE",
+                   help="set a threshold yourself, after the target (repeatable; e.g. --gate utility_accept=80; "
+                        "'off' disables a check; keys: fiqa_sdk.GateConfig). A site can still override any of them "
+                        "when it runs: fiqa-score / CaptureGate --gate")
     ap.add_argument("--seed", type=int, default=0, help="seed of the degradations, the distillation and the calibration-set choice (default 0)")
     ap.add_argument("--threads", type=positive_int, default=None, help="CPU threads for torch (default: all)")
     return ap

@@ -52,6 +52,10 @@ class CompileOptions:
     mirror_average: bool | None = None
     min_srcc_fp32: float = 0.98
     min_srcc_teacher: float = 0.80
+    # gate thresholds from a deployment target (fiqa_compile.scale.GateTarget: "reject=0.15", "fnmr=0.05"); needs a
+    # student with a fitted utility scale. None: scale.DEFAULT_GATE_TARGET for such a student, else Youden's J
+    gate_target: str | None = None
+    gate: tuple[str, ...] = ()           # KEY=VALUE threshold overrides (fiqa_sdk.gate.parse_overrides), last word
     seed: int = 0
     force: bool = False
     threads: int | None = None
@@ -118,6 +122,7 @@ def check_options(opts: CompileOptions, target: Target) -> None:
             raise CompileError(f"{flag} {folder} is not a folder of face photos")
     if opts.threads is not None and opts.threads < 1:
         raise CompileError(f"--threads {opts.threads}: need 1 or more")
+    check_gate_options(opts)
     if "onnx_qdq" not in target.artifacts or opts.precision == "fp32":
         qdq_targets = ", ".join(t.name for t in TARGETS.values() if "onnx_qdq" in t.artifacts)
         for flag, given in (("--calibration-method", opts.calibration_method != "auto"),
@@ -126,6 +131,26 @@ def check_options(opts: CompileOptions, target: Target) -> None:
                 raise CompileError(f"{flag} tunes the Q/DQ INT8 ONNX, which --target {target.name} "
                                    f"--precision {opts.precision} does not ship; drop it (it applies to "
                                    f"--target {qdq_targets} at int8)")
+
+
+def check_gate_options(opts: CompileOptions) -> None:
+    """--gate-target and --gate, refused before any work when they cannot be read or cannot apply."""
+    from fiqa_compile.scale import GateTarget, ScaleError
+    from fiqa_sdk.gate import parse_overrides
+
+    if opts.gate_target is not None:
+        try:
+            GateTarget.parse(opts.gate_target)
+        except ScaleError as e:
+            raise CompileError(f"--gate-target: {e}") from None
+        if opts.faces is not None:
+            raise CompileError("--gate-target reads the thresholds from the student's fitted utility scale, and a "
+                               "student distilled now from --faces has none (its scores are percentiles of its own "
+                               "training faces); leave --gate-target out, or set thresholds with --gate KEY=VALUE")
+    try:
+        parse_overrides(list(opts.gate))
+    except ValueError as e:
+        raise CompileError(f"--gate: {e}") from None
 
 
 MIN_FREE_BYTES = 200_000_000  # a bundle is ~10 MB; the exporters' temporary files take the rest
@@ -435,6 +460,68 @@ def score_meaning(name: str, student_info: dict) -> str:
     return DEFAULT_SCORE_MEANINGS[name]
 
 
+def shipped_scale(student_info: dict, opts: CompileOptions) -> dict | None:
+    """The student's fitted utility scale (student.json ``scale``, :mod:`fiqa_compile.scale`) when it applies to
+    this bundle; None (the percentile scale) otherwise, with a warning when the student has one that does not fit."""
+    from fiqa_compile.scale import scale_problem
+
+    scale = student_info.get("scale")
+    problem = "this student has no fitted utility scale (student.json 'scale')" if scale is None else \
+        scale_problem(scale, student_info, bool(opts.mirror_average))
+    if problem is None:
+        return scale
+    if opts.gate_target is not None:
+        raise CompileError(f"--gate-target reads the thresholds from the student's utility scale, but {problem}; "
+                           "fit one with  python -m fiqa_compile.scale --frames FRAME_SET --student STUDENT_DIR, or "
+                           "leave --gate-target out")
+    if scale is not None:
+        print(f"warning: the student's utility scale is not shipped ({problem}); the bundle keeps the uncalibrated "
+              "percentile scale", file=sys.stderr, flush=True)
+    return None
+
+
+def choose_thresholds(scores_0_100: np.ndarray, verify: Faces, scale: dict | None,
+                      opts: CompileOptions) -> tuple[dict, dict]:
+    """The bundle's gate thresholds and how they were chosen (for the report).
+
+    With a calibrated utility scale: from the deployment target (``--gate-target``, default
+    :data:`fiqa_compile.scale.DEFAULT_GATE_TARGET`) on the scale's gate curves. Without one: Youden's J on the
+    verification faces (:func:`gate_thresholds`). ``--gate KEY=VALUE`` overrides have the last word."""
+    from fiqa_compile.scale import DEFAULT_GATE_TARGET, GateTarget, ScaleError, thresholds_for_target
+    from fiqa_sdk.gate import GateConfig, parse_overrides
+
+    if scale is not None:
+        target = GateTarget.parse(opts.gate_target or DEFAULT_GATE_TARGET)
+        try:
+            thresholds, expected = thresholds_for_target(scale, target)
+        except ScaleError as e:
+            raise CompileError(f"--gate-target: {e}") from None
+        choice = {"how": "target", "target": str(target), "default_target": opts.gate_target is None,
+                  "expected": expected}
+    else:
+        thresholds = gate_thresholds(scores_0_100, verify)
+        choice = {"how": "youden", "faces": int(len(verify.crops)), "source": verify.source}
+    overrides = parse_overrides(list(opts.gate))
+    if overrides:
+        try:
+            config = GateConfig.from_manifest({"thresholds": thresholds}, **overrides)
+        except ValueError as e:
+            raise CompileError(f"--gate: {e}") from None
+        thresholds = {k: getattr(config, k) for k in [*thresholds, *(k for k in overrides if k not in thresholds)]}
+        choice["overrides"] = list(opts.gate)
+    return thresholds, choice
+
+
+def score_scales(student_info: dict, scale: dict | None) -> dict[str, dict]:
+    """Each score's manifest ``scale`` section: the calibrated utility map when there is one, else the percentile
+    scale said in words (the perceptual score always)."""
+    from fiqa_compile.scale import manifest_scale, uncalibrated_meaning
+
+    reference = scale.get("perceptual_reference") if scale is not None else None
+    return {"utility": manifest_scale(scale) if scale is not None else uncalibrated_meaning("utility", student_info),
+            "perceptual": uncalibrated_meaning("perceptual", student_info, reference)}
+
+
 # ---------------------------------------------------------------------------------------------- pipeline
 def compile_bundle(opts: CompileOptions) -> Path:
     from fiqa_calibration.calibration_set import build_calibration_set
@@ -483,7 +570,8 @@ def compile_bundle(opts: CompileOptions) -> Path:
             print("warning: this student learned the mean over each face and its mirror image (fiqa-distill "
                   "--mirror-average); --no-mirror-average ships one pass of it, which ranks faces less like the "
                   "teachers", file=sys.stderr, flush=True)
-        log.add("student", student_origin, t())
+        scale_record = shipped_scale(sinfo, opts)  # the utility scale fitted for this student, if it applies
+        log.add("student", student_origin + ("; utility scale: calibrated" if scale_record else ""), t())
 
         # 3. calibration set (and verification faces when no --faces split gave them)
         t = _timer()
@@ -590,12 +678,13 @@ def compile_bundle(opts: CompileOptions) -> Path:
         # 6. thresholds, report, bundle
         t = _timer()
         scores_0_100 = to_0_100(fp32_teacher_scale, sinfo)
-        thresholds = gate_thresholds(scores_0_100, verify)
+        thresholds, gate_choice = choose_thresholds(scores_0_100, verify, scale_record, opts)
+        scales = score_scales(sinfo, scale_record)
         report_files = report_mod.write_report(
             files, target=target, verify=verify, teacher_scores=teacher_scores, student_scale=fp32_teacher_scale,
             outputs={k: to_teacher_scale(v, sinfo) for k, v in outputs.items()}, verification=verification,
             stages=log.rows, student_origin=student_origin, thresholds=thresholds, opts=opts, calib=calib,
-            calibration_record=calibration_record)
+            calibration_record=calibration_record, scale=scale_record, gate_choice=gate_choice, scales=scales)
         log.add("report", f"{len(report_files)} files", t())
         t = _timer()
         from fiqa_compile.bundle import ModelArtifact, write_bundle
@@ -605,7 +694,7 @@ def compile_bundle(opts: CompileOptions) -> Path:
         scores = [{"name": s["name"], "index": s["index"], "teacher": teachers[s["name"]].info["model"],
                    "mean": s["mean"], "std": s["std"], "lo": s["teacher_p01"], "hi": s["teacher_p99"],
                    "range": [0, 100], "higher_is_better": True,
-                   "meaning": score_meaning(s["name"], sinfo)}
+                   "meaning": score_meaning(s["name"], sinfo), "scale": scales[s["name"]]}
                   for s in sinfo["scores"]]
         extra = {p.relative_to(files).as_posix(): p for p in report_files}
         provenance = {"command": "fiqa-compile " + " ".join(sys.argv[1:]), "student": student_origin,

@@ -206,8 +206,123 @@ def used_methods(asked: str, record: dict | None) -> str:
     return ", ".join(parts) or "no INT8 artifact"
 
 
+def _pct(v) -> str:
+    return "n/a" if v is None else f"{100 * v:.1f} %"
+
+
+def _num(v, digits: int = 4) -> str:
+    return "n/a" if v is None else f"{v:.{digits}f}"
+
+
+def reliability_plot_name(fr_name: str) -> str:
+    return f"plots/reliability_{fr_name}.png"
+
+
+def plot_reliabilities(scale: dict | None, files: Path) -> list[Path]:
+    """plots/reliability_<model>.png per FR model of a calibrated scale: the utility scale and the model's own map,
+    predicted vs observed (the fit's out-of-fold diagrams)."""
+    if not scale or "reliability" not in scale:
+        return []
+    from fiqa_compile.eval.plots import plot_reliability
+
+    rel = scale["reliability"]
+    out = []
+    for fr in scale["fr_models"]:
+        if fr not in rel:
+            continue
+        out.append(plot_reliability({"utility scale (both FR models' mean)": rel[fr]["scale"],
+                                     f"{fr}'s own map": rel[fr]["own"]}, files / reliability_plot_name(fr),
+                                    title=f"Reliability under {fr_title(fr)}, people the fit left out"))
+    return out
+
+
+def scale_markdown(scales: dict | None, scale: dict | None) -> list[str]:
+    """The report's "what the scores mean" section: each score's scale in words, and for a calibrated utility
+    scale its reliability per FR model (the fit's out-of-fold diagrams)."""
+    if not scales:
+        return []
+    from fiqa_sdk.bundle import ScaleSpec
+
+    lines = ["## What the scores mean", ""]
+    for name, section in scales.items():
+        spec = ScaleSpec.from_dict(section)
+        lines += [f"**{name}** ({spec.summary()}): {section['meaning']}.", ""]
+    if not scale or "reliability" not in scale:
+        return lines
+    fit = scale.get("fitted_on", {})
+    rel = scale["reliability"]
+    lines += [f"The utility scale was fitted by `{scale.get('command', 'python -m fiqa_compile.scale')}` on "
+              f"{', '.join(map(str, fit.get('frames', ['?'])))} ({fit.get('people_rule', '')}): "
+              f"{fit.get('faces', '?')} faces of {fit.get('people', '?')} people, {fit.get('comparisons', '?')} "
+              f"genuine comparisons, thresholds at FMR {scale['fmr']:g} "
+              + ", ".join(f"{k} {v:.4f}" for k, v in fit.get("thresholds", {}).items())
+              + f". Reliability {rel['how']}; mean |predicted - observed| over the 10 bins (count-weighted: ECE):", "",
+              "| FR model | utility scale | the model's own map | observed success |", "|---|---:|---:|---:|"]
+    for fr in scale["fr_models"]:
+        r = rel.get(fr)
+        if r is None:
+            continue
+        lines.append(f"| {fr_title(fr)} | {_num(r['scale']['mean_abs_error'], 3)} (ECE {_num(r['scale']['ece'], 3)}) | "
+                     f"{_num(r['own']['mean_abs_error'], 3)} (ECE {_num(r['own']['ece'], 3)}) | "
+                     f"{_pct(fit.get('observed_success', {}).get(fr))} |")
+    lines += ["", "The utility score is the mean over the FR models, so it is exact for neither when they differ; "
+              "each model's own map is in the manifest (`per_fr_model`; "
+              "`bundle.score('utility').scale.apply(z, fr_model=...)`).", "",
+              "| predicted | faces | " + " | ".join(f"observed, {fr}" for fr in scale["fr_models"]) + " |",
+              "|---|---:|" + "---:|" * len(scale["fr_models"])]
+    for i, b in enumerate(rel["average"]["scale"]["bins"]):
+        if b["n"]:
+            lines.append(f"| {b['lo']:.1f}-{b['hi']:.1f} (mean {_num(b['predicted'], 3)}) | {b['n']} | " + " | ".join(
+                _num(rel[fr]["scale"]["bins"][i]["observed"], 3) for fr in scale["fr_models"] if fr in rel) + " |")
+    lines.append("")
+    lines += [f"![reliability, {fr_title(fr)}]({reliability_plot_name(fr)})" for fr in scale["fr_models"] if fr in rel]
+    return lines + [""]
+
+
+def gate_markdown(thresholds: dict, choice: dict | None, scale: dict | None) -> list[str]:
+    """The report's gate section: the thresholds, how they were chosen, and for a calibrated scale what other
+    utility thresholds would give (clean-face rejection, FNMR of kept pairs)."""
+    lines = ["## Gate thresholds (0-100)", ""]
+    choice = choice or {"how": "youden"}
+    if choice["how"] == "target" and scale is not None:
+        from fiqa_compile.scale import gate_table
+
+        e = choice["expected"]
+        gate = scale["gate"]
+        lines += [f"From the deployment target `{choice['target']}`"
+                  + (" (fiqa-compile's default; `--gate-target` sets another)" if choice.get("default_target") else "")
+                  + f" on the utility scale's gate curves ({gate['clean_faces']} undegraded and {gate['faces']} faces in "
+                  f"all of the fit's people, {gate['genuine_pairs']} genuine photo pairs, side b degraded in "
+                  f"{gate['genuine_pairs_degraded']}): utility_accept {e['utility_accept']:g} is expected to reject "
+                  f"{_pct(e['reject_clean'])} of undegraded captures by the score checks "
+                  f"({_pct(e['reject_clean_gate'])} with the gate's default size, pose, exposure and sharpness "
+                  f"checks too) and {_pct(e['reject_all'])} of all faces; among genuine pairs whose two faces are kept "
+                  "the FNMR at FMR 1e-3 is "
+                  + ", ".join(f"{fr} {_num(v)} (all pairs {_num(e['fnmr_all'].get(fr))})" for fr, v in e["fnmr_kept"].items())
+                  + f". {gate['perceptual_rule']} ({gate['perceptual_accept']:g}). Release 10 points below accept "
+                  "(hysteresis).", "",
+                  "| utility_accept | undegraded rejected (score checks) | with default gate checks | all faces "
+                  "rejected | genuine pairs kept | " + " | ".join(f"FNMR kept, {fr}" for fr in gate["fnmr_kept"]) + " |",
+                  "|---:|---:|---:|---:|---:|" + "---:|" * len(gate["fnmr_kept"])]
+        for row in gate_table(scale, 10, extra=(e["utility_accept"],)):
+            mark = "**" if row["utility_accept"] == e["utility_accept"] else ""
+            lines.append(f"| {mark}{row['utility_accept']:g}{mark} | {_pct(row['reject_clean'])} | "
+                         f"{_pct(row['reject_clean_gate'])} | {_pct(row['reject_all'])} | {_pct(row['pairs_kept'])} | "
+                         + " | ".join(_num(v) for v in row["fnmr_kept"].values()) + " |")
+        lines.append("")
+    else:
+        lines += ["Accept where clean and heavily degraded (severity >= 0.7) held-out faces separate best "
+                  "(Youden's J); release 10 points lower (hysteresis). The utility scale is uncalibrated, so these "
+                  "are a starting point: set your own with `--gate` here or when the site runs.", ""]
+    if choice.get("overrides"):
+        lines += [f"Set by hand afterwards: `{' '.join('--gate ' + o for o in choice['overrides'])}`.", ""]
+    return lines + ["```json", json.dumps(thresholds, indent=2), "```", ""]
+
+
 def write_report(files: Path, *, target, verify, teacher_scores, student_scale, outputs, verification, stages,
-                 student_origin, thresholds, opts, calib, calibration_record: dict | None = None) -> list[Path]:
+                 student_origin, thresholds, opts, calib, calibration_record: dict | None = None,
+                 scale: dict | None = None, gate_choice: dict | None = None,
+                 scales: dict | None = None) -> list[Path]:
     from fiqa_compile.eval.plots import plot_histograms, plot_scatter
 
     plots = files / "plots"
@@ -225,13 +340,17 @@ def write_report(files: Path, *, target, verify, teacher_scores, student_scale, 
     qualities.update({f"{k} utility": v[:, 0] for k, v in outputs.items()})
     curves, edc_summary = edc_curves(verify, qualities)
     written += plot_edcs(curves, edc_summary, files)
+    written += plot_reliabilities(scale, files)
     data = {"target": target.name, "target_description": target.description, "student": student_origin,
             "verification_faces": {"n": int(len(verify.crops)), "source": verify.source,
                                    "people": int(len(np.unique(verify.person)))},
             "calibration": {"n": len(calib), "strata": calib.strata(), "method": opts.calibration_method,
                             **(calibration_record or {})},
             "mirror_average": bool(getattr(opts, "mirror_average", False)),
-            "stages": stages, "verification": verification, "thresholds": thresholds, "edc": edc_summary}
+            "stages": stages, "verification": verification, "thresholds": thresholds, "edc": edc_summary,
+            "gate_choice": gate_choice, "scales": scales,
+            "scale_fit": {k: scale[k] for k in ("fitted_on", "reliability", "gate", "command") if k in scale}
+            if scale else None}
     # strict JSON: an undefined statistic (NaN) is null, which every JSON reader takes
     (files / "report.json").write_text(json.dumps(finite_or_null(data), indent=2, allow_nan=False))
     written.append(files / "report.json")
@@ -257,10 +376,8 @@ def write_report(files: Path, *, target, verify, teacher_scores, student_scale, 
         te = [cell(v["vs_teacher"], n) for n in SCORE_NAMES]
         lines.append(f"| {name} | {v.get('backend', 'torch')} | {fp[0]} | {fp[1]} | {te[0]} | {te[1]} |")
     lines += ["", *edc_markdown(curves, edc_summary)]
-    lines += ["## Gate thresholds (0-100)", "",
-              "Accept where clean and heavily degraded (severity >= 0.7) held-out faces separate best "
-              "(Youden's J); release 10 points lower (hysteresis).", "", "```json", json.dumps(thresholds, indent=2),
-              "```", ""]
+    lines += scale_markdown(scales, scale)
+    lines += gate_markdown(thresholds, gate_choice, scale)
     lines += [f"![{n} scatter](plots/scatter_{n}.png)" for n in SCORE_NAMES]
     (files / "report.md").write_text("\n".join(lines) + "\n")
     written.append(files / "report.md")

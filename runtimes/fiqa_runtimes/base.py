@@ -8,6 +8,7 @@ import logging
 import sys
 import threading
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from enum import Enum
 from typing import Callable, Iterator
 
@@ -29,6 +30,30 @@ class ModelLoadError(BackendUnavailable):
     """The engine is installed and starts, but cannot load this model: an ONNX opset or a TFLite operator newer
     than it supports, or a file it cannot parse. For this model the backend is as unusable as a missing one, so
     ``auto`` moves on to the next (a bundle's other model, or another engine) rather than stopping there."""
+
+
+def quantize_affine(x: np.ndarray, dtype: type, scale: float, zero_point: int) -> np.ndarray:
+    """Float values -> the integers of an affine-quantised tensor: ``round(x / scale + zero_point)`` (half to even),
+    saturated to the dtype's range. In the input's own float precision (float32 in, float32 arithmetic)."""
+    info = np.iinfo(dtype)
+    return np.clip(np.round(x / scale + zero_point), info.min, info.max).astype(dtype)
+
+
+@dataclass(frozen=True)
+class QuantizedInput:
+    """A model input that takes integers (a full-INT8 TFLite's int8 faces): what a caller needs to quantise its data
+    itself and hand the integers to :meth:`Backend.run_quantized`, with no float tensor on the way. ``shape``: the
+    input at batch 1 as the model declares it (so also its layout, e.g. ``(1, 3, 112, 112)`` for NCHW)."""
+
+    name: str
+    dtype: type
+    scale: float
+    zero_point: int
+    shape: tuple[int, ...]
+
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        """What :meth:`Backend.run` does to a float input of this tensor before the engine sees it."""
+        return quantize_affine(x, self.dtype, self.scale, self.zero_point)
 
 
 class Backend(ABC):
@@ -65,6 +90,25 @@ class Backend(ABC):
     @abstractmethod
     def _infer(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """:meth:`run`'s work, entered by one thread at a time unless ``runs_concurrently``."""
+
+    @property
+    def quantized_input(self) -> QuantizedInput | None:
+        """The model's one input when the engine takes it as integers (then :meth:`run_quantized` feeds it);
+        ``None`` for float inputs, several inputs, or engines that quantise inside the graph (ONNX Q/DQ)."""
+        return None
+
+    def run_quantized(self, batch: int, fill: Callable[[np.ndarray], None]) -> dict[str, np.ndarray]:
+        """Run ``batch`` rows of :attr:`quantized_input` without a float round trip: ``fill(buffer)`` writes the
+        integers into a buffer the backend keeps for that batch size (shape ``(batch, *quantized_input.shape[1:])``,
+        its dtype; anything left unwritten holds the previous call's values). Outputs as :meth:`run` gives them.
+        Safe from several threads: ``fill`` runs under the same lock as the engine call."""
+        if self.quantized_input is None:
+            raise TypeError(f"{self.name}: this model takes no quantised input; call run() with float32")
+        with self._run_lock:
+            return self._infer_quantized(batch, fill)
+
+    def _infer_quantized(self, batch: int, fill: Callable[[np.ndarray], None]) -> dict[str, np.ndarray]:
+        raise NotImplementedError(f"{self.name} declares a quantised input but cannot be fed one")
 
     def close(self) -> None:
         """Release what the engine holds outside Python's memory (TensorRT's device buffers); a no-op for CPU

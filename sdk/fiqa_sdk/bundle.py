@@ -5,11 +5,12 @@ describes them, and reports/plots. Model files are never modified: all metadata 
 file is hashed there, so :func:`load_bundle` can refuse a bundle that was damaged in transit (SD cards, OTA
 updates) before a single byte of a model reaches an inference engine.
 
-Manifest (``manifest.json``, ``schema_version`` 1 or 2)::
+Manifest (``manifest.json``, ``schema_version`` 1, 2 or 3)::
 
     {
-      "schema_version": 2,                 # refused if newer than SCHEMA_VERSION (upgrade fiqa-sdk); 2 when
-                                           # mirror_average is on, which a schema-1 reader would silently skip
+      "schema_version": 3,                 # refused if newer than SCHEMA_VERSION (upgrade fiqa-sdk); 2 when
+                                           # mirror_average is on, 3 when a score has a calibrated scale: an older
+                                           # reader would silently skip either
       "kind": "fiqa-bundle",
       "bundle_id": "<16 hex>",             # bundle_id_for(): sha256 over the (file, sha256) pairs and the rest of
                                            # this manifest, first 16 hex: an edited threshold or scale is refused
@@ -27,8 +28,11 @@ Manifest (``manifest.json``, ``schema_version`` 1 or 2)::
                                            # (fiqa_sdk.preprocess.mirror_mean); absent = false
       "scores": [                          # model output column `index` -> a 0-100 device score
         {"name": "utility", "index": 0, "teacher": "vit_fiqa_tiny", "mean": m, "std": s, "lo": p01, "hi": p99,
-         "range": [0, 100], "higher_is_better": true, "meaning": "..."},
-        {"name": "perceptual", "index": 1, ...}],
+         "range": [0, 100], "higher_is_better": true, "meaning": "...",
+         "scale": {"kind": "isotonic", "x": [z...], "y": [0-100...], "meaning": "100 x P(...)",   # optional
+                   "fr_models": ["dlib", "mobilefacenet"], "fmr": 0.001, "fitted_on": {...},
+                   "per_fr_model": {"dlib": {"x": [...], "y": [...]}, ...}}},
+        {"name": "perceptual", "index": 1, ..., "scale": {"kind": "percentile", "meaning": "...", "fitted_on": {...}}}],
       "thresholds": {"utility_accept": 60, ...},     # required (may be {}): fiqa_sdk.gate.GateConfig keys
                                            # (GateConfig.from_manifest)
       "tensorrt": null | {"onnx": "student_qdq.onnx",   # the `file` of one ONNX entry in "models"
@@ -47,7 +51,12 @@ Score scale: the student emits z-scores of the teacher's score. For output colum
 value is ``t = z * std + mean`` and the device score is ``clip(100 * (t - lo) / (hi - lo), 0, 100)``, ``lo``/``hi``
 being the teacher's 1st/99th percentiles on the student's distillation set (recorded in its ``student.json``). The 0-100 scale is always higher-is-better:
 ``higher_is_better`` describes the teacher's own scale, and a lower-is-better teacher is flipped
-(``100 * (hi - t) / (hi - lo)``).
+(``100 * (hi - t) / (hi - lo)``). That percentile scale is a rank, not a probability ("uncalibrated"). A score whose
+``scale`` is ``"isotonic"`` is calibrated instead: ``np.interp(z, x, y)`` over its knots (:class:`ScaleSpec`; for
+the utility score, 100 x the chance that a comparison with a clean photo of the same person matches at the
+scale's FMR). The scale section says what the 0-100 means either way and is verified on load like every field
+(kind, knots finite, x strictly increasing, y monotone within 0-100, at most :data:`MAX_SCALE_KNOTS`, text and
+record lengths bounded); a manifest without one keeps the percentile scale.
 
 Unknown keys are ignored (a newer compiler may add optional fields without bumping ``schema_version``), except in
 ``preprocessing``, where a key this SDK does not know is a step it would not apply; a newer ``schema_version`` is
@@ -75,7 +84,8 @@ from fiqa_sdk.preprocess import SPEC, check_spec
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2  # 2: "mirror_average" (a reader that skipped it would score differently)
+SCHEMA_VERSION = 3  # 2: "mirror_average"; 3: a calibrated score scale (scores[].scale, kind "isotonic"): a reader
+                    # that skipped either would score differently
 KIND = "fiqa-bundle"
 MANIFEST = "manifest.json"
 TARGETS = ("jetson-orin", "android-arm64", "raspberry-pi", "cpu")
@@ -88,6 +98,11 @@ DEFAULT_BUNDLES = {"android-arm64": "default-android-arm64", "cpu": "default-cpu
 _TFLITE_BACKENDS = ("litert", "tflite-runtime")
 MAX_SCALE_Z = 100.0  # |lo - mean| / std and |hi - mean| / std at most (ScoreSpec)
 MIN_SCALE_SPAN_Z = 1e-3  # (hi - lo) / std at least (ScoreSpec)
+SCALE_KINDS = ("percentile", "isotonic")  # scores[].scale.kind (ScaleSpec)
+MAX_SCALE_KNOTS = 256  # knots of an isotonic scale at most (fiqa-compile writes up to 64)
+MAX_SCALE_TEXT = 2000  # characters of a scale's meaning at most
+MAX_SCALE_FR_MODELS = 8  # FR models a scale may be averaged over
+MAX_SCALE_RECORD = 8000  # characters of a scale's fitted_on record (as compact JSON) at most
 TRT_PRECISIONS = ("int8", "fp16", "fp32")
 TRT_MAX_BATCH = 1024  # faces; the engine's input and output buffers for 1,024 faces are ~154 MB of device memory
 TRT_MAX_WORKSPACE_MB = 65536  # the largest Jetson (AGX Orin 64 GB) has this much memory in all
@@ -173,6 +188,139 @@ def _string(d: Mapping[str, Any], key: str, where: str, choices: Sequence[str] |
     return v
 
 
+# What a score on a percentile scale (or one without a scale section) means, in one line.
+UNCALIBRATED_SUMMARY = ("uncalibrated: a rank on its training data (0 / 100: its 1st / 99th percentile), "
+                        "not a probability")
+
+
+def _knots(d: Mapping[str, Any], where: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """An isotonic map's knots, checked: 2..MAX_SCALE_KNOTS finite numbers each, x strictly increasing within
+    +-MAX_SCALE_Z (they are the model's z outputs), y non-decreasing within 0..100."""
+    pts = []
+    for key in ("x", "y"):
+        v = _need(d, key, where)
+        if not isinstance(v, list) or not 2 <= len(v) <= MAX_SCALE_KNOTS:
+            size = len(v) if isinstance(v, list) else type(v).__name__
+            raise BundleError(f"{where}.{key} must be a list of 2 to {MAX_SCALE_KNOTS} numbers, got {size}; "
+                              f"{_REBUILD_HINT}")
+        if any(isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) for t in v):
+            raise BundleError(f"{where}.{key} must hold finite numbers only; {_REBUILD_HINT}")
+        pts.append(tuple(float(t) for t in v))
+    x, y = pts
+    if len(x) != len(y):
+        raise BundleError(f"{where}: x has {len(x)} knots and y {len(y)}; each knot is one (x, y) pair")
+    if any(b <= a for a, b in zip(x, x[1:])):
+        raise BundleError(f"{where}.x must be strictly increasing (the model's raw outputs at the knots)")
+    if max(abs(x[0]), abs(x[-1])) > MAX_SCALE_Z:
+        raise BundleError(f"{where}.x spans {x[0]:.3g}..{x[-1]:.3g}: the model's outputs are z-scores, within "
+                          f"+-{MAX_SCALE_Z:g}; {_REBUILD_HINT}")
+    if any(b < a for a, b in zip(y, y[1:])):
+        raise BundleError(f"{where}.y must not decrease: the scale is monotone (a higher raw output never means a "
+                          f"lower score); {_REBUILD_HINT}")
+    if y[0] < 0 or y[-1] > 100:
+        raise BundleError(f"{where}.y spans {y[0]:.3g}..{y[-1]:.3g}, outside the 0-100 device scale")
+    return x, y
+
+
+def _text(d: Mapping[str, Any], key: str, where: str) -> str:
+    v = _string(d, key, where)
+    if len(v) > MAX_SCALE_TEXT:
+        raise BundleError(f"{where}.{key} is {len(v)} characters; at most {MAX_SCALE_TEXT}")
+    return v
+
+
+@dataclass(frozen=True)
+class ScaleSpec:
+    """What a score's 0-100 means, and (``kind`` "isotonic") the calibrated map the device applies.
+
+    * ``"percentile"``: uncalibrated. The score is the linear map of :class:`ScoreSpec` between the teacher's 1st
+      and 99th percentiles on the data the student learnt from: a rank on that data, not a probability.
+      ``meaning`` says so and on what it was fitted; nothing else is read.
+    * ``"isotonic"``: calibrated. ``score = np.interp(z, x, y)`` for the model's raw output ``z`` (clamped to
+      ``y[0]``/``y[-1]`` outside the knots): a monotone map fitted to an observed outcome, which ``meaning``
+      states (for the utility score: 100 x the chance that a comparison with a clean photo of the same person
+      matches at ``fmr``, averaged over ``fr_models``). ``per_fr_model`` may hold each FR model's own map
+      (``{"dlib": {"x": [...], "y": [...]}}``) for a site that runs only that one. ``fitted_on``: a JSON record of
+      the fit (data, people, comparisons), for people, not read by the scorer.
+    """
+
+    kind: str
+    meaning: str
+    x: tuple[float, ...] = ()
+    y: tuple[float, ...] = ()
+    fr_models: tuple[str, ...] = ()
+    fmr: float | None = None
+    fitted_on: dict[str, Any] = field(default_factory=dict)
+    per_fr_model: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = field(default_factory=dict)
+
+    @property
+    def calibrated(self) -> bool:
+        return self.kind == "isotonic"
+
+    @classmethod
+    def from_dict(cls, d: Any, where: str = "scale") -> ScaleSpec:
+        if not isinstance(d, Mapping):
+            raise BundleError(f"{where} must be a JSON object, got {type(d).__name__}")
+        kind = _string(d, "kind", where, SCALE_KINDS)
+        meaning = _text(d, "meaning", where)
+        fitted_on = d.get("fitted_on", {})
+        if not isinstance(fitted_on, Mapping):
+            raise BundleError(f"{where}.fitted_on must be a JSON object, got {type(fitted_on).__name__}")
+        if len(json.dumps(fitted_on, separators=(",", ":"))) > MAX_SCALE_RECORD:
+            raise BundleError(f"{where}.fitted_on is longer than {MAX_SCALE_RECORD} characters of JSON: it records "
+                              "a fit, it does not hold its data; " + _REBUILD_HINT)
+        if kind == "percentile":
+            extra = sorted(k for k in ("x", "y", "per_fr_model") if k in d)
+            if extra:
+                raise BundleError(f"{where}: a percentile scale has no knots, but it holds {extra}: either the kind "
+                                  f"or the knots are wrong; {_REBUILD_HINT}")
+            return cls(kind=kind, meaning=meaning, fitted_on=dict(fitted_on))
+        x, y = _knots(d, where)
+        models = _need(d, "fr_models", where)
+        if (not isinstance(models, list) or not 1 <= len(models) <= MAX_SCALE_FR_MODELS
+                or not all(isinstance(m, str) and m and len(m) <= 64 for m in models) or len(set(models)) != len(models)):
+            raise BundleError(f"{where}.fr_models must list 1 to {MAX_SCALE_FR_MODELS} distinct FR model names, got "
+                              f"{models!r}")
+        fmr = _number(d, "fmr", where)
+        if not 0.0 < fmr < 1.0:
+            raise BundleError(f"{where}.fmr={fmr} must be a false-match rate between 0 and 1")
+        per = d.get("per_fr_model", {})
+        if not isinstance(per, Mapping) or not set(per) <= set(models):
+            raise BundleError(f"{where}.per_fr_model must map some of fr_models {models} to their own knots, got "
+                              f"{sorted(per) if isinstance(per, Mapping) else type(per).__name__}")
+        own = {m: _knots(k, f"{where}.per_fr_model[{m!r}]") for m, k in per.items()}
+        return cls(kind=kind, meaning=meaning, x=x, y=y, fr_models=tuple(models), fmr=fmr,
+                   fitted_on=dict(fitted_on), per_fr_model=own)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind, "meaning": self.meaning}
+        if self.calibrated:
+            out.update(x=list(self.x), y=list(self.y), fr_models=list(self.fr_models), fmr=self.fmr)
+            if self.per_fr_model:
+                out["per_fr_model"] = {m: {"x": list(x), "y": list(y)} for m, (x, y) in self.per_fr_model.items()}
+        out["fitted_on"] = dict(self.fitted_on)
+        return out
+
+    def apply(self, z: np.ndarray, fr_model: str | None = None) -> np.ndarray:
+        """Raw model outputs -> the calibrated 0-100 score (``fr_model``: that model's own map, where the scale
+        has one). Only for an isotonic scale."""
+        if not self.calibrated:
+            raise ValueError(f"a {self.kind} scale has no calibrated map; use ScoreSpec.to_0_100")
+        x, y = (self.x, self.y) if fr_model is None else self.per_fr_model.get(fr_model, (None, None))
+        if x is None:
+            raise KeyError(f"this scale has no map of its own for FR model {fr_model!r}; it has "
+                           f"{sorted(self.per_fr_model)} (fr_model=None: the average over {list(self.fr_models)})")
+        return np.interp(np.asarray(z, dtype=np.float64), x, y)
+
+    def summary(self) -> str:
+        """One line for command-line output and Scorer.info: what a score on this scale means."""
+        if not self.calibrated:
+            return UNCALIBRATED_SUMMARY
+        models = " / ".join(self.fr_models) + (" averaged" if len(self.fr_models) > 1 else "")
+        return (f"calibrated: 90 = about 9 in 10 comparisons with a clean photo of the same person match at FMR "
+                f"{self.fmr:g} ({models})")
+
+
 @dataclass(frozen=True)
 class ScoreSpec:
     """How one model output column becomes a 0-100 device score (see the module docstring)."""
@@ -186,9 +334,12 @@ class ScoreSpec:
     hi: float
     higher_is_better: bool = True
     meaning: str = ""
+    scale: ScaleSpec | None = None  # what the 0-100 means; an isotonic one replaces the percentile map
 
     def __post_init__(self) -> None:
         where = f"scores[{self.name!r}]"
+        if self.scale is not None and not isinstance(self.scale, ScaleSpec):
+            raise BundleError(f"{where}.scale must be a ScaleSpec, got {type(self.scale).__name__}")
         if self.name not in SCORE_NAMES:
             raise BundleError(f"{where}: score name must be one of {list(SCORE_NAMES)}")
         if isinstance(self.index, bool) or not isinstance(self.index, int) or self.index < 0:
@@ -228,22 +379,39 @@ class ScoreSpec:
         if not isinstance(rng, list) or rng != [0, 100]:
             raise BundleError(f"{where}.range={rng!r}: schema 1 defines the device scale as [0, 100]")
         index = _need(d, "index", where)
+        scale = d.get("scale")
         return cls(name=name, index=index, teacher=str(_need(d, "teacher", where)),
                    mean=_number(d, "mean", where), std=_number(d, "std", where), lo=_number(d, "lo", where),
                    hi=_number(d, "hi", where), higher_is_better=d.get("higher_is_better", True),
-                   meaning=str(d.get("meaning", "")))
+                   meaning=str(d.get("meaning", "")),
+                   scale=None if scale is None else ScaleSpec.from_dict(scale, f"{where}.scale"))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "index": self.index, "teacher": self.teacher, "mean": self.mean, "std": self.std,
-                "lo": self.lo, "hi": self.hi, "range": [0, 100], "higher_is_better": self.higher_is_better,
-                "meaning": self.meaning}
+        out = {"name": self.name, "index": self.index, "teacher": self.teacher, "mean": self.mean, "std": self.std,
+               "lo": self.lo, "hi": self.hi, "range": [0, 100], "higher_is_better": self.higher_is_better,
+               "meaning": self.meaning}
+        if self.scale is not None:
+            out["scale"] = self.scale.to_dict()
+        return out
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether the 0-100 is a calibrated scale (an isotonic map) rather than the percentile one."""
+        return self.scale is not None and self.scale.calibrated
+
+    def scale_summary(self) -> str:
+        """What this score's 0-100 means, in one line (command lines, Scorer.info)."""
+        return self.scale.summary() if self.scale is not None else UNCALIBRATED_SUMMARY
 
     def teacher_scale(self, z: np.ndarray) -> np.ndarray:
         """Model z-scores -> the teacher's own score scale."""
         return np.asarray(z, dtype=np.float64) * self.std + self.mean
 
     def to_0_100(self, z: np.ndarray) -> np.ndarray:
-        """Model z-scores -> the device's 0-100, higher-is-better scale (clipped at the percentiles)."""
+        """Model z-scores -> the device's 0-100, higher-is-better scale: the calibrated map where the score has an
+        isotonic scale (np.interp over its knots), else linear between the percentiles (clipped there)."""
+        if self.calibrated:
+            return np.clip(self.scale.apply(z), 0.0, 100.0)
         t = self.teacher_scale(z)
         frac = (t - self.lo) / (self.hi - self.lo) if self.higher_is_better else (self.hi - t) / (self.hi - self.lo)
         return np.clip(100.0 * frac, 0.0, 100.0)
@@ -668,6 +836,10 @@ def _load_bundle(path: Path) -> Bundle:
         raise BundleError(f"{mpath}: 'scores' must describe {list(SCORE_NAMES)} once each on distinct output "
                           f"columns, got {[(s.name, s.index) for s in scores]}")
     scores = tuple(sorted(scores, key=lambda s: SCORE_NAMES.index(s.name)))
+    calibrated = [s.name for s in scores if s.calibrated]
+    if calibrated and m["schema_version"] < 3:  # schema-2 readers would skip the map and score on percentiles
+        raise BundleError(f"{mpath}: scores {calibrated} have a calibrated (isotonic) scale, which needs "
+                          f"schema_version 3; the manifest says {m['schema_version']}; {_REBUILD_HINT}")
 
     pref = m.get("backend_preference", list(DEFAULT_BACKEND_PREFERENCE))
     if not isinstance(pref, list) or not all(isinstance(b, str) for b in pref):

@@ -3,12 +3,24 @@
 Faces are aligned to the 112x112 ArcFace template, converted BGR->RGB, scaled to [-1, 1] with
 (x - 127.5) / 127.5 and laid out NCHW float32. Every bundle manifest records this spec, and
 :func:`check_spec` refuses a bundle whose spec differs from the one this code implements.
+
+A pixel is one of 256 values, so every step up to the model's input is a lookup table of 256 entries:
+:func:`faces_to_tensor` reads the normalised float of each pixel from one, and :class:`FaceEncoder` reads the int8
+value a full-INT8 model's input quantisation would make of that float (same float32 arithmetic, so the same
+integers), writing the channels straight into the model's layout: no float tensor at all on a full-INT8 engine's
+path (LiteRT; ``fiqa_sdk.Scorer`` uses it wherever the engine takes integers).
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
+import cv2
 import numpy as np
+
+if TYPE_CHECKING:
+    from fiqa_runtimes import QuantizedInput
 
 # Five landmarks of the standard ArcFace 112x112 template (insightface), image coordinates:
 # left eye, right eye (as seen in the image), nose tip, left mouth corner, right mouth corner.
@@ -59,8 +71,15 @@ def check_spec(recorded: dict) -> None:
                          "Recompile the bundle with a matching fiqa-sdk version.")
 
 
-def faces_to_tensor(faces: np.ndarray, spec: PreprocessSpec = SPEC) -> np.ndarray:
-    """Aligned BGR uint8 faces (HxWx3 or NxHxWx3, H=W=spec.size) -> normalised NCHW float32 RGB batch."""
+@functools.lru_cache(maxsize=8)
+def _normalised(spec: PreprocessSpec) -> np.ndarray:
+    """Pixel value 0..255 -> its normalised float32, with the arithmetic the spec defines: ``(x - mean) / std``."""
+    table = (np.arange(256, dtype=np.float32) - spec.mean) / spec.std
+    table.flags.writeable = False
+    return table
+
+
+def _check_faces_array(faces: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     faces = np.asarray(faces)
     if faces.ndim == 3:
         faces = faces[None]
@@ -69,9 +88,87 @@ def faces_to_tensor(faces: np.ndarray, spec: PreprocessSpec = SPEC) -> np.ndarra
                          f"got {faces.shape}; align raw frames with fiqa_sdk.align_face first")
     if faces.dtype != np.uint8:
         raise ValueError(f"aligned faces must be uint8, got {faces.dtype}")
-    rgb = faces[..., ::-1].astype(np.float32)
-    x = (rgb - spec.mean) / spec.std
-    return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    return faces
+
+
+def faces_to_tensor(faces: np.ndarray, spec: PreprocessSpec = SPEC) -> np.ndarray:
+    """Aligned BGR uint8 faces (HxWx3 or NxHxWx3, H=W=spec.size) -> normalised NCHW float32 RGB batch."""
+    faces = _check_faces_array(faces, spec)
+    n, size = len(faces), spec.size
+    if n == 0:
+        return np.zeros((0, 3, size, size), np.float32)
+    # one table read per pixel (the float32 values (x - mean) / std would give), then BGR HWC -> RGB CHW planes
+    x = cv2.LUT(np.ascontiguousarray(faces).reshape(n * size, size, 3), _normalised(spec)).reshape(faces.shape)
+    return np.ascontiguousarray(x.transpose(0, 3, 1, 2)[:, ::-1])
+
+
+class FaceEncoder:
+    """Aligned BGR uint8 faces straight into a full-INT8 model's input, no float tensor on the way.
+
+    ``table``: for each of the 256 pixel values, the integer that :func:`faces_to_tensor` followed by the input's
+    quantisation (``input.quantize``: ``round(x / scale + zero_point)``, saturated) makes of it -- computed by
+    exactly that arithmetic, once. :meth:`encode` reads it per pixel (OpenCV's LUT) and writes BGR channels into
+    RGB places of the model's layout (NCHW planes or NHWC, from the input's shape). At construction a probe face
+    holding every value in every channel, and its mirror image, is encoded and compared with the float path's
+    arithmetic bit for bit; a mismatch raises RuntimeError rather than let a device score differently from it.
+    """
+
+    def __init__(self, qin: QuantizedInput, spec: PreprocessSpec = SPEC):
+        size = spec.size
+        self.layout = {(1, 3, size, size): "NCHW", (1, size, size, 3): "NHWC"}.get(tuple(qin.shape))
+        if self.layout is None:
+            raise ValueError(f"model input {qin.name!r} has shape {qin.shape}, neither NCHW (1, 3, {size}, {size}) "
+                             f"nor NHWC (1, {size}, {size}, 3) faces")
+        self.size = size
+        self.table = np.ascontiguousarray(qin.quantize(_normalised(spec)))
+        self.table.flags.writeable = False
+        self._planes: tuple[np.ndarray | None, list] = (None, [])  # views of the last buffer encoded into
+        self._check(qin, spec)
+
+    def shape(self, n: int) -> tuple[int, ...]:
+        """The model input's shape for ``n`` rows."""
+        s = self.size
+        return (n, 3, s, s) if self.layout == "NCHW" else (n, s, s, 3)
+
+    def encode(self, faces: np.ndarray, out: np.ndarray, mirror: bool = False) -> None:
+        """Write N aligned BGR uint8 faces (N x size x size x 3) into ``out[:N]`` in the model's layout and dtype,
+        and with ``mirror`` their mirror images (left-right) into ``out[N:2N]``."""
+        n, s = len(faces), self.size
+        # the faces one above the other: one image for OpenCV (one face is one already)
+        flat = faces[0] if n == 1 and faces.flags.c_contiguous else np.ascontiguousarray(faces).reshape(n * s, s, 3)
+        if self.layout == "NHWC":
+            q = out[:n].reshape(n * s, s, 3)
+            cv2.LUT(cv2.cvtColor(flat, cv2.COLOR_BGR2RGB), self.table, dst=q)
+            if mirror:
+                cv2.flip(q, 1, dst=out[n:2 * n].reshape(n * s, s, 3))  # each row flipped: each face mirrored
+            return
+        planes = self._planes
+        if planes[0] is not out:  # the R, G, B planes of each row of ``out``, as OpenCV's split writes B, G, R
+            planes = (out, [[row[2], row[1], row[0]] for row in out])
+            self._planes = planes  # one tuple, replaced whole: a thread reading it sees an old or a new one
+        q = cv2.LUT(flat, self.table)
+        if n == 1 and not mirror:
+            cv2.split(q, planes[1][0])
+            return
+        parts = ((0, q), (n, cv2.flip(q, 1))) if mirror else ((0, q),)
+        for first, src in parts:
+            for i in range(n):
+                cv2.split(src[i * s:(i + 1) * s], planes[1][first + i])
+
+    def _check(self, qin: QuantizedInput, spec: PreprocessSpec) -> None:
+        s = self.size
+        ramp = np.arange(s * s * 3).reshape(1, s, s, 3)
+        probe = ((ramp + np.array([0, 85, 170])) % 256).astype(np.uint8)  # every value, each channel its own
+        both = np.concatenate([probe, probe[:, :, ::-1]])  # the float path's own arithmetic, no table
+        want = qin.quantize(((both[..., ::-1].astype(np.float32) - spec.mean) / spec.std).transpose(0, 3, 1, 2))
+        if self.layout == "NHWC":
+            want = want.transpose(0, 2, 3, 1)
+        got = np.zeros(self.shape(2), self.table.dtype)
+        self.encode(probe, got, mirror=True)
+        if not np.array_equal(got, want):
+            raise RuntimeError(f"FaceEncoder ({self.layout}, OpenCV {cv2.__version__}) does not reproduce the float "
+                               f"path on its probe face ({int((got != want).sum())} of {got.size} values differ); "
+                               "this is a bug in fiqa_sdk.preprocess")
 
 
 def tensor_to_faces(x: np.ndarray, spec: PreprocessSpec = SPEC) -> np.ndarray:

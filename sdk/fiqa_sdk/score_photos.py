@@ -300,6 +300,11 @@ def print_table(rows: list[Row]) -> None:
         print("  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip())
 
 
+def scale_line(scales: dict[str, str]) -> str:
+    """What the scores' numbers mean, in one line under the table (the bundle's scale sections)."""
+    return "scores: " + "; ".join(f"{name} is {text}" for name, text in scales.items())
+
+
 def write_outputs(rows: list[Row], args: argparse.Namespace, scorer: Scorer, gate: GateConfig) -> None:
     """The CSV and JSON files; created exclusively unless --force (a file that appeared meanwhile is kept)."""
     mode = "w" if args.force else "x"
@@ -310,8 +315,8 @@ def write_outputs(rows: list[Row], args: argparse.Namespace, scorer: Scorer, gat
             w.writerows(r.cells() for r in rows)
     if args.json is not None:
         doc = {"bundle_id": scorer.info.bundle_id, "bundle": scorer.info.bundle_path, "target": scorer.info.target,
-               "backend": scorer.info.backend, "gate": dataclasses.asdict(gate), "gate_overrides": args.gate,
-               "rows": [dataclasses.asdict(r) for r in rows]}
+               "backend": scorer.info.backend, "scales": scorer.info.scales, "gate": dataclasses.asdict(gate),
+               "gate_overrides": args.gate, "rows": [dataclasses.asdict(r) for r in rows]}
         with open(args.json, mode, encoding="utf-8") as f:
             f.write(json.dumps(finite_or_null(doc), indent=2, allow_nan=False))
 
@@ -358,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     faces = sum(r.face is not None for r in rows)
     print(f"{len(files)} photos, {faces} faces judged: " + ", ".join(f"{n} {v}" for v, n in counts.items() if n) +
           f" (bundle {scorer.info.bundle_id}, {scorer.info.backend})")
+    print(scale_line(scorer.info.scales))
     if unreadable:
         print(f"{len(unreadable)} folder(s) could not be read; their photos are not in the results (see above)",
               file=sys.stderr)

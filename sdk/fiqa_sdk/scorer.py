@@ -21,7 +21,7 @@ from fiqa_sdk.bundle import Bundle, LoadedModel, default_bundle_path, default_bu
 from fiqa_sdk.detection import Detection, Detector, create_detector
 from fiqa_sdk.frames import to_bgr
 from fiqa_sdk.measures import image_measures, landmark_measures
-from fiqa_sdk.preprocess import SPEC, faces_to_tensor, mirror_mean, with_mirror
+from fiqa_sdk.preprocess import SPEC, FaceEncoder, faces_to_tensor, mirror_mean, with_mirror
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +115,12 @@ class ScorerInfo:
     threads: int | None
     skipped: tuple[str, ...] = field(default_factory=tuple)
     mirror_average: bool = False  # each face is run twice (as is and mirrored) and its scores averaged
+    # score name -> what its 0-100 means, in one line (the manifest's scale section: calibrated or a rank)
+    scales: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
+        return {k: (list(v) if isinstance(v, tuple) else dict(v) if isinstance(v, dict) else v)
+                for k, v in self.__dict__.items()}
 
 
 def _layout_hint(shape: tuple[int, ...]) -> str:
@@ -151,10 +154,15 @@ def _check_layout(shape: tuple[int, ...], dtype: np.dtype, single: bool = False)
                          f"(N, {SPEC.size}, {SPEC.size}, 3) BGR uint8, got {tuple(shape)}; {_layout_hint(shape)}")
 
 
+_UINT8, _FACE = np.dtype(np.uint8), (SPEC.size, SPEC.size, 3)
+
+
 def _check_faces(faces: np.ndarray | Sequence[np.ndarray]) -> np.ndarray | list[np.ndarray]:
     """Validate aligned faces, with errors that name the fix: an N x 112 x 112 x 3 uint8 array, or for a list of
     faces the list of 112 x 112 x 3 arrays, left unstacked so that :meth:`Scorer.score` copies one batch at a time
     (4,000 faces stacked at once are 150 MB before the float tensor is made)."""
+    if type(faces) is np.ndarray and faces.dtype == _UINT8 and faces.shape[-3:] == _FACE and faces.ndim in (3, 4):
+        return faces[None] if faces.ndim == 3 else faces  # the usual call, in as few steps as it can be checked
     if isinstance(faces, (list, tuple)):
         if not faces:
             return np.zeros((0, SPEC.size, SPEC.size, 3), np.uint8)
@@ -241,6 +249,17 @@ class Scorer:
             raise ValueError(f"bundle {self.bundle.path}: model {choice.model.file} has no input tensor "
                              f"{self._input!r} (it has {self._engine.input_names}); the manifest does not match the "
                              "file, rebuild the bundle")
+        self._columns = max(sc.index for sc in self.bundle.scores) + 1  # output columns the manifest reads
+        # The lean path: a model that takes int8 faces (full-INT8 TFLite) gets them from a 256-entry table, written
+        # into an input buffer the backend keeps; no float tensor. Other engines get faces_to_tensor's float32 batch.
+        qin = self._engine.quantized_input
+        self._encoder = None
+        if qin is not None and qin.name == self._input:
+            try:
+                self._encoder = FaceEncoder(qin)
+            except (ValueError, RuntimeError) as e:  # not a 112x112 face input (the float path's warm-up below
+                # says what is wrong), or a table that failed its check: the float path scores either way
+                log.warning("bundle %s: scoring through the float path, not the int8 table (%s)", self.bundle.path, e)
         trt_max = int(choice.options.get("max_batch", max_batch))
         self.max_batch = min(max_batch, trt_max)
         self.threads = threads
@@ -258,10 +277,13 @@ class Scorer:
             precision=choice.model.precision, detector=getattr(self.detector, "name", None),
             detector_backend=getattr(self.detector, "backend_name", None), threads=threads,
             skipped=tuple(f"{c.backend}/{c.model.file}: {why}" for c, why in self._loaded.skipped),
-            mirror_average=self.bundle.mirror_average)
+            mirror_average=self.bundle.mirror_average,
+            scales={sc.name: sc.scale_summary() for sc in self.bundle.scores})
         # One inference on a blank face: a model whose outputs do not fit the manifest fails here, at load, not on
         # every frame of a capture run (and the engine's first-call set-up is paid before the first real face).
         self.raw(np.zeros((1, 3, SPEC.size, SPEC.size), np.float32))
+        if self._encoder is not None:
+            self._raw_faces(np.zeros((1, SPEC.size, SPEC.size, 3), np.uint8))
 
     def close(self) -> None:
         """Release the inference engine now (TensorRT frees its device buffers) rather than at interpreter exit;
@@ -308,13 +330,40 @@ class Scorer:
 
     def _run(self, chunk: np.ndarray) -> np.ndarray:
         """One engine call, its output checked against the manifest."""
-        result = self._engine.run({self._input: chunk})
+        return self._checked(self._engine.run({self._input: chunk}), len(chunk))
+
+    def _run_encoded(self, faces: np.ndarray, mirror: bool) -> np.ndarray:
+        """One engine call on uint8 faces (and their mirror images) quantised by the lean path's table."""
+        rows = len(faces) * (2 if mirror else 1)
+        return self._checked(self._engine.run_quantized(rows, lambda buf: self._encoder.encode(faces, buf, mirror)),
+                             rows)
+
+    def _raw_faces(self, faces: np.ndarray) -> np.ndarray:
+        """:meth:`raw` of at most ``max_batch`` aligned uint8 faces (already checked): on the lean path when the
+        engine takes int8, with the same integers and so the same outputs as ``raw(faces_to_tensor(faces))``."""
+        if self._encoder is None:
+            return self.raw(faces_to_tensor(faces))
+        if self._engine is None:
+            raise RuntimeError("this Scorer was closed; create a new one to score again")
+        if not self.bundle.mirror_average:
+            return self._run_encoded(faces, mirror=False)
+        step = max(1, self.max_batch // 2)
+        outs = []
+        for start in range(0, len(faces), step):
+            part = faces[start:start + step]
+            y = (self._run_encoded(part, mirror=True) if 2 * len(part) <= self.max_batch else
+                 np.concatenate([self._run_encoded(part, False), self._run_encoded(part[:, :, ::-1], False)]))
+            outs.append(mirror_mean(y))
+        return np.concatenate(outs)
+
+    def _checked(self, result: dict[str, np.ndarray], rows: int) -> np.ndarray:
+        """An engine call's output for ``rows`` faces, checked against the manifest."""
         if self._output not in result:
             raise ValueError(f"model {self.info.model_file} returned {list(result)}, not the manifest's output "
                              f"{self._output!r}; rebuild the bundle")
         y = np.asarray(result[self._output], dtype=np.float32)
-        if y.ndim != 2 or y.shape[0] != len(chunk) or y.shape[1] <= max(sc.index for sc in self.bundle.scores):
-            raise ValueError(f"model {self.info.model_file} returned shape {y.shape} for a batch of {len(chunk)}; "
+        if y.ndim != 2 or y.shape[0] != rows or y.shape[1] < self._columns:
+            raise ValueError(f"model {self.info.model_file} returned shape {y.shape} for a batch of {rows}; "
                              f"the manifest reads columns {[sc.index for sc in self.bundle.scores]}: the manifest "
                              "does not match the model, rebuild the bundle")
         return y
@@ -323,7 +372,8 @@ class Scorer:
         """Score aligned faces (HxWx3 or NxHxWx3 BGR uint8, H = W = 112, or a list of HxWx3). Always returns a
         :class:`ScoreBatch` (``scorer.score(face)[0]`` for one face).
 
-        Any number of faces: they are converted to the model's float tensor and run ``max_batch`` at a time into a
+        Any number of faces: they are converted to the model's input (int8 straight from the pixels through a
+        256-entry table where the engine takes int8, else the float tensor) and run ``max_batch`` at a time into a
         preallocated result, so memory beyond the caller's own faces stays that of one batch (4,000 faces at once
         used to make a 600 MB float tensor, and three temporaries of it)."""
         batch = _check_faces(faces)
@@ -332,9 +382,11 @@ class Scorer:
             empty = np.zeros((0, len(self.bundle.scores)))
             return ScoreBatch(empty, empty, self.score_names)
         z: np.ndarray | None = None
-        for start in range(0, n, self.max_batch):
+        if n <= self.max_batch:  # one batch (one face, a frame's faces): its output is the result, no copy
+            z = self._raw_faces(batch if isinstance(batch, np.ndarray) else np.stack(batch))
+        for start in range(0, n if z is None else 0, self.max_batch):
             chunk = batch[start:start + self.max_batch]
-            y = self.raw(faces_to_tensor(chunk if isinstance(chunk, np.ndarray) else np.stack(chunk)))
+            y = self._raw_faces(chunk if isinstance(chunk, np.ndarray) else np.stack(chunk))
             if z is None:  # the model's own output width (the manifest may read any of its columns)
                 z = np.empty((n, y.shape[1]), np.float32)
             z[start:start + len(y)] = y

@@ -130,3 +130,37 @@ def plot_histograms(scores: Mapping[str, object], path: str | Path, bins: int = 
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize="small")
     return _save(fig, path)
+
+
+def plot_reliability(diagrams: Mapping[str, Mapping], path: str | Path, title: str | None = None) -> Path:
+    """Reliability diagrams (``fiqa_compile.scale.reliability`` results: bins of predicted vs observed with counts),
+    one line per name over the y = x line of a perfect calibration, the bins' counts in a panel below."""
+    if not diagrams:
+        raise ValueError("plot_reliability needs at least one reliability diagram")
+    fig = _figure(6.4, 6.0)
+    grid = fig.add_gridspec(2, 1, height_ratios=(3, 1))
+    ax, counts = fig.add_subplot(grid[0]), fig.add_subplot(grid[1])
+    ax.plot([0, 1], [0, 1], color="grey", linewidth=0.8, linestyle=":", label="perfectly calibrated")
+    width = 0.1 / (len(diagrams) + 1)
+    for i, (name, d) in enumerate(diagrams.items()):
+        full = [b for b in d["bins"] if b["n"]]
+        pred = [b["predicted"] for b in full]
+        obs = [b["observed"] for b in full]
+        err = d.get("mean_abs_error")
+        label = f"{name}" + (f" (mean |p - o| {err:.3f})" if err is not None else "")
+        ax.plot(pred, obs, marker="o", markersize=4, linewidth=1.2, color=f"C{i % 10}", label=label)
+        counts.bar([b["lo"] + width * (i + 0.5) for b in d["bins"]], [b["n"] for b in d["bins"]], width=width,
+                   align="edge", color=f"C{i % 10}", alpha=0.7)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("predicted (utility / 100)")
+    ax.set_ylabel("observed success rate")
+    if title:
+        ax.set_title(title)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize="small", loc="upper left")
+    counts.set_xlim(0, 1)
+    counts.set_xlabel("predicted (bins of 0.1)")
+    counts.set_ylabel("faces")
+    counts.grid(True, alpha=0.3)
+    return _save(fig, path)
