@@ -12,13 +12,13 @@ aligned as the device does (``runs/frames/heldout-eval``). The default bundle sc
    |predicted - observed| over 10 bins of the prediction (the plain mean over the non-empty bins; the count-weighted
    one, ECE, beside it), for the utility scale (the mean over both FR models) and for each model's own map.
    Target: at most 0.05 for each FR model.
-2. **Acceptance** of the undegraded photos with the default thresholds: by the score checks (utility and
-   perceptual at their accept thresholds), and by the whole capture gate's per-photo verdict (``CaptureGate.assess``:
-   size, frame edge, pose, exposure, sharpness too). Target: at least 85 %.
-3. **FNMR at FMR 1e-3** among the genuine pairs whose two faces are both accepted, against all genuine pairs: the
-   comparisons of ``bench/recognition_utility.py`` (every within-person photo pair, at most 30 a person, side b
-   degraded in half of them, five seeded pairings averaged; the threshold at FMR 1e-3 over all impostor pairs).
-   Target: at most half.
+2. **Acceptance** of the undegraded photos with the default thresholds: by the capture gate's per-photo verdict
+   (``CaptureGate.assess``, what ``fiqa-score`` says: the score checks and the default size, frame-edge, pose,
+   exposure and sharpness checks), and by the score checks alone. Target: at least 85 %.
+3. **FNMR at FMR 1e-3** among the genuine pairs whose two faces are both accepted (by the gate; by the score checks
+   alone beside it), against all genuine pairs: the comparisons of ``bench/recognition_utility.py`` (every
+   within-person photo pair, at most 30 a person, side b degraded in half of them, five seeded pairings averaged;
+   the threshold at FMR 1e-3 over all impostor pairs). Target: at most half, per FR model.
 
 A bundle built before the scale existed (no ``scale`` in its manifest), or any bundle with ``--scale student``, is
 scored all the same, with the embedded student's ``student.json`` scale applied to its raw outputs and the
@@ -208,30 +208,30 @@ def write_markdown(record: dict, path: Path) -> None:
               f"## Acceptance of undegraded photos (target >= {TARGETS['acceptance']:.0%})", "",
               f"{a['photos']} undegraded photos ({a['detected']} with a face detected).", "",
               "| verdict by | accepted | target |", "|---|---:|---|",
-              f"| score checks (utility >= {record['thresholds']['utility_accept']:g}, perceptual >= "
-              f"{record['thresholds']['perceptual_accept']:g}) | {fmt(a['score_checks'], True)} | "
-              f"{ok(a['score_checks'] >= TARGETS['acceptance'])} |",
-              f"| the whole capture gate (CaptureGate.assess, default checks) | {fmt(a['gate'], True)} | "
-              f"{ok(a['gate'] >= TARGETS['acceptance'])} |", "",
+              f"| the capture gate (CaptureGate.assess, as fiqa-score; default checks) | {fmt(a['gate'], True)} | "
+              f"{ok(a['gate'] >= TARGETS['acceptance'])} |",
+              f"| the score checks alone (utility >= {record['thresholds']['utility_accept']:g}, perceptual >= "
+              f"{record['thresholds']['perceptual_accept']:g}) | {fmt(a['score_checks'], True)} | |", "",
               "Reasons the gate gave (a photo may have several): "
               + ", ".join(f"{k} {v}" for k, v in sorted(a["gate_reasons"].items(), key=lambda kv: -kv[1])) + ".",
-              f" Expected from the fit (training-side people): {fmt(record['expected'].get('reject_clean'), True)} "
-              "rejected by the score checks.", "",
+              f" Expected from the fit's gate curves (training-side people the student never learnt from, no edge "
+              f"check): the gate rejects {fmt(record['expected'].get('reject_clean_gate'), True)}, the score checks "
+              f"{fmt(record['expected'].get('reject_clean'), True)}.", "",
               f"## FNMR at FMR {FMR:g}: genuine pairs whose two faces are accepted vs all (target <= "
               f"{TARGETS['fnmr_ratio']})", "",
               f"{record['pairs']['genuine']} genuine / {record['pairs']['impostor']} impostor comparisons per "
-              f"pairing, side b degraded in half, {record['pairs']['pairings']} pairings averaged; accepted = both "
-              "faces pass the score checks.", "",
+              f"pairing, side b degraded in half, {record['pairs']['pairings']} pairings averaged; accepted = the "
+              "gate accepts both faces.", "",
               "| FR model | FNMR all | FNMR both accepted | ratio | pairs kept | clean pairs: all / accepted | target |",
               "|---|---:|---:|---:|---:|---:|---|"]
     for fr in ("dlib", "mobilefacenet"):
-        m = f["score_checks"][fr]
+        m = f["gate"][fr]
         lines.append(f"| {fr} | {fmt(m['fnmr_all'])} | {fmt(m['fnmr_kept'])} | {m['ratio']:.2f} | "
                      f"{fmt(m['pairs_kept'], True)} | {fmt(m['clean_pairs']['fnmr_all'])} / "
                      f"{fmt(m['clean_pairs']['fnmr_kept'])} | {ok(m['ratio'] <= TARGETS['fnmr_ratio'])} |")
-    lines += ["", "With the whole gate's verdict as 'accepted': " + ", ".join(
-        f"{fr} {f['gate'][fr]['fnmr_kept']:.4f} vs {f['gate'][fr]['fnmr_all']:.4f} (ratio {f['gate'][fr]['ratio']:.2f})"
-        for fr in ("dlib", "mobilefacenet")) + ".", "",
+    lines += ["", "With 'accepted' = both faces pass the score checks alone: " + ", ".join(
+        f"{fr} {f['score_checks'][fr]['fnmr_kept']:.4f} vs {f['score_checks'][fr]['fnmr_all']:.4f} (ratio "
+        f"{f['score_checks'][fr]['ratio']:.2f})" for fr in ("dlib", "mobilefacenet")) + ".", "",
         f"Machine: {record['machine']['cpu']}; {record['seconds']:.0f} s.", ""]
     path.write_text("\n".join(lines))
 
@@ -332,9 +332,8 @@ def main(argv: list[str] | None = None) -> int:
                         "pairings": args.seeds},
               "scale_fitted_on": spec.fitted_on, "machine": machine_basics()}
     record["met"] = {"calibration": all(calibration[fr]["meets_target"] for fr in FR_MODELS),
-                     "acceptance": acceptance["score_checks"] >= TARGETS["acceptance"],
-                     "acceptance_gate": acceptance["gate"] >= TARGETS["acceptance"],
-                     "fnmr_ratio": all(fnmr["score_checks"][fr]["ratio"] <= TARGETS["fnmr_ratio"] for fr in FR_MODELS)}
+                     "acceptance": acceptance["gate"] >= TARGETS["acceptance"],
+                     "fnmr_ratio": {fr: fnmr["gate"][fr]["ratio"] <= TARGETS["fnmr_ratio"] for fr in FR_MODELS}}
     record["seconds"] = time.time() - t0
     args.out.parent.mkdir(parents=True, exist_ok=True)
     from fiqa_sdk.json_safe import finite_or_null

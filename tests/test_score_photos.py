@@ -103,8 +103,8 @@ def test_gate_overrides_change_the_verdicts_and_bad_ones_are_refused(photos, tmp
             parse_overrides(bad)
     t1 = str(photos / "t1.jpg")
     assert main([t1, "--all-faces", "--backend", "onnxruntime"]) == 0
-    judged = re.search(r"6 faces judged: (\d) accept, (\d) reject", capsys.readouterr().out)
-    assert judged and int(judged[2]) >= 3  # the group photo's small, turned faces: most fail the bundle's checks
+    judged = re.search(r"6 faces judged: (?:\d accept, )?(\d) reject", capsys.readouterr().out)
+    assert judged and int(judged[1]) >= 3  # the group photo's small, turned faces: most fail the bundle's checks
     off = [f"--gate={k}=off" for k in ("utility_accept", "perceptual_accept", "max_yaw_deg", "max_pitch_deg",
                                        "max_roll_deg", "min_iod_px", "max_outside_fraction", "min_sharpness",
                                        "min_brightness", "max_brightness", "explain_blur_below",

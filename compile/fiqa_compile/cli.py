@@ -18,7 +18,7 @@ examples:
   fiqa-compile --target android-arm64 --out bundles/phone
   fiqa-compile --target cpu --faces ~/my_captures    # distil a new student on your own unlabelled face photos
   fiqa-compile --target jetson-orin --student fiqa-student-my_captures   # reuse it for another target
-  fiqa-compile --target cpu --gate-target reject=0.15  # thresholds for a site that may reject 15 % of good captures
+  fiqa-compile --target cpu --gate-target reject=0.2   # thresholds for a site that may reject 20 % of good captures
 
 With no --faces the embedded default student (trained on LFW; its model card is
 compile/fiqa_compile/weights/MODEL_CARD.md in the source tree) is quantised; with --faces a new student is
@@ -91,7 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = ap.add_argument_group("gate thresholds (the manifest's 'thresholds')")
     g.add_argument("--gate-target", default=None, metavar="reject=R|fnmr=F",
                    help="choose the thresholds from a deployment target on the student's calibrated utility scale: "
-                        "reject=R, the share of undegraded captures the score checks may reject (e.g. reject=0.15); "
+                        "reject=R, the share of undegraded captures the gate may reject (its per-photo verdict with "
+                        "the default size, pose, exposure and sharpness checks; e.g. reject=0.2); "
                         "fnmr=F, the FNMR at FMR 1e-3 needed among pairs of kept faces, mean of the scale's FR "
                         "models (fnmr:dlib=F or fnmr:mobilefacenet=F for one). Default for a student with a scale: "
                         f"{DEFAULT_GATE_TARGET} (the report lists what other thresholds would give); without one, the "

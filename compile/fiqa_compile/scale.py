@@ -33,9 +33,9 @@ from the student, and the rest into the report):
 * gate curves over utility thresholds 0..100 (every half point): the share of clean faces the score checks reject
   (and with the gate's default measure checks too), the share of all faces, and per FR model the FNMR at FMR 1e-3
   among genuine photo pairs (side b degraded in half of them) whose two faces are both kept, with the share of
-  pairs kept. The
-  perceptual threshold in them is fixed: the clean faces' :data:`PERCEPTUAL_CLEAN_REJECT` quantile. ``fiqa-compile
-  --gate-target reject=R`` / ``fnmr=F`` reads its thresholds from these curves (:func:`thresholds_for_target`).
+  pairs kept. The perceptual threshold in them is fixed: the clean faces' :data:`PERCEPTUAL_CLEAN_REJECT` quantile.
+  ``fiqa-compile --gate-target reject=R`` (the share of undegraded captures the gate may reject) / ``fnmr=F`` reads
+  its thresholds from these curves (:func:`thresholds_for_target`).
 """
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ MIN_KEPT_PAIRS = 20  # below this an FNMR of the kept pairs is not reported (nul
 PERCEPTUAL_CLEAN_REJECT = 0.01  # the perceptual check's share of clean faces under a --gate-target: a guard
 # against gross damage (on held-out people the utility score alone does more for the FNMR of kept pairs)
 RELEASE_GAP = 10.0  # hysteresis: release this far below accept, as the Youden thresholds do
-DEFAULT_GATE_TARGET = "reject=0.10"  # what fiqa-compile uses for a student with a scale when none is given
+DEFAULT_GATE_TARGET = "reject=0.15"  # what fiqa-compile uses for a student with a scale when none is given
 SPLITS = ("all", "student-held-out")
 
 UTILITY_MEANING = ("100 x the probability that a genuine comparison of this face with a clean (undegraded) photo of "
@@ -388,9 +388,9 @@ def _rounded(obj, digits: int = 5):
 # ------------------------------------------------------------------------------------------------- gate targets
 @dataclass(frozen=True)
 class GateTarget:
-    """``reject=R``: the share of undegraded captures the score checks may reject; ``fnmr=F``: the FNMR at the
-    scale's FMR needed among genuine pairs whose two faces are both kept (mean over the scale's FR models, or one
-    model's: ``fnmr:dlib=F``)."""
+    """``reject=R``: the share of undegraded captures the gate may reject (its per-photo verdict: the score checks
+    and its default size, pose, exposure and sharpness checks); ``fnmr=F``: the FNMR at the scale's FMR needed among
+    genuine pairs whose two faces are both kept (mean over the scale's FR models, or one model's: ``fnmr:dlib=F``)."""
 
     kind: str
     value: float
@@ -406,8 +406,8 @@ class GateTarget:
             v = float("nan")
         if not sep or kind not in ("reject", "fnmr") or not math.isfinite(v) or not 0 < v < 1 \
                 or (model and kind != "fnmr"):
-            raise ScaleError(f"gate target {text!r}: give reject=R (the share of undegraded captures the score checks "
-                             "may reject, e.g. reject=0.15) or fnmr=F (the FNMR needed among kept pairs at FMR 1e-3, "
+            raise ScaleError(f"gate target {text!r}: give reject=R (the share of undegraded captures the gate may "
+                             "reject, e.g. reject=0.15) or fnmr=F (the FNMR needed among kept pairs at FMR 1e-3, "
                              "e.g. fnmr=0.05; fnmr:dlib=F or fnmr:mobilefacenet=F for one FR model), 0 < R, F < 1")
         return cls(kind, v, model or None)
 
@@ -428,15 +428,17 @@ def _fnmr_curve(gate: dict, fr_model: str | None) -> list[float | None]:
 def thresholds_for_target(scale: dict, target: GateTarget) -> tuple[dict, dict]:
     """(gate thresholds, what they are expected to give) for ``target`` from a scale record's gate curves.
 
-    reject=R: the highest utility threshold whose clean-face rejection (score checks) is at most R. fnmr=F: the
-    lowest whose FNMR among kept pairs is at most F. The perceptual threshold is the curves' own."""
+    reject=R: the highest utility threshold at which the gate (score checks and default measure checks) rejects at
+    most R of the clean faces. fnmr=F: the lowest whose FNMR among kept pairs is at most F. The perceptual threshold
+    is the curves' own."""
     gate = scale["gate"]
     grid = gate["thresholds"]
     if target.kind == "reject":
-        ok = [i for i, r in enumerate(gate["reject_clean"]) if r <= target.value + 1e-12]
+        ok = [i for i, r in enumerate(gate["reject_clean_gate"]) if r <= target.value + 1e-12]
         if not ok:
-            raise ScaleError(f"gate target {target}: the perceptual check alone rejects "
-                             f"{gate['reject_clean'][0]:.1%} of clean faces; ask for at least that")
+            raise ScaleError(f"gate target {target}: the gate's other checks (perceptual, size, pose, exposure, "
+                             f"sharpness) alone reject {gate['reject_clean_gate'][0]:.1%} of clean faces; ask for at "
+                             "least that")
         i = ok[-1]
     else:
         curve = _fnmr_curve(gate, target.fr_model)
@@ -625,11 +627,14 @@ def fit_scale(data: dict[str, np.ndarray], rows: np.ndarray, z: np.ndarray, stud
                          f"for a scale: need at least 200 faces of {2 * FOLDS} people")
     raw = z[[at[int(r)] for r in outcomes.rows], 0].astype(np.float64)
     maps = fit_maps(raw, outcomes)
-    separate = check_rows is not None and len(np.setdiff1d(rows, check_rows)) > 0
-    if separate:
-        rel = held_out_check(raw, outcomes, np.unique(data["identity"][check_rows]))
-        curve_rows = np.asarray(check_rows)
-    else:
+    rel = None
+    if check_rows is not None and len(np.setdiff1d(rows, check_rows)) > 0:
+        try:
+            rel = held_out_check(raw, outcomes, np.unique(data["identity"][check_rows]))
+            curve_rows = np.asarray(check_rows)
+        except ScaleError as e:  # too few of them to check on: out of fold over everyone instead
+            print(f"scale: the check people are too few ({e}); reliability out of fold instead", file=sys.stderr)
+    if rel is None:
         rel = out_of_fold(raw, outcomes, FOLDS, seed)
         curve_rows = rows
     x, y = maps[None]
