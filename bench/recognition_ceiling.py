@@ -30,8 +30,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_basics  # noqa: E402
-from recognition_utility import (FAMILIES, FR_MODELS, RESULTS, ROOT, measure, prepare, score_methods,  # noqa: E402
-                                 score_peers)
+from recognition_utility import (FAMILIES, FR_MODELS, RESULTS, ROOT, family_auc_rows, measure, prepare,  # noqa: E402
+                                 score_methods, score_peers)
 
 STUDENT = "student:compile/fiqa_compile/weights/student_mfn"
 IDENTITY_WEIGHTS = (0.3, 0.6, 1.0)
@@ -73,12 +73,8 @@ def write_markdown(record: dict, path: Path) -> None:
         if key in t:
             lines.append(f"| **{name}** | {t[key]['dlib']:.4f} | {t[key]['mobilefacenet']:.4f} |")
     lines += ["", "Per damage family (AUC with which a low pair quality flags a false non-match; dlib / MobileFaceNet):",
-              "", "| method | " + " | ".join(FAMILIES) + " |", "|---|" + "---:|" * len(FAMILIES)]
-    for m in record["methods"].values():
-        if "skipped" not in m:
-            lines.append(f"| {m['name']} | " + " | ".join(
-                f"{m['dlib']['auc'][f]:.2f} / {m['mobilefacenet']['auc'][f]:.2f}" for f in FAMILIES) + " |")
-    lines += ["", f"Machine: {record['machine']['cpu']}; {record['seconds']:.0f} s.", ""]
+              ""]
+    lines += family_auc_rows(record, "| method | " + " | ".join(FAMILIES) + " |")
     path.write_text("\n".join(lines))
 
 

@@ -215,14 +215,19 @@ def write_markdown(record: dict, path: Path) -> None:
               "(0.5 is chance; higher is better), dlib / MobileFaceNet; failures per family in the header.", ""]
     head = "| method | " + " | ".join(f"{f} ({record['failures']['dlib'][f]}/{record['failures']['mobilefacenet'][f]})"
                                       for f in FAMILIES) + " |"
-    lines += [head, "|---|" + "---:|" * len(FAMILIES)]
-    for spec, m in record["methods"].items():
+    lines += family_auc_rows(record, head)
+    path.write_text("\n".join(lines))
+
+
+def family_auc_rows(record: dict, head: str) -> list[str]:
+    """The per-family AUC table (dlib / MobileFaceNet per cell) under ``head``, then the machine line."""
+    lines = [head, "|---|" + "---:|" * len(FAMILIES)]
+    for m in record["methods"].values():
         if "skipped" in m:
             continue
         lines.append(f"| {m['name']} | " + " | ".join(
             f"{fmt(m['dlib']['auc'][f], 2)} / {fmt(m['mobilefacenet']['auc'][f], 2)}" for f in FAMILIES) + " |")
-    lines += ["", f"Machine: {record['machine']['cpu']}; {record['seconds']:.0f} s.", ""]
-    path.write_text("\n".join(lines))
+    return lines + ["", f"Machine: {record['machine']['cpu']}; {record['seconds']:.0f} s.", ""]
 
 
 def main(argv: list[str] | None = None) -> int:
